@@ -1,0 +1,153 @@
+"""The phiforge command line: `phiforge run RECIPE`, one command per stage, status and model info."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from phiforge.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Phi-4 training recipe, stage by stage.")
+model_app = typer.Typer(no_args_is_help=True, help="Model presets and architecture facts.")
+app.add_typer(model_app, name="model")
+console = Console()
+
+RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default: runs/<recipe name>).")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
+        force=True,
+    )
+    for noisy in ("transformers", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for tiny local models are noise
+    hf_logging.set_verbosity_error()
+
+
+def _load(recipe_path: Path, run_dir: Optional[Path]):
+    from phiforge.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    return recipe, (run_dir or Path("runs") / recipe.name)
+
+
+@app.command()
+def run(recipe: Path, run_dir: RunDirOpt = None) -> None:
+    """Run every stage of RECIPE in order; finished stages are skipped, a partial one resumes."""
+    from phiforge.pipeline import run_all
+
+    _setup_logging()
+    rec, rd = _load(recipe, run_dir)
+    run_all(rec, rd)
+    console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / 'final'}")
+
+
+def _stage_command(name: str):
+    def command(recipe: Path, run_dir: RunDirOpt = None) -> None:
+        from phiforge.errors import UserError
+        from phiforge.pipeline import run_stage, stages_of
+
+        _setup_logging()
+        rec, rd = _load(recipe, run_dir)
+        stage = next((s for s in stages_of(rec) if s.name == name), None)
+        if stage is None:
+            raise UserError(f"{recipe}: has no '{name}' section, so there is no {name} stage to run")
+        run_stage(rec, rd, stage)
+
+    command.__doc__ = f"Run the {name} stage alone, from RECIPE's '{name}' section."
+    return command
+
+
+for _name in ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report"):
+    app.command(name=_name)(_stage_command(_name))
+
+
+@app.command()
+def status(run_dir: Path) -> None:
+    """Show each stage of RUN_DIR as done, partial or pending."""
+    from phiforge.pipeline import STAGE_NAMES
+    from phiforge.rundir import StageDir, read_metrics
+    from phiforge.train.checkpoint import Checkpointer
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    table = Table(title=str(run_dir))
+    for col in ("stage", "status", "detail"):
+        table.add_column(col)
+    colors = {"done": "green", "partial": "yellow", "pending": "dim"}
+    for name in STAGE_NAMES:
+        sd = StageDir(run_dir, name)
+        st = sd.status()
+        detail = ""
+        if st == "done":
+            detail = f"{sd.manifest()['wall_time_s']} s"
+        elif st == "partial":
+            steps = Checkpointer(sd.path / "checkpoints", 1).steps()
+            rows = read_metrics(sd.metrics_path)
+            detail = f"checkpoint at step {steps[-1]}" if steps else "no checkpoint yet"
+            if rows:
+                detail += f", logged to step {rows[-1].get('step', '?')}"
+        table.add_row(name, f"[{colors[st]}]{st}[/]", detail)
+    console.print(table)
+
+
+@model_app.command("info")
+def model_info(
+    preset: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Architecture and parameter count of PRESET (a preset name or an HF config path), without allocating weights."""
+    from phiforge.model import load_config
+    from phiforge.model import model_info as info_of
+
+    info = info_of(load_config(preset))
+    if as_json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return
+    table = Table(title=f"model {preset}", show_header=False)
+    for k, v in info.as_dict().items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+    console.print(table)
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """List the built-in presets."""
+    from phiforge.model import PRESETS, load_config
+    from phiforge.model import model_info as info_of
+
+    for name in PRESETS:
+        i = info_of(load_config(name))
+        console.print(f"{name:8s} {i.parameters / 1e6:12,.1f}M parameters, {i.num_layers} layers, hidden {i.hidden_size}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

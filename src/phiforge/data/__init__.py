@@ -1,0 +1,1 @@
+"""Data: corpus sources, programmatic synthetic data, tokenised and packed training rows."""

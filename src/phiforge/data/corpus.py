@@ -1,0 +1,52 @@
+"""Corpus stage: gather every source's documents, split off held-out text, generate SFT and eval sets."""
+
+from __future__ import annotations
+
+import logging
+
+from phiforge.data import synthetic_math
+from phiforge.data.sources import iter_documents, split_heldout
+from phiforge.files import read_jsonl, write_jsonl
+from phiforge.rundir import StageResult
+from phiforge.stage import StageContext
+
+log = logging.getLogger("phiforge")
+
+
+def source_docs(ctx: StageContext, name: str, split: str = "train") -> list[str]:
+    """Documents of one corpus source from a finished corpus stage."""
+    return [row["text"] for row in read_jsonl(ctx.upstream("corpus") / split / f"{name}.jsonl")]
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg, seed = ctx.recipe.corpus, ctx.recipe.seed
+    stats = {}
+    for i, source in enumerate(cfg.sources):
+        docs = list(iter_documents(source, seed + i))
+        if not docs:
+            log.warning("corpus source '%s' yielded no documents", source.name)
+        train, held = split_heldout(docs, cfg.heldout_fraction, seed + i)
+        write_jsonl(ctx.out / "train" / f"{source.name}.jsonl", ({"text": d, "source": source.name} for d in train))
+        write_jsonl(ctx.out / "heldout" / f"{source.name}.jsonl", ({"text": d, "source": source.name} for d in held))
+        stats[source.name] = {
+            "kind": source.kind,
+            "docs": len(train),
+            "heldout_docs": len(held),
+            "chars": sum(map(len, train)),
+        }
+        log.info("corpus %-16s %6d docs %11s chars", source.name, len(train), f"{stats[source.name]['chars']:,}")
+
+    # Training conversations come from the training split of the problem generators, the eval
+    # problems from the held-out split: the two never share a problem.
+    sft = synthetic_math.generate(cfg.sft_conversations, seed + 1000, heldout=False)
+    write_jsonl(ctx.out / "sft.jsonl", ({"messages": p.as_messages(), "key": p.key} for p in sft))
+    problems = synthetic_math.generate(cfg.eval_problems, seed + 2000, heldout=True)
+    write_jsonl(
+        ctx.out / "problems_heldout.jsonl",
+        ({"key": p.key, "family": p.family, "question": p.question, "steps": p.steps, "answer": p.answer}
+         for p in problems),
+    )
+    return StageResult(
+        outputs={"train": "train/", "heldout": "heldout/", "sft": "sft.jsonl", "problems": "problems_heldout.jsonl"},
+        metrics={"sources": stats, "sft_conversations": len(sft), "eval_problems": len(problems)},
+    )

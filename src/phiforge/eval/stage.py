@@ -1,0 +1,74 @@
+"""Eval stage: run the recipe's tasks on the untrained model, every stage checkpoint and any extra models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from phiforge.data.corpus import source_docs
+from phiforge.eval.tasks import TASKS, EvalInput, load_problems
+from phiforge.files import write_json
+from phiforge.model import build_model, load_config, load_model
+from phiforge.rundir import StageDir, StageResult, append_metrics
+from phiforge.stage import StageContext
+from phiforge.tokenizer import load_tokenizer
+from phiforge.train.loop import autocast, pick_device
+
+log = logging.getLogger("phiforge")
+
+TRAINING_STAGES = ("pretrain", "midtrain", "sft")
+
+
+def models_to_evaluate(ctx: StageContext) -> dict[str, Path | None]:
+    """name -> model directory; None stands for the untrained model (same config and seed as pretraining)."""
+    found: dict[str, Path | None] = {}
+    if StageDir(ctx.run_dir, "pretrain").status() == "done":
+        found["untrained"] = None
+    for name in TRAINING_STAGES:
+        if StageDir(ctx.run_dir, name).status() == "done":
+            found[name] = ctx.run_dir / name / "model"
+    for path in ctx.recipe.eval.models:
+        found[Path(path).name] = Path(path)
+    return found
+
+
+def evaluate(name: str, model, tok, ctx: StageContext, heldout: list[str], problems: list[dict]) -> dict:
+    cfg = ctx.recipe.eval
+    inp = EvalInput(model.eval(), tok, cfg, heldout, problems, ctx.recipe.pretrain.seq_len, ctx.recipe.seed)
+    results = {}
+    for task_name in cfg.tasks:
+        t0 = time.perf_counter()
+        with autocast("auto", pick_device()):
+            results[task_name] = TASKS[task_name](inp)
+        log.info("eval %-10s %-12s %s (%.1fs)", name, task_name,
+                 " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in results[task_name].items()),
+                 time.perf_counter() - t0)
+    return results
+
+
+def run(ctx: StageContext) -> StageResult:
+    corpus = ctx.upstream("corpus")
+    heldout = [d for s in ctx.recipe.corpus.sources for d in source_docs(ctx, s.name, "heldout")]
+    problems = load_problems(corpus / "problems_heldout.jsonl")
+    all_results = {}
+    for name, path in models_to_evaluate(ctx).items():
+        cached = ctx.out / "models" / f"{name}.json"
+        if cached.is_file():  # resumable: a model already scored is not scored again
+            all_results[name] = json.loads(cached.read_text())
+            continue
+        if path is None:
+            pre = ctx.run_dir / "pretrain" / "model"
+            model, tok = build_model(load_config(str(pre)), ctx.recipe.seed), load_tokenizer(pre)
+        else:
+            model, tok = load_model(path), load_tokenizer(path)
+        model.to(pick_device())
+        with torch.no_grad():
+            all_results[name] = evaluate(name, model, tok, ctx, heldout, problems)
+        write_json(cached, all_results[name])
+        append_metrics(ctx.stage.metrics_path, {"model": name, **all_results[name]})
+    write_json(ctx.out / "results.json", all_results)
+    return StageResult(outputs={"results": "results.json"}, metrics=all_results)

@@ -1,0 +1,199 @@
+"""Evaluation tasks. Each takes an EvalInput and returns metrics plus the sample count `n`.
+
+Add a task by writing a function and decorating it with @task("name"); the recipe's eval.tasks
+list picks which run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from phiforge.data import passkey, synthetic_math
+from phiforge.data.packing import pack_examples, pack_stream
+from phiforge.files import read_jsonl
+from phiforge.recipe import EvalConfig
+from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_START
+from phiforge.train.loss import mean_loss
+
+
+@dataclass
+class EvalInput:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    cfg: EvalConfig
+    heldout_docs: list[str]  # held-out corpus text for perplexity
+    problems: list[dict]  # held-out verified problems: question, answer
+    seq_len: int  # the context perplexity is measured at
+    seed: int
+
+
+TaskFn = Callable[[EvalInput], dict[str, float]]
+TASKS: dict[str, TaskFn] = {}
+
+
+def task(name: str) -> Callable[[TaskFn], TaskFn]:
+    def register(fn: TaskFn) -> TaskFn:
+        TASKS[name] = fn
+        return fn
+
+    return register
+
+
+@torch.no_grad()
+def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[str]:
+    """Greedy continuations of token-id prompts, batched with left padding."""
+    tok, model = inp.tokenizer, inp.model
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
+    outs: list[str] = []
+    for start in range(0, len(prompts), inp.cfg.batch_size):
+        chunk = prompts[start : start + inp.cfg.batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=pad,
+        )
+        outs += tok.batch_decode(gen[:, width:], skip_special_tokens=False)
+    return outs
+
+
+def _stop_ids(tok: PreTrainedTokenizerBase) -> list[int]:
+    return [i for i in (tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)) if i is not None]
+
+
+def _chat_ids(tok: PreTrainedTokenizerBase, user: str) -> list[int]:
+    rendered = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return tok.encode(rendered, add_special_tokens=False)
+
+
+def _cut(text: str, *markers: str) -> str:
+    for m in markers:
+        text = text.split(m)[0]
+    return text
+
+
+@task("perplexity")
+def perplexity(inp: EvalInput) -> dict[str, float]:
+    """Held-out loss, perplexity and bits per byte, beside the best unigram model of the same text."""
+    tok = inp.tokenizer
+    docs, ids, chars = [], [], 0
+    for d in inp.heldout_docs:
+        t = tok(d, add_special_tokens=False)["input_ids"]
+        docs.append(d)
+        ids.append(t)
+        chars += len(d.encode())
+        if sum(map(len, ids)) >= inp.cfg.perplexity_tokens:
+            break
+    data = pack_stream(ids, inp.seq_len, tok.convert_tokens_to_ids(ENDOFTEXT))
+    loss = mean_loss(inp.model, data, inp.cfg.batch_size)
+    targets = data.tokens[:, 1:].ravel()
+    n = len(targets)
+    # A unigram fitted on the very text it is scored on: a floor no real unigram model gets under.
+    freq = np.bincount(targets) / n
+    unigram = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
+    bytes_per_token = chars / max(1, sum(map(len, ids)))
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50)),
+        "bits_per_byte": loss / math.log(2) / bytes_per_token,
+        "unigram_loss": unigram,
+        "n": n,
+    }
+
+
+@task("problems")
+def problems(inp: EvalInput) -> dict[str, float]:
+    """Greedy accuracy on held-out verified problems, in the pretraining format and as a chat turn."""
+    tok = inp.tokenizer
+    items = inp.problems[: inp.cfg.max_problems]
+    stops = _stop_ids(tok)
+    completion = greedy(inp, [tok.encode(f"Problem: {p['question']}\nSolution:", add_special_tokens=False) for p in items],
+                        40, stops)
+    chat = greedy(inp, [_chat_ids(tok, p["question"]) for p in items], 40, stops)
+
+    def correct(reply: str, answer: str, completion_format: bool) -> bool:
+        reply = _cut(reply, "\n\n", "Problem:", IM_END, IM_START)
+        if completion_format and "Answer:" in reply:
+            reply = reply.split("Answer:")[1].split("\n")[0]
+        return synthetic_math.extract_answer(reply) == answer
+
+    n = len(items)
+    return {
+        "solution_loss": _solution_loss(inp, items),
+        "accuracy_completion": sum(correct(r, p["answer"], True) for r, p in zip(completion, items)) / max(1, n),
+        "accuracy_chat": sum(correct(r, p["answer"], False) for r, p in zip(chat, items)) / max(1, n),
+        "n": n,
+    }
+
+
+def _solution_loss(inp: EvalInput, items: list[dict]) -> float:
+    """Mean loss of the reference chat answer (worked steps and answer): how close the model is, not just hit or miss."""
+    from phiforge.posttrain.sft import encode_chat
+
+    tok = inp.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids(ENDOFTEXT)
+    convs = [synthetic_math.Problem(p["key"], p["family"], p["question"], p["steps"], p["answer"]).as_messages()
+             for p in items]
+    packed = pack_examples([encode_chat(tok, c) for c in convs], inp.seq_len, pad)
+    return mean_loss(inp.model, packed, inp.cfg.batch_size)
+
+
+@task("passkey")
+def passkey_retrieval(inp: EvalInput) -> dict[str, float]:
+    """Find a 5-digit key hidden at a random depth in filler text of several lengths (in tokens)."""
+    tok = inp.tokenizer
+    rng = random.Random(inp.seed)
+    per_filler = len(tok.encode(passkey.FILLER * 20, add_special_tokens=False)) / 20
+    base = len(tok.encode(passkey.passkey_text(12345, 0, 0), add_special_tokens=False))
+    out: dict[str, float] = {}
+    for length in inp.cfg.passkey_lengths:
+        fillers = max(0, round((length - base) / per_filler))
+        prompts, keys = [], []
+        for _ in range(inp.cfg.passkey_trials):
+            key = rng.randint(10000, 99999)
+            before = rng.randint(0, fillers)
+            prompts.append(tok.encode(passkey.passkey_text(key, before, fillers - before), add_special_tokens=False))
+            keys.append(str(key))
+        replies = greedy(inp, prompts, 6, _stop_ids(tok))
+        hits = sum(synthetic_math.extract_answer(r.split(".")[0] or "x") == k for r, k in zip(replies, keys))
+        out[f"acc@{length}"] = hits / len(keys)
+    out["n"] = inp.cfg.passkey_trials * len(inp.cfg.passkey_lengths)
+    return out
+
+
+CHAT_PROBES = [
+    "Hello! Who are you?",
+    "What is 2 + 2?",
+    "Write a Python function that adds two numbers.",
+    "Name a color.",
+    "Solve for x: 2x + 3 = 7.",
+    "Say something short.",
+    "What number comes after 41?",
+    "Give me one word.",
+]
+
+
+@task("chat_format")
+def chat_format(inp: EvalInput) -> dict[str, float]:
+    """Share of chat replies that are non-empty, end with <|im_end|> and open no new turn."""
+    tok = inp.tokenizer
+    replies = greedy(inp, [_chat_ids(tok, q) for q in CHAT_PROBES], 64, _stop_ids(tok))
+    good = sum(IM_END in r and r.split(IM_END)[0].strip() != "" and IM_START not in r.split(IM_END)[0] for r in replies)
+    return {"well_formed": good / len(replies), "n": len(replies)}
+
+
+def load_problems(path: Path) -> list[dict]:
+    return list(read_jsonl(path))

@@ -1,0 +1,98 @@
+"""The recipe's stages in order, and running them: skip what is done, resume what is partial."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from phiforge.errors import UserError
+from phiforge.recipe import Recipe, Section
+from phiforge.rundir import StageDir, StageResult, write_manifest
+from phiforge.stage import StageContext
+
+log = logging.getLogger("phiforge")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    section: Callable[[Recipe], Section | None]  # None: the recipe leaves this stage out
+    depends_on: tuple[str, ...]
+    run: Callable[[StageContext], StageResult]
+
+
+def _stages() -> list[Stage]:
+    from phiforge import report
+    from phiforge.data import corpus
+    from phiforge.eval import stage as eval_stage
+    from phiforge.posttrain import sft
+    from phiforge.tokenizer import stage as tokenizer_stage
+    from phiforge.train import stages as train_stages
+
+    return [
+        Stage("corpus", lambda r: r.corpus, (), corpus.run),
+        Stage("tokenizer", lambda r: r.tokenizer, ("corpus",), tokenizer_stage.run),
+        Stage("pretrain", lambda r: r.pretrain, ("corpus", "tokenizer"), train_stages.run_pretrain),
+        Stage("midtrain", lambda r: r.midtrain, ("corpus", "tokenizer", "pretrain"), train_stages.run_midtrain),
+        Stage("sft", lambda r: r.sft, ("corpus", "tokenizer", "pretrain", "midtrain"), sft.run),
+        Stage("eval", lambda r: r.eval, ("corpus", "pretrain", "midtrain", "sft"), eval_stage.run),
+        Stage("report", lambda r: r.eval, ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval"), report.run),
+    ]
+
+
+STAGE_NAMES = ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report")
+
+
+def stages_of(recipe: Recipe) -> list[Stage]:
+    return [s for s in _stages() if s.section(recipe) is not None]
+
+
+def config_hash(recipe: Recipe, stage: Stage) -> str:
+    """Hash of this stage's section, the seed, the model choice and every included upstream section."""
+    parts = [stage.name, str(recipe.seed), recipe.model.digest()]
+    for s in _stages():
+        if s.name in stage.depends_on or s.name == stage.name:
+            section = s.section(recipe)
+            parts.append(f"{s.name}={section.digest() if section is not None else '-'}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
+    sd = StageDir(run_dir, stage.name)
+    digest = config_hash(recipe, stage)
+    if sd.status() == "done":
+        if sd.manifest()["config_hash"] == digest:
+            log.info("%s: done, skipped", stage.name)
+            return
+        raise UserError(
+            f"stage '{stage.name}' in {run_dir} finished with another config; choose a new --run-dir "
+            f"or delete {sd.path} (and the stages after it) to redo it"
+        )
+    resuming = sd.status() == "partial"
+    sd.begin(digest)
+    log.info("%s: %s", stage.name, "resuming" if resuming else "starting")
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    t0 = time.perf_counter()
+    try:
+        result = stage.run(StageContext(recipe, run_dir, sd))
+    except UserError:
+        # Rejected input before any work: leave no directory that would read as a partial run.
+        if [p.name for p in sd.path.iterdir()] == ["started.json"]:
+            shutil.rmtree(sd.path)
+        raise
+    inputs = {dep: str(run_dir / dep) for dep in stage.depends_on if StageDir(run_dir, dep).status() == "done"}
+    write_manifest(sd, digest, inputs, result, time.perf_counter() - t0)
+    log.info("%s: done in %.1fs", stage.name, time.perf_counter() - t0)
+
+
+def run_all(recipe: Recipe, run_dir: Path) -> None:
+    for stage in stages_of(recipe):
+        run_stage(recipe, run_dir, stage)

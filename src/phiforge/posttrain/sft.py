@@ -1,0 +1,91 @@
+"""SFT stage: ChatML conversations, loss on the assistant's tokens only."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from phiforge.data.packing import IGNORE, pack_examples
+from phiforge.errors import UserError
+from phiforge.files import read_jsonl
+from phiforge.model import load_model
+from phiforge.rundir import StageResult
+from phiforge.stage import StageContext
+from phiforge.tokenizer import IM_END, IM_SEP, IM_START, load_tokenizer
+from phiforge.train.export import cached_packed, export_model
+from phiforge.train.loop import train
+
+log = logging.getLogger("phiforge")
+
+ROLES = {"system", "user", "assistant"}
+
+
+def read_conversations(path: Path) -> list[list[dict[str, str]]]:
+    conversations = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise UserError(f"{path}: row {i} needs a non-empty 'messages' list")
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise UserError(f"{path}: row {i}: each message needs a role in {sorted(ROLES)} and a string content")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise UserError(f"{path}: row {i} has no assistant message to learn from")
+        conversations.append(messages)
+    if not conversations:
+        raise UserError(f"{path}: no conversations")
+    return conversations
+
+
+def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids of the Phi-4 chat rendering and labels that keep only assistant content and <|im_end|>."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for m in messages:
+        header = tok.encode(f"{IM_START}{m['role']}{IM_SEP}", add_special_tokens=False)
+        body = tok.encode(m["content"], add_special_tokens=False) + [tok.convert_tokens_to_ids(IM_END)]
+        ids += header + body
+        labels += [IGNORE] * len(header) + (body if m["role"] == "assistant" else [IGNORE] * len(body))
+    return ids, labels
+
+
+def run(ctx: StageContext) -> StageResult:
+    recipe = ctx.recipe
+    cfg, seed = recipe.sft, recipe.seed
+    assert cfg is not None
+    if cfg.init_from is not None:
+        source = Path(cfg.init_from)
+    else:
+        source = ctx.upstream("midtrain" if recipe.midtrain is not None else "pretrain") / "model"
+    model = load_model(source)
+    # A model directory that carries its tokenizer (any HF causal LM) brings it; else the run's.
+    tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.upstream("tokenizer") / "tokenizer")
+    data_path = Path(cfg.data) if cfg.data is not None else ctx.upstream("corpus") / "sft.jsonl"
+    conversations = read_conversations(data_path)
+    random.Random(seed).shuffle(conversations)
+    n_val = max(1, len(conversations) // 20)
+
+    def pack(convs):
+        return pack_examples([encode_chat(tok, c) for c in convs], cfg.seq_len, tok.pad_token_id)
+
+    data = cached_packed(ctx.out / "data" / "train", lambda: pack(conversations[n_val:]))
+    val = cached_packed(ctx.out / "data" / "val", lambda: pack(conversations[:n_val]))
+    log.info("sft: %d conversations in %d rows of %d tokens, from %s", len(conversations) - n_val,
+             len(data.tokens), cfg.seq_len, source)
+    result = train(model, cfg, cfg.lr, data, val, ctx.out, seed + 2, "sft")
+    export_model(model, tok, ctx.out / "model")
+    return StageResult(
+        outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
+        metrics={
+            "init_from": str(source),
+            "conversations": len(conversations) - n_val,
+            "final_loss": result.final_loss,
+            "val_loss": result.final_val_loss,
+            "tokens": result.tokens,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "resumed_from": result.resumed_from,
+        },
+    )

@@ -1,0 +1,119 @@
+"""Report stage: report.md with loss curves and evaluation tables, and the final model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files
+import matplotlib.pyplot as plt  # noqa: E402
+
+from phiforge.files import write_text, write_with  # noqa: E402
+from phiforge.rundir import StageDir, StageResult, read_metrics  # noqa: E402
+from phiforge.stage import StageContext  # noqa: E402
+
+TRAINING_STAGES = ("pretrain", "midtrain", "sft")
+
+
+def plot_losses(run_dir: Path, stage: str, path: Path) -> None:
+    rows = read_metrics(run_dir / stage / "metrics.jsonl")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train", lw=1)
+    val = [r for r in rows if "val_loss" in r]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="held-out")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=f"{stage} loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_passkey(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, res in results.items():
+        pk = res.get("passkey", {})
+        lengths = sorted(int(k.split("@")[1]) for k in pk if k.startswith("acc@"))
+        if lengths:
+            ax.plot(lengths, [pk[f"acc@{n}"] for n in lengths], "o-", label=name)
+    ax.set(xlabel="context (tokens)", ylabel="passkey accuracy", title="passkey retrieval", xscale="log", ylim=(-0.05, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def eval_table(results: dict) -> list[str]:
+    columns: list[tuple[str, str]] = []
+    for res in results.values():
+        for task, metrics in res.items():
+            for k in metrics:
+                if k != "n" and (task, k) not in columns:
+                    columns.append((task, k))
+    lines = ["| model | " + " | ".join(f"{t} {k}" for t, k in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, res in results.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(res.get(t, {}).get(k, "")) for t, k in columns) + " |")
+    sizes = {t: m.get("n") for r in results.values() for t, m in r.items()}
+    lines.append("")
+    lines.append("Samples per task: " + ", ".join(f"{t} n={n}" for t, n in sizes.items()) + ".")
+    return lines
+
+
+def run(ctx: StageContext) -> StageResult:
+    run_dir = ctx.run_dir
+    lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
+    manifests = {}
+    for stage in ("corpus", "tokenizer", *TRAINING_STAGES, "eval"):
+        sd = StageDir(run_dir, stage)
+        if sd.status() != "done":
+            lines.append(f"| {stage} | {sd.status()} | | |")
+            continue
+        m = manifests[stage] = sd.manifest()
+        keys = ("final_loss", "val_loss", "unigram_val_loss", "tokens", "tokens_per_s", "context", "vocab_size")
+        figures = ", ".join(f"{k} {_fmt(m['metrics'][k])}" for k in keys if m["metrics"].get(k) is not None)
+        lines.append(f"| {stage} | done | {m['wall_time_s']} | {figures} |")
+
+    if "corpus" in manifests:
+        lines += ["", "## Corpus", "", "| source | kind | docs | held-out docs | chars |", "|---|---|---|---|---|"]
+        for name, s in manifests["corpus"]["metrics"]["sources"].items():
+            lines.append(f"| {name} | {s['kind']} | {s['docs']} | {s['heldout_docs']} | {s['chars']:,} |")
+    for stage in ("pretrain", "midtrain"):
+        if stage in manifests:
+            lines += ["", f"### {stage} mixture", "", "| source | share | tokens drawn | unique tokens | epochs |", "|---|---|---|---|---|"]
+            for name, d in manifests[stage]["metrics"]["mixture"].items():
+                lines.append(f"| {name} | {d['share']:.2f} | {d['tokens']:,} | {d['unique_tokens']:,} | {d['epochs']} |")
+
+    plots = ctx.out / "plots"
+    trained = [s for s in TRAINING_STAGES if s in manifests]
+    if trained:
+        lines += ["", "## Training loss", ""]
+        for stage in trained:
+            plot_losses(run_dir, stage, plots / f"loss_{stage}.png")
+            lines.append(f"![{stage} loss](report/plots/loss_{stage}.png)")
+    if "eval" in manifests:
+        results = json.loads((run_dir / "eval" / "results.json").read_text())
+        lines += ["", "## Evaluation", "", *eval_table(results)]
+        if any("passkey" in r for r in results.values()):
+            plot_passkey(results, plots / "passkey.png")
+            lines += ["", "![passkey retrieval](report/plots/passkey.png)"]
+
+    if trained:
+        last = run_dir / trained[-1] / "model"
+        write_with(run_dir / "final", lambda p: shutil.copytree(last, p))
+        lines += ["", f"## Final model", "", f"`{run_dir / 'final'}` is the {trained[-1]} model; load it with",
+                  "`AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`."]
+    write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return StageResult(outputs={"report": "../report.md", "plots": "plots/", "final": "../final/"})

@@ -1,0 +1,76 @@
+"""Byte-level BPE trained locally with the Phi-4 special tokens and ChatML chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from phiforge.errors import UserError
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_SEP = "<|im_sep|>"
+IM_END = "<|im_end|>"
+# Padding gets its own token (Phi-4 pads with a dummy token too): an embedding's padding row stays
+# zero and untrained, which must not be the document separator.
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_SEP, IM_END, PAD]
+
+# Phi-4's chat format: <|im_start|>role<|im_sep|>content<|im_end|>, no separators between turns.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '<|im_sep|>' + message['content'] + '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=ENDOFTEXT,
+        eos_token=IM_END,  # generation of a chat turn ends here, as in Phi-4
+        pad_token=PAD,
+        unk_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1 << 30,
+    )
+
+
+def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise UserError(f"{path}: not a tokenizer directory (no tokenizer.json); give a Hugging Face tokenizer path")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: the tokenizer does not load ({e})") from None
+    missing = [t for t in (ENDOFTEXT, IM_START, IM_SEP, IM_END) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if missing:
+        raise UserError(f"{path}: tokenizer lacks the ChatML special tokens {missing}")
+    if not tok.chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = ENDOFTEXT
+    return tok
+
+
+def document_separator_id(tok: PreTrainedTokenizerBase) -> int:
+    return tok.convert_tokens_to_ids(ENDOFTEXT)

@@ -1,0 +1,49 @@
+"""Stage outputs shared by the training stages: cached packed data and exported HF model directories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from phiforge.data.packing import Packed
+from phiforge.files import write_with
+from phiforge.tokenizer import ENDOFTEXT, IM_END
+
+
+def cached_packed(directory: Path, build: Callable[[], Packed]) -> Packed:
+    """Load packed rows from `directory`, building and saving them (atomically) the first time."""
+    if not (directory / "tokens.npy").is_file():
+        write_with(directory, build().save)
+    return Packed.load(directory)
+
+
+def tokenize(tok: PreTrainedTokenizerBase, docs: list[str]) -> list[list[int]]:
+    return tok(docs, add_special_tokens=False)["input_ids"] if docs else []
+
+
+def export_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, path: Path) -> None:
+    """An HF directory (safetensors weights, config, tokenizer with chat template) written whole."""
+    eos = [tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)]
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id, eos_token_id=eos, pad_token_id=model.config.pad_token_id
+    )
+
+    def write(tmp: Path) -> None:
+        model.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    write_with(path, write)
+
+
+def unigram_loss(train: Packed, val: Packed, vocab_size: int) -> float:
+    """Cross-entropy of the held-out tokens under add-one-smoothed training unigram frequencies.
+
+    The floor any model that learned something beyond token frequencies must beat.
+    """
+    counts = np.bincount(train.tokens[:, 1:].ravel(), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[val.tokens[:, 1:].ravel()].mean())

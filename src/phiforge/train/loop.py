@@ -1,0 +1,160 @@
+"""The training loop every training stage shares (pretrain, midtrain, SFT).
+
+It reads top to bottom: restore the latest checkpoint if there is one, then for each optimizer step
+accumulate gradients over micro-batches, clip, step, log, and checkpoint every N steps and at the end.
+Batches are a pure function of (seed, step), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from phiforge.data.packing import Packed, batch_at
+from phiforge.errors import UserError
+from phiforge.recipe import TrainConfig
+from phiforge.rundir import append_metrics, read_metrics, truncate_metrics
+from phiforge.train.checkpoint import Checkpointer, TrainState
+from phiforge.train.loss import mean_loss, token_loss_sum
+from phiforge.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("phiforge")
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    tokens: int
+    final_loss: float
+    final_val_loss: float | None
+    wall_time_s: float
+    tokens_per_s: float
+    resumed_from: int | None
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast where the device does bf16 matmuls natively ("auto"), or as asked."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "auto" and not bf16_supported(device):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def progress_bar(label: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+    )
+
+
+def train(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    lr: float,
+    data: Packed,
+    val: Packed | None,
+    out_dir: Path,
+    seed: int,
+    label: str,
+) -> LoopResult:
+    device = pick_device()
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg, lr)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, cfg))
+    checkpoints = Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
+    metrics_path = out_dir / "metrics.jsonl"
+    resumed_from = checkpoints.restore_latest(state)
+    if resumed_from is not None:
+        log.info("%s: resuming from checkpoint at step %d", label, resumed_from)
+    truncate_metrics(metrics_path, state.step)
+
+    forward = torch.compile(model) if cfg.compile else model
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * data.seq_len
+    val_rows = 64
+    val_loss = float("nan")
+    start, start_step = time.perf_counter(), state.step
+    with progress_bar(label) as bar:
+        task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
+        while state.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss_sum, labelled = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                x, y = batch_at(data, state.step * cfg.grad_accum + micro, cfg.batch_size, seed)
+                with autocast(cfg.precision, device):
+                    micro_loss, n = token_loss_sum(forward, x.to(device), y.to(device))
+                # normalise by the labelled tokens of the whole step, so accumulation equals one big batch
+                (micro_loss / max(1, n) / cfg.grad_accum).backward()
+                loss_sum += micro_loss.item() / max(1, n) / cfg.grad_accum
+                labelled += n
+            if not math.isfinite(loss_sum):
+                last = checkpoints.steps()
+                where = f"step {last[-1]} in {checkpoints.root}" if last else "none was written yet"
+                raise UserError(
+                    f"{label}: loss became {loss_sum} at step {state.step + 1}; stopped without saving that step "
+                    f"(last good checkpoint: {where}). Lower the lr or raise warmup_steps."
+                )
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            optimizer.step()
+            state.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            loss = loss_sum
+
+            last_step = state.step == cfg.steps
+            row = {
+                "step": state.step,
+                "loss": round(loss, 5),
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": round(float(grad_norm), 4),
+                "tokens": state.tokens_seen,
+                "tokens_per_s": round(tokens_per_step / (time.perf_counter() - t0), 1),
+            }
+            if val is not None and (last_step or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                with autocast(cfg.precision, device):
+                    val_loss = mean_loss(model, val, cfg.batch_size, val_rows)
+                row["val_loss"] = round(val_loss, 5)
+            append_metrics(metrics_path, row)
+            bar.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
+            if state.step % cfg.log_every == 0 or last_step:
+                extra = f" val {val_loss:.4f}" if "val_loss" in row else ""
+                log.info("%s step %d/%d loss %.4f%s lr %.2e %s tok/s", label, state.step, cfg.steps, loss, extra,
+                         row["lr"], f"{row['tokens_per_s']:,.0f}")
+            if state.step % cfg.checkpoint_every == 0 or last_step:
+                checkpoints.save(state)
+
+    wall = time.perf_counter() - start
+    trained_tokens = (state.step - start_step) * tokens_per_step
+    rows = read_metrics(metrics_path)  # also right when a resumed run had no step left to take
+    val_rows_logged = [r["val_loss"] for r in rows if "val_loss" in r]
+    return LoopResult(
+        steps=state.step,
+        tokens=state.tokens_seen,
+        final_loss=rows[-1]["loss"] if rows else float("nan"),
+        final_val_loss=val_rows_logged[-1] if val_rows_logged else None,
+        wall_time_s=wall,
+        tokens_per_s=trained_tokens / wall if wall > 0 else 0.0,
+        resumed_from=resumed_from,
+    )

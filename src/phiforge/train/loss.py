@@ -1,0 +1,37 @@
+"""Next-token cross-entropy over positions that carry a label."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from phiforge.data.packing import IGNORE, Packed, batch_at
+
+
+def token_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed loss (fp32) and the number of labelled positions."""
+    logits = model(input_ids=inputs, use_cache=False).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, data: Packed, batch_size: int, max_rows: int | None = None) -> float:
+    """Mean per-token loss over the first `max_rows` rows of `data` (all rows by default)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = min(len(data.tokens), max_rows or len(data.tokens))
+    total, count = 0.0, 0
+    for start in range(0, rows, batch_size):
+        x = torch.from_numpy(data.tokens[start : min(rows, start + batch_size), :-1].copy()).to(device)
+        labels = data.labels if data.labels is not None else data.tokens
+        y = torch.from_numpy(labels[start : min(rows, start + batch_size), 1:].copy()).to(device)
+        loss, n = token_loss_sum(model, x, y)
+        total += loss.item()
+        count += n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+__all__ = ["token_loss_sum", "mean_loss", "batch_at"]

