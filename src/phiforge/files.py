@@ -36,7 +36,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:

@@ -6,6 +6,7 @@ long samples) and as the passkey evaluation, so midtraining's gain in usable con
 
 from __future__ import annotations
 
+import math
 import random
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -25,7 +26,8 @@ def passkey_documents(n: int, seed: int, max_filler: int = 60) -> list[str]:
     rng = random.Random(seed)
     docs = []
     for _ in range(n):
-        total = rng.randint(1, max_filler)
+        # log-uniform length: many short documents fit a pretraining row whole, a few are long
+        total = int(math.exp(rng.uniform(0, math.log(max_filler + 1))))
         before = rng.randint(0, total)
         key = rng.randint(10000, 99999)
         docs.append(passkey_text(key, before, total - before) + f" {key}.")

@@ -62,7 +62,7 @@ def eval_table(results: dict) -> list[str]:
             for k in metrics:
                 if k != "n" and (task, k) not in columns:
                     columns.append((task, k))
-    lines = ["| model | " + " | ".join(f"{t} {k}" for t, k in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = ["| model | " + " | ".join(f"{t}: {k}" for t, k in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, res in results.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(res.get(t, {}).get(k, "")) for t, k in columns) + " |")
     sizes = {t: m.get("n") for r in results.values() for t, m in r.items()}
@@ -86,6 +86,11 @@ def run(ctx: StageContext) -> StageResult:
         figures = ", ".join(f"{k} {_fmt(m['metrics'][k])}" for k in keys if m["metrics"].get(k) is not None)
         lines.append(f"| {stage} | done | {m['wall_time_s']} | {figures} |")
 
+    if "pretrain" in manifests:
+        pm = manifests["pretrain"]["metrics"]
+        if pm.get("val_loss") is not None:
+            lines += ["", f"Pretraining held-out loss {pm['val_loss']:.3f} nats/token against {pm['unigram_val_loss']:.3f} "
+                      "for a unigram model of the training tokens."]
     if "corpus" in manifests:
         lines += ["", "## Corpus", "", "| source | kind | docs | held-out docs | chars |", "|---|---|---|---|---|"]
         for name, s in manifests["corpus"]["metrics"]["sources"].items():
