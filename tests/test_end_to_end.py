@@ -18,6 +18,7 @@ def test_run_dir_layout(smoke_run):
         manifest = json.loads((smoke_run / stage / "manifest.json").read_text())
         assert manifest["status"] == "done" and manifest["config_hash"] and manifest["wall_time_s"] >= 0
         assert set(manifest) >= {"inputs", "outputs", "metrics"}
+        assert (smoke_run / stage / "metrics.jsonl").is_file()
     for stage in ("pretrain", "midtrain", "sft"):
         rows = [json.loads(line) for line in (smoke_run / stage / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["step"] == len(rows) and all(math.isfinite(r["loss"]) for r in rows)

@@ -139,6 +139,8 @@ def model_list() -> None:
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
+    # torch.compile's kernels persist in the user's cache, not a shared /tmp, so reruns start fast.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "phiforge" / "inductor"))
     try:
         app()
     except UserError as e:

@@ -14,7 +14,7 @@ import torch
 
 from phiforge.errors import UserError
 from phiforge.recipe import Recipe, Section
-from phiforge.rundir import StageDir, StageResult, write_manifest
+from phiforge.rundir import StageDir, StageResult, append_metrics, write_manifest
 from phiforge.stage import StageContext
 
 log = logging.getLogger("phiforge")
@@ -89,6 +89,8 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
             shutil.rmtree(sd.path)
         raise
     inputs = {dep: str(run_dir / dep) for dep in stage.depends_on if StageDir(run_dir, dep).status() == "done"}
+    if not sd.metrics_path.is_file():  # stages without a training log still leave their figures here
+        append_metrics(sd.metrics_path, {k: v for k, v in result.metrics.items() if not isinstance(v, dict)})
     write_manifest(sd, digest, inputs, result, time.perf_counter() - t0)
     log.info("%s: done in %.1fs", stage.name, time.perf_counter() - t0)
 

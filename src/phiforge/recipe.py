@@ -128,12 +128,14 @@ class SFTConfig(TrainConfig):
 
 
 class EvalConfig(Section):
-    tasks: list[Literal["perplexity", "problems", "passkey", "chat_format"]] = [
+    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format"]] = [
         "perplexity",
         "problems",
+        "long_context",
         "passkey",
         "chat_format",
     ]
+    # context lengths (tokens) for the long_context and passkey tasks
     passkey_lengths: list[PositiveInt] = [128, 512, 1024]
     passkey_trials: PositiveInt = 20
     perplexity_tokens: PositiveInt = 32_768

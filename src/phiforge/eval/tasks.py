@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge.data import passkey, synthetic_math
-from phiforge.data.packing import pack_examples, pack_stream
+from phiforge.data.packing import IGNORE, pack_examples, pack_stream
 from phiforge.files import read_jsonl
 from phiforge.recipe import EvalConfig
 from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_START
@@ -149,6 +149,28 @@ def _solution_loss(inp: EvalInput, items: list[dict]) -> float:
              for p in items]
     packed = pack_examples([encode_chat(tok, c) for c in convs], inp.seq_len, pad)
     return mean_loss(inp.model, packed, inp.cfg.batch_size)
+
+
+@task("long_context")
+def long_context(inp: EvalInput) -> dict[str, float]:
+    """Held-out loss on the far half of windows of several lengths: what a longer context buys.
+
+    A model trained at 256 tokens degrades past 256 positions; midtraining at 4x should not.
+    """
+    tok = inp.tokenizer
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in inp.heldout_docs]
+    out: dict[str, float] = {}
+    rows = 0
+    for length in inp.cfg.passkey_lengths:
+        data = pack_stream(ids, length, tok.convert_tokens_to_ids(ENDOFTEXT))
+        data.tokens = data.tokens[: max(1, inp.cfg.perplexity_tokens // length)]
+        labels = data.tokens.copy()
+        labels[:, : length // 2 + 1] = IGNORE  # score only positions in the second half of the window
+        data.labels = labels
+        out[f"loss@{length}"] = mean_loss(inp.model, data, inp.cfg.batch_size)
+        rows += len(data.tokens)
+    out["n"] = rows
+    return out
 
 
 @task("passkey")

@@ -82,10 +82,6 @@ def run(ctx: StageContext) -> StageResult:
         metrics={
             "init_from": str(source),
             "conversations": len(conversations) - n_val,
-            "final_loss": result.final_loss,
-            "val_loss": result.final_val_loss,
-            "tokens": result.tokens,
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "resumed_from": result.resumed_from,
+            **result.metrics(),
         },
     )

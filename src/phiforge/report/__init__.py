@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: plots are files
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from phiforge.files import write_text, write_with  # noqa: E402
 from phiforge.rundir import StageDir, StageResult, read_metrics  # noqa: E402
@@ -22,10 +23,15 @@ TRAINING_STAGES = ("pretrain", "midtrain", "sft")
 def plot_losses(run_dir: Path, stage: str, path: Path) -> None:
     rows = read_metrics(run_dir / stage / "metrics.jsonl")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train", lw=1)
+    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    ax.plot(steps, losses, label="train", lw=0.6, alpha=0.45)
+    window = max(1, len(rows) // 30)
+    if window > 1:  # batches from different sources differ a lot; the running mean shows the trend
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, label=f"train (mean of {window})", lw=1.5)
     val = [r for r in rows if "val_loss" in r]
     if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="held-out")
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="held-out (all sources)")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title=f"{stage} loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -34,14 +40,20 @@ def plot_losses(run_dir: Path, stage: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_passkey(results: dict, path: Path) -> None:
+def plot_by_length(results: dict, task: str, metric: str, ylabel: str, path: Path) -> None:
+    """One line per model: `task`'s `metric@LENGTH` values against context length."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    all_lengths: set[int] = set()
     for name, res in results.items():
-        pk = res.get("passkey", {})
-        lengths = sorted(int(k.split("@")[1]) for k in pk if k.startswith("acc@"))
+        scores = res.get(task, {})
+        lengths = sorted(int(k.split("@")[1]) for k in scores if k.startswith(f"{metric}@"))
         if lengths:
-            ax.plot(lengths, [pk[f"acc@{n}"] for n in lengths], "o-", label=name)
-    ax.set(xlabel="context (tokens)", ylabel="passkey accuracy", title="passkey retrieval", xscale="log", ylim=(-0.05, 1.05))
+            ax.plot(lengths, [scores[f"{metric}@{n}"] for n in lengths], "o-", label=name)
+            all_lengths.update(lengths)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(all_lengths), [str(n) for n in sorted(all_lengths)])
+    ax.minorticks_off()
+    ax.set(xlabel="context (tokens)", ylabel=ylabel, title=task.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -111,9 +123,11 @@ def run(ctx: StageContext) -> StageResult:
     if "eval" in manifests:
         results = json.loads((run_dir / "eval" / "results.json").read_text())
         lines += ["", "## Evaluation", "", *eval_table(results)]
-        if any("passkey" in r for r in results.values()):
-            plot_passkey(results, plots / "passkey.png")
-            lines += ["", "![passkey retrieval](report/plots/passkey.png)"]
+        for task, metric, ylabel in (("long_context", "loss", "held-out loss, far half of window"),
+                                     ("passkey", "acc", "passkey accuracy")):
+            if any(task in r for r in results.values()):
+                plot_by_length(results, task, metric, ylabel, plots / f"{task}.png")
+                lines += ["", f"![{task}](report/plots/{task}.png)"]
 
     if trained:
         last = run_dir / trained[-1] / "model"

@@ -38,6 +38,16 @@ class LoopResult:
     tokens_per_s: float
     resumed_from: int | None
 
+    def metrics(self) -> dict:
+        """The figures every training stage's manifest reports."""
+        return {
+            "final_loss": self.final_loss,
+            "val_loss": self.final_val_loss,
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "resumed_from": self.resumed_from,
+        }
+
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -90,7 +100,8 @@ def train(
         log.info("%s: resuming from checkpoint at step %d", label, resumed_from)
     truncate_metrics(metrics_path, state.step)
 
-    forward = torch.compile(model) if cfg.compile else model
+    # Compiling model and loss together fuses casts, norms and the fp32 cross-entropy (docs/benchmarks.md).
+    loss_fn = torch.compile(token_loss_sum) if cfg.compile else token_loss_sum
     tokens_per_step = cfg.batch_size * cfg.grad_accum * data.seq_len
     val_rows = 64
     val_loss = float("nan")
@@ -99,15 +110,14 @@ def train(
         task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < cfg.steps:
             t0 = time.perf_counter()
-            loss_sum, labelled = 0.0, 0
+            loss_sum = 0.0
             for micro in range(cfg.grad_accum):
                 x, y = batch_at(data, state.step * cfg.grad_accum + micro, cfg.batch_size, seed)
                 with autocast(cfg.precision, device):
-                    micro_loss, n = token_loss_sum(forward, x.to(device), y.to(device))
-                # normalise by the labelled tokens of the whole step, so accumulation equals one big batch
-                (micro_loss / max(1, n) / cfg.grad_accum).backward()
-                loss_sum += micro_loss.item() / max(1, n) / cfg.grad_accum
-                labelled += n
+                    micro_loss, n = loss_fn(model, x.to(device), y.to(device))
+                n = max(1, int(n))  # mean over labelled tokens of each micro-batch, averaged over micro-batches
+                (micro_loss / n / cfg.grad_accum).backward()
+                loss_sum += micro_loss.item() / n / cfg.grad_accum
             if not math.isfinite(loss_sum):
                 last = checkpoints.steps()
                 where = f"step {last[-1]} in {checkpoints.root}" if last else "none was written yet"

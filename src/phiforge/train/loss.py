@@ -8,11 +8,17 @@ import torch.nn.functional as F
 from phiforge.data.packing import IGNORE, Packed, batch_at
 
 
-def token_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed loss (fp32) and the number of labelled positions."""
+def token_loss_sum(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss (fp32) and the number of labelled positions, both tensors.
+
+    Model and loss form one function so torch.compile can fuse the fp32 upcast of the logits into the
+    cross-entropy (no Python int in between, which would break the graph).
+    """
     logits = model(input_ids=inputs, use_cache=False).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    return loss, (targets != IGNORE).sum()
 
 
 @torch.no_grad()
@@ -29,7 +35,7 @@ def mean_loss(model: torch.nn.Module, data: Packed, batch_size: int, max_rows: i
         y = torch.from_numpy(labels[start : min(rows, start + batch_size), 1:].copy()).to(device)
         loss, n = token_loss_sum(model, x, y)
         total += loss.item()
-        count += n
+        count += int(n)
     model.train(was_training)
     return total / max(1, count)
 

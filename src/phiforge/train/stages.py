@@ -63,12 +63,8 @@ def run_pretrain(ctx: StageContext) -> StageResult:
         outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
         metrics={
             "parameters": n_params,
-            "final_loss": result.final_loss,
-            "val_loss": result.final_val_loss,
+            **result.metrics(),
             "unigram_val_loss": unigram_loss(data, val, model.config.vocab_size),
-            "tokens": result.tokens,
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "resumed_from": result.resumed_from,
             "mixture": json.loads((ctx.out / "data" / "mixture.json").read_text()),
         },
     )
@@ -120,11 +116,7 @@ def run_midtrain(ctx: StageContext) -> StageResult:
             "context": context,
             "rope_theta": cfg.rope_theta,
             "lr": lr,
-            "final_loss": result.final_loss,
-            "val_loss": result.final_val_loss,
-            "tokens": result.tokens,
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "resumed_from": result.resumed_from,
+            **result.metrics(),
             "mixture": json.loads((ctx.out / "data" / "mixture.json").read_text()),
         },
     )
