@@ -59,7 +59,6 @@ def run(recipe: Path, run_dir: RunDirOpt = None) -> None:
 
 def _stage_command(name: str):
     def command(recipe: Path, run_dir: RunDirOpt = None) -> None:
-        from phiforge.errors import UserError
         from phiforge.pipeline import run_stage, stages_of
 
         _setup_logging()
@@ -69,11 +68,21 @@ def _stage_command(name: str):
             raise UserError(f"{recipe}: has no '{name}' section, so there is no {name} stage to run")
         run_stage(rec, rd, stage)
 
-    command.__doc__ = f"Run the {name} stage alone, from RECIPE's '{name}' section."
+    command.__doc__ = STAGE_HELP[name]
     return command
 
 
-for _name in ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report"):
+STAGE_HELP = {
+    "corpus": "Gather RECIPE's corpus sources, split held-out text, generate SFT and eval sets.",
+    "tokenizer": "Train the byte-level BPE (or adopt tokenizer.path) from the corpus.",
+    "pretrain": "Pretrain from RECIPE's 'pretrain' section (needs corpus and tokenizer).",
+    "midtrain": "Midtrain: longer context, higher RoPE base, lr / 10 (needs pretrain or midtrain.init_from).",
+    "sft": "Supervised fine-tuning in ChatML (needs a model: the previous stage or sft.init_from).",
+    "eval": "Evaluate the untrained model, every finished stage and eval.models.",
+    "report": "Write report.md, plots and final/ from the run's finished stages.",
+}
+
+for _name in STAGE_HELP:
     app.command(name=_name)(_stage_command(_name))
 
 

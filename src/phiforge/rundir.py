@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 from phiforge import __version__
 from phiforge.errors import UserError
-from phiforge.files import write_json
+from phiforge.files import write_json, write_text
 
 Status = Literal["done", "partial", "pending"]
+
+TRAINING_STAGES = ("pretrain", "midtrain", "sft")
 
 
 @dataclass
@@ -110,7 +112,5 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def truncate_metrics(path: Path, after_step: int) -> None:
     """On resume, drop log rows past the checkpoint so the log matches the restored state."""
-    from phiforge.files import write_text
-
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= after_step]
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -13,14 +13,12 @@ from phiforge.data.corpus import source_docs
 from phiforge.eval.tasks import TASKS, EvalInput, load_problems
 from phiforge.files import write_json
 from phiforge.model import build_model, load_config, load_model
-from phiforge.rundir import StageDir, StageResult, append_metrics
+from phiforge.rundir import TRAINING_STAGES, StageDir, StageResult, append_metrics
 from phiforge.stage import StageContext
 from phiforge.tokenizer import load_tokenizer
 from phiforge.train.loop import autocast, pick_device
 
 log = logging.getLogger("phiforge")
-
-TRAINING_STAGES = ("pretrain", "midtrain", "sft")
 
 
 def models_to_evaluate(ctx: StageContext) -> dict[str, Path | None]:

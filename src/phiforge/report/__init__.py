@@ -14,10 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phiforge.files import write_text, write_with  # noqa: E402
-from phiforge.rundir import StageDir, StageResult, read_metrics  # noqa: E402
+from phiforge.rundir import TRAINING_STAGES, StageDir, StageResult, read_metrics  # noqa: E402
 from phiforge.stage import StageContext  # noqa: E402
-
-TRAINING_STAGES = ("pretrain", "midtrain", "sft")
 
 
 def plot_losses(run_dir: Path, stage: str, path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from phiforge.data.packing import IGNORE, Packed, batch_at
+from phiforge.data.packing import IGNORE, Packed
 
 
 def token_loss_sum(
@@ -39,5 +39,3 @@ def mean_loss(model: torch.nn.Module, data: Packed, batch_size: int, max_rows: i
     model.train(was_training)
     return total / max(1, count)
 
-
-__all__ = ["token_loss_sum", "mean_loss", "batch_at"]
