@@ -46,3 +46,43 @@ def test_eval_scores_extra_models_and_tokenizer_from_path(smoke_run, tmp_path, c
     assert list(results) == ["model"]  # the extra model, named after its directory; no stages ran here
     assert results["model"]["chat_format"]["well_formed"] >= 0.5
     assert results["model"]["perplexity"]["n"] > 1000
+
+
+def test_sft_teaches_a_foreign_model_the_phi4_chat_format(tmp_path):
+    """Post-training accepts any HF causal LM: here a Llama whose tokenizer has no ChatML tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(["Say yes. Say no. yes no maybe"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
+    foreign = tmp_path / "foreign"
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(foreign)
+    tok.save_pretrained(foreign)
+
+    convs = tmp_path / "chats.jsonl"
+    convs.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "Say yes."},
+                                                      {"role": "assistant", "content": "yes"}]}) + "\n"
+                             for _ in range(40)))
+    data = yaml.safe_load(SMOKE.read_text())
+    data["sft"].update(init_from=str(foreign), data=str(convs), steps=3, checkpoint_every=3)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    phiforge("sft", recipe, "--run-dir", tmp_path / "run")
+
+    out = tmp_path / "run" / "sft" / "model"
+    manifest = json.loads((tmp_path / "run" / "sft" / "manifest.json").read_text())
+    assert manifest["metrics"]["added_tokens"] == ["<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>"]
+    tuned_tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.get_input_embeddings().num_embeddings >= len(tuned_tok) > len(tok)
+    rendered = tuned_tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == "<|im_start|>user<|im_sep|>Hi<|im_end|><|im_start|>assistant<|im_sep|>"
+    assert len(tuned_tok.encode("<|im_sep|>", add_special_tokens=False)) == 1

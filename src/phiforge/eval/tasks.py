@@ -20,7 +20,7 @@ from phiforge.data import passkey, synthetic_math
 from phiforge.data.packing import IGNORE, pack_examples, pack_stream
 from phiforge.files import read_jsonl
 from phiforge.recipe import EvalConfig
-from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_START
+from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_START, document_separator_id, token_id
 from phiforge.train.loss import mean_loss
 
 
@@ -71,7 +71,8 @@ def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stop_i
 
 
 def _stop_ids(tok: PreTrainedTokenizerBase) -> list[int]:
-    return [i for i in (tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)) if i is not None]
+    ids = [token_id(tok, IM_END), token_id(tok, ENDOFTEXT), tok.eos_token_id]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def _chat_ids(tok: PreTrainedTokenizerBase, user: str) -> list[int]:
@@ -97,7 +98,7 @@ def perplexity(inp: EvalInput) -> dict[str, float]:
         chars += len(d.encode())
         if sum(map(len, ids)) >= inp.cfg.perplexity_tokens:
             break
-    data = pack_stream(ids, inp.seq_len, tok.convert_tokens_to_ids(ENDOFTEXT))
+    data = pack_stream(ids, inp.seq_len, document_separator_id(tok))
     loss = mean_loss(inp.model, data, inp.cfg.batch_size)
     targets = data.tokens[:, 1:].ravel()
     n = len(targets)
@@ -144,7 +145,7 @@ def _solution_loss(inp: EvalInput, items: list[dict]) -> float:
     from phiforge.posttrain.sft import encode_chat
 
     tok = inp.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids(ENDOFTEXT)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else document_separator_id(tok)
     convs = [synthetic_math.Problem(p["key"], p["family"], p["question"], p["steps"], p["answer"]).as_messages()
              for p in items]
     packed = pack_examples([encode_chat(tok, c) for c in convs], inp.seq_len, pad)
@@ -162,7 +163,7 @@ def long_context(inp: EvalInput) -> dict[str, float]:
     out: dict[str, float] = {}
     rows = 0
     for length in inp.cfg.passkey_lengths:
-        data = pack_stream(ids, length, tok.convert_tokens_to_ids(ENDOFTEXT))
+        data = pack_stream(ids, length, document_separator_id(tok))
         data.tokens = data.tokens[: max(1, inp.cfg.perplexity_tokens // length)]
         labels = data.tokens.copy()
         labels[:, : length // 2 + 1] = IGNORE  # score only positions in the second half of the window
@@ -210,11 +211,17 @@ CHAT_PROBES = [
 
 @task("chat_format")
 def chat_format(inp: EvalInput) -> dict[str, float]:
-    """Share of chat replies that are non-empty, end with <|im_end|> and open no new turn."""
+    """Share of chat replies that are non-empty, end with a stop token (<|im_end|>) and open no new turn."""
     tok = inp.tokenizer
-    replies = greedy(inp, [_chat_ids(tok, q) for q in CHAT_PROBES], 64, _stop_ids(tok))
-    good = sum(IM_END in r and r.split(IM_END)[0].strip() != "" and IM_START not in r.split(IM_END)[0] for r in replies)
-    return {"well_formed": good / len(replies), "n": len(replies)}
+    stops = _stop_ids(tok)
+    ends = tok.convert_ids_to_tokens(stops)
+    replies = greedy(inp, [_chat_ids(tok, q) for q in CHAT_PROBES], 64, stops)
+
+    def well_formed(reply: str) -> bool:
+        body = _cut(reply, *ends)
+        return any(e in reply for e in ends) and body.strip() != "" and IM_START not in body
+
+    return {"well_formed": sum(map(well_formed, replies)) / len(replies), "n": len(replies)}
 
 
 def load_problems(path: Path) -> list[dict]:

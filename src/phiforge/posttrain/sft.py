@@ -14,7 +14,7 @@ from phiforge.files import read_jsonl
 from phiforge.model import load_model
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
-from phiforge.tokenizer import IM_END, IM_SEP, IM_START, load_tokenizer
+from phiforge.tokenizer import IM_END, IM_SEP, IM_START, add_chatml, load_tokenizer
 from phiforge.train.export import cached_packed, export_model
 from phiforge.train.loop import train
 
@@ -63,6 +63,9 @@ def run(ctx: StageContext) -> StageResult:
     model = load_model(source)
     # A model directory that carries its tokenizer (any HF causal LM) brings it; else the run's.
     tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.upstream("tokenizer") / "tokenizer")
+    added = add_chatml(tok, model)
+    if added:
+        log.info("sft: added %s to %s's vocabulary for the Phi-4 chat format", " ".join(added), source)
     data_path = Path(cfg.data) if cfg.data is not None else ctx.upstream("corpus") / "sft.jsonl"
     conversations = read_conversations(data_path)
     random.Random(seed).shuffle(conversations)
@@ -82,6 +85,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics={
             "init_from": str(source),
             "conversations": len(conversations) - n_val,
+            "added_tokens": added,
             **result.metrics(),
         },
     )

@@ -55,6 +55,7 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    """Any HF tokenizer; one without a chat template gets Phi-4's, one without a pad token pads with EOS."""
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise UserError(f"{path}: not a tokenizer directory (no tokenizer.json); give a Hugging Face tokenizer path")
@@ -62,15 +63,39 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: the tokenizer does not load ({e})") from None
-    missing = [t for t in (ENDOFTEXT, IM_START, IM_SEP, IM_END) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
-    if missing:
-        raise UserError(f"{path}: tokenizer lacks the ChatML special tokens {missing}")
     if not tok.chat_template:
         tok.chat_template = CHAT_TEMPLATE
     if tok.pad_token is None:
-        tok.pad_token = ENDOFTEXT
+        tok.pad_token = tok.eos_token
     return tok
 
 
+def token_id(tok: PreTrainedTokenizerBase, token: str) -> int | None:
+    """The id of `token` if the vocabulary has it as a token of its own, else None."""
+    i = tok.convert_tokens_to_ids(token)
+    return None if i is None or i == tok.unk_token_id else i
+
+
+def missing_chatml(tok: PreTrainedTokenizerBase) -> list[str]:
+    return [t for t in (ENDOFTEXT, IM_START, IM_SEP, IM_END) if token_id(tok, t) is None]
+
+
+def add_chatml(tok: PreTrainedTokenizerBase, model) -> list[str]:
+    """Teach any HF causal LM the Phi-4 chat format: add missing specials, grow its embeddings.
+
+    The tokenizer's chat template becomes Phi-4's, so SFT data and later chats render the same way.
+    """
+    missing = missing_chatml(tok)
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing})
+        if model.get_input_embeddings().num_embeddings < len(tok):
+            model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.eos_token = IM_END
+    return missing
+
+
 def document_separator_id(tok: PreTrainedTokenizerBase) -> int:
-    return tok.convert_tokens_to_ids(ENDOFTEXT)
+    """<|endoftext|> between packed documents; a foreign tokenizer without it uses its EOS."""
+    found = token_id(tok, ENDOFTEXT)
+    return found if found is not None else tok.eos_token_id
