@@ -59,8 +59,8 @@ def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stop_i
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         gen = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=stop_ids,

@@ -65,19 +65,30 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def eval_table(results: dict) -> list[str]:
-    columns: list[tuple[str, str]] = []
+TASK_TITLES = {
+    "perplexity": "Held-out text (loss in nats/token; the unigram loss is the floor a unigram model of the same text reaches)",
+    "problems": "Held-out verified problems (greedy accuracy; solution_loss is the loss of the worked reference answer)",
+    "long_context": "Long context (held-out loss on the far half of windows of each length)",
+    "passkey": "Passkey retrieval (accuracy at each context length)",
+    "chat_format": "Chat format (replies that end with the stop token and open no new turn)",
+}
+
+
+def eval_tables(results: dict) -> list[str]:
+    """One table per task: a row per model, a column per metric, and the sample count."""
+    tasks: list[str] = []
     for res in results.values():
-        for task, metrics in res.items():
-            for k in metrics:
-                if k != "n" and (task, k) not in columns:
-                    columns.append((task, k))
-    lines = ["| model | " + " | ".join(f"{t}: {k}" for t, k in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, res in results.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(res.get(t, {}).get(k, "")) for t, k in columns) + " |")
-    sizes = {t: m.get("n") for r in results.values() for t, m in r.items()}
-    lines.append("")
-    lines.append("Samples per task: " + ", ".join(f"{t} n={n}" for t, n in sizes.items()) + ".")
+        tasks += [t for t in res if t not in tasks]
+    lines: list[str] = []
+    for task in tasks:
+        metrics = [k for k in next(r[task] for r in results.values() if task in r) if k != "n"]
+        lines += [f"**{TASK_TITLES.get(task, task)}**", "", "| model | " + " | ".join(metrics) + " | n |",
+                  "|---" * (len(metrics) + 2) + "|"]
+        for name, res in results.items():
+            if task in res:
+                row = [_fmt(res[task].get(k, "")) for k in metrics]
+                lines.append(f"| {name} | " + " | ".join(row) + f" | {res[task].get('n', '')} |")
+        lines.append("")
     return lines
 
 
@@ -120,7 +131,7 @@ def run(ctx: StageContext) -> StageResult:
             lines.append(f"![{stage} loss](report/plots/loss_{stage}.png)")
     if "eval" in manifests:
         results = json.loads((run_dir / "eval" / "results.json").read_text())
-        lines += ["", "## Evaluation", "", *eval_table(results)]
+        lines += ["", "## Evaluation", "", *eval_tables(results)]
         for task, metric, ylabel in (("long_context", "loss", "held-out loss, far half of window"),
                                      ("passkey", "acc", "passkey accuracy")):
             if any(task in r for r in results.values()):
