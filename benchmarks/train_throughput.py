@@ -1,7 +1,8 @@
 """Pretraining throughput: phiforge's loop against HF Trainer, same model, data and machine, one run.
 
-Rounds alternate the two (ours, Trainer, ours, Trainer, ...); each round trains a fresh copy of the same
-initial model for --steps steps, and the per-step time is the median after --skip warmup steps. The
+After one uncounted warmup round of each, rounds alternate the two (ours, Trainer, ours, Trainer, ...);
+each round trains a fresh copy of the same initial model for --steps steps, and the per-step time is the
+median after --skip warmup steps. The
 ratio is taken per round (paired) and its median printed, with MFU against this machine's measured
 bf16 matmul peak. FLOPs per token: 6 x non-embedding parameters + attention.
 
@@ -114,6 +115,9 @@ def main() -> None:
         m.load_state_dict(init.state_dict())
         return m
 
+    # One uncounted round of each first: compiled kernels, allocator pools and caches warm for both sides.
+    ours(fresh(), rows, a.skip + 2, a.batch, "auto", a.compile)
+    hf_trainer(fresh(), rows, a.skip + 2, a.batch, bf16)
     ratios, ours_tps, hf_tps = [], [], []
     for r in range(a.rounds):
         t_ours = statistics.median(ours(fresh(), rows, a.steps, a.batch, "auto", a.compile)[a.skip:])
