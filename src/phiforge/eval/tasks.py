@@ -10,6 +10,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ class EvalInput:
     problems: list[dict]  # held-out verified problems: question, answer
     seq_len: int  # the context perplexity is measured at
     seed: int
+
+    @cached_property
+    def heldout_ids(self) -> list[list[int]]:
+        """The held-out documents in this model's tokens, shared by the tasks that score text."""
+        return self.tokenizer(self.heldout_docs, add_special_tokens=False)["input_ids"] if self.heldout_docs else []
 
 
 TaskFn = Callable[[EvalInput], dict[str, float]]
@@ -90,13 +96,12 @@ def _cut(text: str, *markers: str) -> str:
 def perplexity(inp: EvalInput) -> dict[str, float]:
     """Held-out loss, perplexity and bits per byte, beside the best unigram model of the same text."""
     tok = inp.tokenizer
-    docs, ids, chars = [], [], 0
-    for d in inp.heldout_docs:
-        t = tok(d, add_special_tokens=False)["input_ids"]
-        docs.append(d)
-        ids.append(t)
-        chars += len(d.encode())
-        if sum(map(len, ids)) >= inp.cfg.perplexity_tokens:
+    ids, chars, tokens = [], 0, 0
+    for doc, doc_ids in zip(inp.heldout_docs, inp.heldout_ids):
+        ids.append(doc_ids)
+        chars += len(doc.encode())
+        tokens += len(doc_ids)
+        if tokens >= inp.cfg.perplexity_tokens:
             break
     data = pack_stream(ids, inp.seq_len, document_separator_id(tok))
     loss = mean_loss(inp.model, data, inp.cfg.batch_size)
@@ -105,7 +110,7 @@ def perplexity(inp: EvalInput) -> dict[str, float]:
     # A unigram fitted on the very text it is scored on: a floor no real unigram model gets under.
     freq = np.bincount(targets) / n
     unigram = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
-    bytes_per_token = chars / max(1, sum(map(len, ids)))
+    bytes_per_token = chars / max(1, tokens)
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50)),
@@ -158,8 +163,7 @@ def long_context(inp: EvalInput) -> dict[str, float]:
 
     A model trained at 256 tokens degrades past 256 positions; midtraining at 4x should not.
     """
-    tok = inp.tokenizer
-    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in inp.heldout_docs]
+    tok, ids = inp.tokenizer, inp.heldout_ids
     out: dict[str, float] = {}
     rows = 0
     for length in inp.cfg.passkey_lengths:

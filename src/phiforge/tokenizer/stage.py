@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from phiforge.data.corpus import source_docs
+from phiforge.errors import UserError
 from phiforge.files import write_with
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
-from phiforge.errors import UserError
 from phiforge.tokenizer import load_tokenizer, missing_chatml, train_tokenizer
 
 
@@ -28,8 +28,9 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.recipe.tokenizer
     if cfg.path is not None:
         tok = load_tokenizer(cfg.path)
-        if missing_chatml(tok):  # a model trained from scratch here learns the Phi-4 chat format
-            raise UserError(f"{cfg.path}: tokenizer lacks the Phi-4 special tokens {missing_chatml(tok)}")
+        missing = missing_chatml(tok)
+        if missing:  # a model trained from scratch here learns the Phi-4 chat format
+            raise UserError(f"{cfg.path}: tokenizer lacks the Phi-4 special tokens {missing}")
     else:
         tok = train_tokenizer(_training_texts(ctx, cfg.max_training_chars), cfg.vocab_size)
     write_with(ctx.out / "tokenizer", tok.save_pretrained)
