@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SMOKE, phiforge
 
-STAGES = ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report")
+STAGES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report")
 
 
 def test_run_dir_layout(smoke_run):

@@ -18,7 +18,7 @@ from conftest import SMOKE, phiforge
 def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp_path, copy_stages):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    copy_stages(smoke_run, run_dir, "corpus", "tokenizer")  # same inputs as the uninterrupted run
+    copy_stages(smoke_run, run_dir, "corpus", "synth", "tokenizer")  # same inputs as the uninterrupted run
     proc = subprocess.Popen(
         [sys.executable, "-m", "phiforge.cli", "pretrain", str(SMOKE), "--run-dir", str(run_dir)],
         stdout=subprocess.DEVNULL,
@@ -57,7 +57,7 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(smoke_run, tmp_path, c
     recipe.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    copy_stages(smoke_run, run_dir, "corpus", "tokenizer")
+    copy_stages(smoke_run, run_dir, "corpus", "synth", "tokenizer")
     proc = phiforge("pretrain", recipe, "--run-dir", run_dir, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

@@ -36,7 +36,7 @@ def test_eval_scores_extra_models_and_tokenizer_from_path(smoke_run, tmp_path, c
     recipe.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    copy_stages(smoke_run, run_dir, "corpus")
+    copy_stages(smoke_run, run_dir, "corpus", "synth")
     phiforge("tokenizer", recipe, "--run-dir", run_dir)
     adopted = json.loads((run_dir / "tokenizer" / "tokenizer" / "tokenizer.json").read_text())
     original = json.loads((smoke_run / "tokenizer" / "tokenizer" / "tokenizer.json").read_text())

