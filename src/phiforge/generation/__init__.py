@@ -7,8 +7,8 @@ quality labels, judges) only sees `Backend.chat`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 Messages = list[dict[str, str]]
 
@@ -34,4 +34,28 @@ class Backend(Protocol):
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         """n completions for each conversation, in order. Sample i of a conversation uses seed sampling.seed + i."""
+        ...
+
+
+# One completion request: a conversation and the exact sampling (seed included) of that one sample.
+Request = tuple[Messages, Sampling]
+OnDone = Callable[[int, str], None]  # (request index, completion), called as each completion arrives
+
+
+def expand(conversations: Sequence[Messages], sampling: Sampling, n: int) -> list[Request]:
+    """The n samples of each conversation as single requests; sample i is sample 0 at seed + i."""
+    return [(list(c), replace(sampling, seed=sampling.seed + i)) for c in conversations for i in range(n)]
+
+
+def regroup(completions: list[str], n: int) -> list[list[str]]:
+    """Inverse of `expand`: flat completions back to n per conversation."""
+    return [completions[k : k + n] for k in range(0, len(completions), n)]
+
+
+@runtime_checkable
+class IncrementalBackend(Backend, Protocol):
+    """A backend that reports each completion as it arrives, so a cache stores it before the batch ends."""
+
+    def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
+        """One completion per request, in order; on_done(index, completion) as each one finishes."""
         ...
