@@ -43,7 +43,7 @@ class FakeOpenAIServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
 
     def __enter__(self) -> FakeOpenAIServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
