@@ -104,10 +104,15 @@ def test_rejected_requests_are_not_retried_and_say_what_to_check(monkeypatch):
         OpenAIBackend("localhost:8000/v1", "teacher")
 
 
-def test_retry_after_is_read_as_seconds_or_a_date():
+def test_waits_follow_retry_after_and_grow_up_to_the_cap():
     assert retry_after_s("2.5") == 2.5
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: retry now
     assert retry_after_s("soon") is None and retry_after_s(None) is None
+    teacher = OpenAIBackend("http://127.0.0.1:9/v1", "teacher", backoff_s=0.1, max_backoff_s=5.0)
+    assert teacher.delay_s(0, retry_after=2.5) == 2.5  # the server asked for longer than our backoff
+    assert teacher.delay_s(0, retry_after=60.0) == 5.0
+    assert 0.05 <= teacher.delay_s(0, None) <= 0.15 and 0.4 <= teacher.delay_s(2, None) <= 1.2
+    assert teacher.delay_s(30, None) == 5.0
 
 
 def test_completions_finished_before_a_failure_are_not_asked_again(tmp_path):

@@ -123,7 +123,8 @@ class OpenAIBackend:
         self, client: httpx.AsyncClient, messages: Messages, sampling: Sampling, on_retry: Callable[[], None]
     ) -> str:
         body = request_body(self.model, messages, sampling)
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 return await self.post(client, body)
             except Transient as e:
@@ -132,13 +133,19 @@ class OpenAIBackend:
                         f"{self.url}: gave up after {attempt + 1} attempts, last: {e}; check that the server is up "
                         f"and serves model '{self.model}', or raise max_retries / timeout_s"
                     ) from None
-                delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)
-                if e.retry_after is not None:
-                    delay = max(delay, min(e.retry_after, self.max_backoff_s))
+                delay = self.delay_s(attempt, e.retry_after)
                 log.debug("%s: %s; retry %d in %.2f s", self.url, e, attempt + 1, delay)
                 on_retry()
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+                attempt += 1
+
+    def delay_s(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter (so many clients do not retry in step); the server's Retry-After
+        when it asks for longer. Both are capped at max_backoff_s."""
+        delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.max_backoff_s)
 
     async def post(self, client: httpx.AsyncClient, body: dict) -> str:
         try:
