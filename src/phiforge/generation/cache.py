@@ -12,8 +12,9 @@ import json
 import logging
 import sqlite3
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from phiforge.errors import UserError
 from phiforge.generation import Backend, IncrementalBackend, Messages, OnDone, Request, Sampling, expand, regroup
@@ -31,43 +32,55 @@ class CachedBackend:
         self.model = inner.model
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.open():  # a file that is not a cache fails here, before any request is sent
+            pass
+
+    @contextmanager
+    def open(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call (closed after it, so nothing is left open between calls)."""
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)  # autocommit: one insert, one commit
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL commits survive a killed process without an fsync each
-            self.db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)  # autocommit: one insert, one commit
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL commits survive a killed process without an fsync each
+            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path}: not a usable request cache ({e}); delete it or point the cache elsewhere") from None
+        try:
+            yield db
+        finally:
+            db.close()
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         return regroup(self.complete(expand(conversations, sampling, n)), n)
 
     def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
         keys = [request_key(self.model, messages, sampling) for messages, sampling in requests]
-        out: list[str | None] = [self.lookup(key) for key in keys]
-        missing: dict[str, list[int]] = defaultdict(list)  # equal requests in one call are generated once
-        for j, (key, completion) in enumerate(zip(keys, out)):
-            if completion is None:
-                missing[key].append(j)
-            elif on_done is not None:
-                on_done(j, completion)
-        slots = list(missing.values())
-        cached = len(out) - sum(map(len, slots))
-        log.info("%s: %d of %d completions cached, %d to generate", self.model, cached, len(out), len(slots))
-
-        def store(i: int, completion: str) -> None:
-            self.db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (keys[slots[i][0]], completion))
-            for j in slots[i]:
-                out[j] = completion
-                if on_done is not None:
+        with self.open() as db:
+            out: list[str | None] = [lookup(db, key) for key in keys]
+            missing: dict[str, list[int]] = defaultdict(list)  # equal requests in one call are generated once
+            for j, (key, completion) in enumerate(zip(keys, out)):
+                if completion is None:
+                    missing[key].append(j)
+                elif on_done is not None:
                     on_done(j, completion)
+            slots = list(missing.values())
+            cached = len(out) - sum(map(len, slots))
+            log.info("%s: %d of %d completions cached, %d to generate", self.model, cached, len(out), len(slots))
 
-        generate(self.inner, [requests[js[0]] for js in slots], store)
+            def store(i: int, completion: str) -> None:
+                db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (keys[slots[i][0]], completion))
+                for j in slots[i]:
+                    out[j] = completion
+                    if on_done is not None:
+                        on_done(j, completion)
+
+            generate(self.inner, [requests[js[0]] for js in slots], store)
         return out  # type: ignore[return-value]  # every slot is filled by now
 
-    def lookup(self, key: str) -> str | None:
-        row = self.db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+
+def lookup(db: sqlite3.Connection, key: str) -> str | None:
+    row = db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
 
 
 def request_key(model: str, messages: Messages, sampling: Sampling) -> str:
