@@ -52,6 +52,8 @@ class OpenAIBackend:
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"base_url {base_url!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)")
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise UserError(f"{base_url}: need concurrency >= 1, max_retries >= 0, timeout_s > 0")
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key_env = api_key_env
