@@ -8,6 +8,7 @@ quality labels, judges) only sees `Backend.chat`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 Messages = list[dict[str, str]]
@@ -35,6 +36,43 @@ class Backend(Protocol):
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         """n completions for each conversation, in order. Sample i of a conversation uses seed sampling.seed + i."""
         ...
+
+
+def default_sampling(cfg) -> Sampling:
+    """The recipe's teacher sampling defaults (a TeacherConfig), seeded by the recipe seed at call sites."""
+    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+
+
+def load_backend(cfg, cache_dir: Path | None = None) -> Backend:
+    """The backend a recipe's `teacher:` section names (a TeacherConfig), behind the request cache in
+    `cache_dir` when `cfg.cache` is on."""
+    backend: Backend
+    if cfg.backend == "hf":
+        from phiforge.generation.hf import HFBackend
+
+        backend = HFBackend(cfg.model, batch_size=cfg.batch_size)
+    elif cfg.backend == "openai":
+        from phiforge.generation.openai import OpenAIBackend
+
+        backend = OpenAIBackend(
+            cfg.base_url,
+            cfg.model,
+            api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+        )
+    elif cfg.backend == "vllm":
+        from phiforge.generation.vllm import VLLMBackend
+
+        backend = VLLMBackend(cfg.model)
+    else:
+        raise NotImplementedError(cfg.backend)
+    if cfg.cache and cache_dir is not None:
+        from phiforge.generation.cache import CachedBackend
+
+        backend = CachedBackend(backend, Path(cache_dir) / "requests.sqlite")
+    return backend
 
 
 # One completion request: a conversation and the exact sampling (seed included) of that one sample.

@@ -16,8 +16,11 @@ class VLLMBackend:
             from vllm import LLM
         except ImportError:
             raise UserError("teacher backend 'vllm' needs vllm: pip install 'phiforge[vllm]' (Linux with a GPU)") from None
-        self.model = model
-        self.llm = LLM(model=model, **llm_kwargs)
+        from phiforge.generation.hf import SMOLLM2, smollm2_dir
+
+        # the embedded teacher goes by the same name as under the hf backend, so their caches agree
+        self.model = "SmolLM2-135M-Instruct" if model == SMOLLM2 else model
+        self.llm = LLM(model=str(smollm2_dir()) if model == SMOLLM2 else model, **llm_kwargs)
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         from vllm import SamplingParams
