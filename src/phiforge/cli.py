@@ -31,7 +31,7 @@ def _setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
         force=True,
     )
-    for noisy in ("transformers", "httpx", "matplotlib"):
+    for noisy in ("transformers", "httpx", "httpx2", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 

@@ -7,8 +7,9 @@ quality labels, judges) only sees `Backend.chat`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 Messages = list[dict[str, str]]
 
@@ -42,10 +43,57 @@ def default_sampling(cfg) -> Sampling:
     return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
 
 
-def load_backend(cfg, cache_dir=None) -> Backend:
-    """The backend a recipe's `teacher:` section names (a TeacherConfig)."""
+def load_backend(cfg, cache_dir: Path | None = None) -> Backend:
+    """The backend a recipe's `teacher:` section names (a TeacherConfig), behind the request cache in
+    `cache_dir` when `cfg.cache` is on."""
+    backend: Backend
     if cfg.backend == "hf":
         from phiforge.generation.hf import HFBackend
 
-        return HFBackend(cfg.model, batch_size=cfg.batch_size)
-    raise NotImplementedError(cfg.backend)
+        backend = HFBackend(cfg.model, batch_size=cfg.batch_size)
+    elif cfg.backend == "openai":
+        from phiforge.generation.openai import OpenAIBackend
+
+        backend = OpenAIBackend(
+            cfg.base_url,
+            cfg.model,
+            api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+        )
+    elif cfg.backend == "vllm":
+        from phiforge.generation.vllm import VLLMBackend
+
+        backend = VLLMBackend(cfg.model)
+    else:
+        raise NotImplementedError(cfg.backend)
+    if cfg.cache and cache_dir is not None:
+        from phiforge.generation.cache import CachedBackend
+
+        backend = CachedBackend(backend, Path(cache_dir) / "requests.sqlite")
+    return backend
+
+
+# One completion request: a conversation and the exact sampling (seed included) of that one sample.
+Request = tuple[Messages, Sampling]
+OnDone = Callable[[int, str], None]  # (request index, completion), called as each completion arrives
+
+
+def expand(conversations: Sequence[Messages], sampling: Sampling, n: int) -> list[Request]:
+    """The n samples of each conversation as single requests; sample i is sample 0 at seed + i."""
+    return [(list(c), replace(sampling, seed=sampling.seed + i)) for c in conversations for i in range(n)]
+
+
+def regroup(completions: list[str], n: int) -> list[list[str]]:
+    """Inverse of `expand`: flat completions back to n per conversation."""
+    return [completions[k : k + n] for k in range(0, len(completions), n)]
+
+
+@runtime_checkable
+class IncrementalBackend(Backend, Protocol):
+    """A backend that reports each completion as it arrives, so a cache stores it before the batch ends."""
+
+    def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
+        """One completion per request, in order; on_done(index, completion) as each one finishes."""
+        ...

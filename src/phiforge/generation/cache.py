@@ -1,0 +1,106 @@
+"""A disk cache of completions in front of any backend: a rerun or a resumed run pays for nothing twice.
+
+Keys are (model, messages, sampling with the sample's own seed), so sample i of a conversation is the same
+entry as sample 0 at seed + i (the Backend contract). sqlite (stdlib) in WAL mode: each completion is
+committed the moment it arrives, so a killed run keeps every finished request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from phiforge.errors import UserError
+from phiforge.generation import Backend, IncrementalBackend, Messages, OnDone, Request, Sampling, expand, regroup
+
+log = logging.getLogger("phiforge")
+
+PLAIN_BATCH = 64  # a backend without `complete` gets misses in batches this size, each stored when it returns
+
+
+class CachedBackend:
+    """Wraps `inner`; only cache misses reach it. Itself incremental, so caches and callers compose."""
+
+    def __init__(self, inner: Backend, path: Path) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.open():  # a file that is not a cache fails here, before any request is sent
+            pass
+
+    @contextmanager
+    def open(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call (closed after it, so nothing is left open between calls)."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)  # autocommit: one insert, one commit
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL commits survive a killed process without an fsync each
+            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a usable request cache ({e}); delete it or point the cache elsewhere") from None
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
+        return regroup(self.complete(expand(conversations, sampling, n)), n)
+
+    def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
+        keys = [request_key(self.model, messages, sampling) for messages, sampling in requests]
+        with self.open() as db:
+            out: list[str | None] = [lookup(db, key) for key in keys]
+            missing: dict[str, list[int]] = defaultdict(list)  # equal requests in one call are generated once
+            for j, (key, completion) in enumerate(zip(keys, out)):
+                if completion is None:
+                    missing[key].append(j)
+                elif on_done is not None:
+                    on_done(j, completion)
+            slots = list(missing.values())
+            cached = len(out) - sum(map(len, slots))
+            log.info("%s: %d of %d completions cached, %d to generate", self.model, cached, len(out), len(slots))
+
+            def store(i: int, completion: str) -> None:
+                db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (keys[slots[i][0]], completion))
+                for j in slots[i]:
+                    out[j] = completion
+                    if on_done is not None:
+                        on_done(j, completion)
+
+            generate(self.inner, [requests[js[0]] for js in slots], store)
+        return out  # type: ignore[return-value]  # every slot is filled by now
+
+
+def lookup(db: sqlite3.Connection, key: str) -> str | None:
+    row = db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def request_key(model: str, messages: Messages, sampling: Sampling) -> str:
+    blob = json.dumps([model, messages, sampling.as_dict()], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def generate(backend: Backend, requests: Sequence[Request], on_done: OnDone) -> None:
+    """Run single requests on any backend, reporting each completion as soon as the backend hands it over."""
+    if not requests:
+        return
+    if isinstance(backend, IncrementalBackend):
+        backend.complete(requests, on_done)
+        return
+    by_sampling: dict[Sampling, list[int]] = defaultdict(list)
+    for j, (_, sampling) in enumerate(requests):
+        by_sampling[sampling].append(j)
+    for sampling, idx in by_sampling.items():
+        for start in range(0, len(idx), PLAIN_BATCH):
+            batch = idx[start : start + PLAIN_BATCH]
+            completions = backend.chat([requests[j][0] for j in batch], sampling, 1)
+            for j, samples in zip(batch, completions):
+                on_done(j, samples[0])

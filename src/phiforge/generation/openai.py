@@ -1,0 +1,211 @@
+"""Teacher behind any OpenAI-compatible chat endpoint (vLLM server, llama.cpp server, a hosted API).
+
+Each sample is its own POST {base_url}/chat/completions with its own seed (sample i: seed + i), so the
+request cache stores and reuses samples one by one. Requests run concurrently on one asyncio loop.
+Transient failures (429, 5xx, timeouts, dropped connections, garbage or truncated answers) are retried
+with exponential backoff and jitter, honouring Retry-After; the loop is a few lines here rather than a
+retry library because it needs the server's Retry-After and one-line errors naming the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Callable, Sequence
+
+import httpx2 as httpx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from phiforge.errors import UserError
+from phiforge.generation import Messages, OnDone, Request, Sampling, expand, regroup
+
+log = logging.getLogger("phiforge")
+
+SHOW_PROGRESS_FROM = 32  # requests; fewer finish before a bar is worth drawing
+
+
+class Transient(Exception):
+    """A failure worth retrying; `retry_after` is the server's requested wait in seconds, if it gave one."""
+
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
+
+
+class OpenAIBackend:
+    """Chat completions from an OpenAI-compatible server. The API key is read from `api_key_env`, never stored."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise UserError(f"base_url {base_url!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)")
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise UserError(f"{base_url}: need concurrency >= 1, max_retries >= 0, timeout_s > 0")
+        self.model = model
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api_key_env = api_key_env
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+
+    def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
+        return regroup(self.complete(expand(conversations, sampling, n)), n)
+
+    def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
+        if not requests:
+            return []
+        headers = self.headers()
+        log.info("%s: %d requests to %s, %d at a time", self.model, len(requests), self.url, self.concurrency)
+        return asyncio.run(self.complete_all(requests, headers, on_done))
+
+    def headers(self) -> dict[str, str]:
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise UserError(
+                f"{self.url}: environment variable {self.api_key_env} (api_key_env) is not set; export your API key there"
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    async def complete_all(self, requests: Sequence[Request], headers: dict, on_done: OnDone | None) -> list[str]:
+        out = [""] * len(requests)
+        pending = iter(enumerate(requests))  # shared by the workers: each takes the next request when free
+        limits = httpx.Limits(max_connections=self.concurrency)
+        progress = Progress(
+            TextColumn(f"[bold]{self.model}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("retries {task.fields[retries]}"),
+            TimeRemainingColumn(),
+            disable=len(requests) < SHOW_PROGRESS_FROM,
+        )
+        async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits) as client:
+            with progress:
+                bar = progress.add_task("requests", total=len(requests), retries=0)
+                retries = 0
+
+                def on_retry() -> None:
+                    nonlocal retries
+                    retries += 1
+                    progress.update(bar, retries=retries)
+
+                async def worker() -> None:
+                    for j, (messages, sampling) in pending:
+                        out[j] = await self.request(client, messages, sampling, on_retry)
+                        if on_done is not None:
+                            on_done(j, out[j])
+                        progress.advance(bar)
+
+                workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
+                try:
+                    await asyncio.gather(*workers)
+                finally:  # one request failed for good: stop the others (finished ones were already reported)
+                    for w in workers:
+                        w.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+        return out
+
+    async def request(
+        self, client: httpx.AsyncClient, messages: Messages, sampling: Sampling, on_retry: Callable[[], None]
+    ) -> str:
+        body = request_body(self.model, messages, sampling)
+        attempt = 0
+        while True:
+            try:
+                return await self.post(client, body)
+            except Transient as e:
+                if attempt == self.max_retries:
+                    raise UserError(
+                        f"{self.url}: gave up after {attempt + 1} attempts, last: {e}; check that the server is up "
+                        f"and serves model '{self.model}', or raise max_retries / timeout_s"
+                    ) from None
+                delay = self.delay_s(attempt, e.retry_after)
+                log.debug("%s: %s; retry %d in %.2f s", self.url, e, attempt + 1, delay)
+                on_retry()
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def delay_s(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter (so many clients do not retry in step); the server's Retry-After
+        when it asks for longer. Both are capped at max_backoff_s."""
+        delay = self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.max_backoff_s)
+
+    async def post(self, client: httpx.AsyncClient, body: dict) -> str:
+        try:
+            r = await client.post(self.url, json=body)
+        except httpx.TimeoutException:
+            raise Transient(f"no answer within {self.timeout_s:g} s") from None
+        except httpx.TransportError as e:  # refused or dropped connection, truncated body
+            raise Transient(f"{type(e).__name__}{one_line(str(e))}") from None
+        if r.status_code in (408, 429) or r.status_code >= 500:
+            raise Transient(f"HTTP {r.status_code}{one_line(r.text)}", retry_after_s(r.headers.get("retry-after")))
+        if r.status_code != 200:
+            raise UserError(f"{self.url}: HTTP {r.status_code}{one_line(r.text)}; {self.hint(r.status_code)}")
+        try:
+            content = r.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise Transient(f"answer is not a chat completion{one_line(r.text) or ' (empty body)'}") from None
+        if not isinstance(content, str):
+            raise Transient(f"answer has no text content{one_line(r.text)}")
+        return content
+
+    def hint(self, status: int) -> str:
+        if status in (401, 403):
+            key = f"the key in ${self.api_key_env}" if self.api_key_env else "api_key_env (no key is sent)"
+            return f"check {key}"
+        if status == 404:
+            return f"check base_url (it usually ends in /v1) and that the server serves model '{self.model}'"
+        return "check the model name and sampling parameters against what the server accepts"
+
+
+def request_body(model: str, messages: Messages, sampling: Sampling) -> dict:
+    body = {
+        "model": model,
+        "messages": messages,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": sampling.seed,
+    }
+    if sampling.top_k > 0:
+        body["top_k"] = sampling.top_k  # not OpenAI's API; vLLM and llama.cpp servers accept it
+    return body
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds: either a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A server's answer as ': <first 200 characters on one line>', or '' when it sent nothing."""
+    text = " ".join(text.split())
+    return "" if not text else ": " + (text if len(text) <= limit else text[:limit] + "...")
