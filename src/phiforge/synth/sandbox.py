@@ -1,0 +1,169 @@
+"""Run untrusted generated Python (a generated solution plus its tests) and say whether it passed.
+
+Each run is a fresh `python -I -B` subprocess in a throwaway directory; the caller gets a SandboxResult and
+goes on, whatever the code did. What is contained, and how:
+
+- Time: a wall-clock timeout kills the whole process group (the child starts a new session), and
+  RLIMIT_CPU stops a busy process even if the parent is stalled.
+- Memory and disk: RLIMIT_AS (a 10 GB allocation is a MemoryError), RLIMIT_FSIZE (no file, stdout and
+  stderr included, grows past `file_mb`), RLIMIT_CORE 0.
+- Environment: only PATH=/usr/bin:/bin, HOME and TMPDIR (both the run directory), LANG and thread counts;
+  no API keys or tokens reach the code; `-I` ignores PYTHON* variables and the user site directory.
+- Where the machine allows unprivileged user namespaces (probed once per process with the real command),
+  the child runs under `unshare --user --map-root-user --net --pid --mount --mount-proc`:
+  - no network at all: a new network namespace holds only a down loopback device;
+  - the whole file system is remounted read-only except the run directory (and a private /dev/shm), so
+    writes and removals elsewhere fail at the kernel, also from programs started by the code;
+  - a new PID namespace: the code sees only its own processes, cannot signal any other, and everything it
+    started dies with it (its init is killed on timeout, which takes the namespace down).
+- Always, inside the child before the code runs (sandbox_child.py), a Python audit hook refuses: writes,
+  renames and removals outside the run directory; starting any other program (os.system, subprocess,
+  exec, posix_spawn), since a started program escapes the hook; socket connect/bind/send; signals to
+  other processes; and more than `max_forks` forks in the whole process tree (counted in shared memory,
+  so a fork bomb stops there). A refused action raises an exception the code cannot catch with
+  `except Exception` and is recorded, and the run's status is "blocked".
+
+Limits of the approach: the code runs with the caller's user id. With namespaces the kernel enforces the
+network and file-system rules; without them (status `isolation()` is False, logged once) they rest on the
+audit hook, which is a guard against mistakes and ordinary destructive code, not a security boundary:
+native code (ctypes, C extensions) can bypass it. RLIMIT_NPROC is not used: it counts every process of
+the user id on the machine (and root ignores it), so the fork limit lives in the hook and the PID
+namespace. Reads are not restricted: the code can read any file the caller can (not secrets in the
+environment, but files on disk). For hostile code use a VM or a container runtime around the whole job.
+
+Many runs: a per-run subprocess costs tens of milliseconds; a pre-forked warm interpreter would share
+state between runs, so instead `run_many` runs clean subprocesses in parallel threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("phiforge")
+
+CHILD = Path(__file__).with_name("sandbox_child.py")
+TAIL = 4000
+
+UNSHARE = ["--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 10.0
+    memory_mb: int = 2048
+    file_mb: int = 64
+    max_forks: int = 16
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    passed: bool
+    status: str  # ok | failed | timeout | memory | blocked | crashed
+    exit_code: int | None  # negative: killed by that signal
+    stdout: str  # last TAIL characters
+    stderr: str
+    wall_s: float
+
+
+def _command(mode: str, workdir: Path, *args: str) -> list[str]:
+    child = [sys.executable, "-I", "-B", str(CHILD), mode, str(workdir), *args]
+    return child if mode == "plain" else [shutil.which("unshare") or "unshare", *UNSHARE, *child]
+
+
+@functools.cache
+def isolation() -> bool:
+    """True when runs get the namespaces: probed by trying to write outside a run directory in one."""
+    base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-probe-"))
+    try:
+        (base / "work").mkdir()
+        probe = _command("probe", base / "work", str(base / "outside"))
+        try:
+            ok = subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        ok = ok and not (base / "outside").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if ok:
+        log.info("sandbox: user, network, PID and mount namespaces (read-only file system, no network)")
+    else:
+        log.warning("sandbox: namespaces unavailable here (unshare -r failed); relying on rlimits and an audit hook")
+    return ok
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8", **threads}
+
+
+def _tail(path: Path) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL))
+        return f.read().decode("utf-8", "replace")
+
+
+def _status(exit_code: int, timed_out: bool, blocked: bool, stderr: str) -> str:
+    if blocked:
+        return "blocked"
+    if timed_out or exit_code == -signal.SIGXCPU:
+        return "timeout"
+    if "MemoryError" in stderr:
+        return "memory"
+    if exit_code == 0:
+        return "ok"
+    return "crashed" if exit_code < 0 else "failed"
+
+
+def run_python(code: str, limits: Limits = Limits()) -> SandboxResult:
+    """Run `code` as a script in a fresh sandbox; never raises because of what the code does."""
+    base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-"))
+    try:
+        work = base / "work"
+        work.mkdir()
+        program = work / "main.py"
+        program.write_text(code, encoding="utf-8")
+        with open(base / "stdout", "wb") as out, open(base / "stderr", "wb") as err, open(base / "blocked", "wb") as rep:
+            isolated = isolation()
+            args = (program, rep.fileno(), limits.timeout_s, limits.memory_mb, limits.file_mb, limits.max_forks)
+            cmd = _command("isolated" if isolated else "plain", work, *map(str, args))
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=work, env=_env(work), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    pass_fds=(rep.fileno(),), start_new_session=True)
+            try:
+                proc.wait(timeout=limits.timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            try:  # always: the code may have left processes behind in its group
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            wall = time.perf_counter() - start
+        exit_code = proc.returncode
+        if isolated and exit_code > 128:  # the namespace's init reports a killed program as 128 + signal
+            exit_code = 128 - exit_code
+        stderr = _tail(base / "stderr")
+        status = _status(exit_code, timed_out, (base / "blocked").stat().st_size > 0, stderr)
+        return SandboxResult(status == "ok", status, exit_code, _tail(base / "stdout"), stderr, wall)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_many(codes: Sequence[str], limits: Limits = Limits(), workers: int | None = None) -> list[SandboxResult]:
+    """Run each code in its own sandbox, `workers` at a time (default: one per CPU core); results in order."""
+    isolation()  # probe once before the threads start
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda code: run_python(code, limits), codes))
