@@ -28,14 +28,15 @@ def mode(request, monkeypatch) -> str:
 
 
 def sandbox_processes() -> list[str]:
-    """Processes still running this checkout's sandbox child."""
+    """Processes of runs still alive: forks of this checkout's sandbox server, other than the server."""
     found = []
+    server = str(sandbox._server.proc.pid)
     for pid in filter(str.isdigit, (p.name for p in Path("/proc").iterdir())):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if str(CHILD) in cmdline:
+        if str(CHILD) in cmdline and pid != server:
             found.append(pid)
     return found
 

@@ -37,14 +37,19 @@ state between runs, so instead `run_many` runs clean subprocesses in parallel th
 
 from __future__ import annotations
 
+import atexit
 import functools
+import json
 import logging
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +61,6 @@ log = logging.getLogger("phiforge")
 CHILD = Path(__file__).with_name("sandbox_child.py")
 TAIL = 4000
 
-UNSHARE = ["--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,71 @@ class SandboxResult:
     wall_s: float
 
 
-def _command(mode: str, workdir: Path, *args: str) -> list[str]:
-    child = [sys.executable, "-I", "-B", str(CHILD), mode, str(workdir), *args]
-    return child if mode == "plain" else [shutil.which("unshare") or "unshare", *UNSHARE, *child]
+class _ForkServer:
+    """One pre-imported interpreter (sandbox_child.py) that forks a fresh, confined process tree per run.
+
+    It imports only the standard library and never runs submitted code, so a run starts from the same
+    clean state as a new `python -I` process, without paying for interpreter start-up each time.
+    """
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", str(CHILD), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=_env(Path(tempfile.gettempdir())), cwd="/",
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.sock = ours
+
+    def start(self, job: dict, fds: Sequence[int]) -> int:
+        """Hand over a job with its stdout, stderr, report and done descriptors; the run leader's pid."""
+        socket.send_fds(self.sock, [json.dumps(job).encode()], list(fds))
+        return int(self.sock.recv(32))
+
+    def close(self) -> None:
+        self.sock.close()  # the server exits when its end reads nothing
+        self.proc.wait(timeout=10)
+
+
+_server: _ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def _start(job: dict, fds: Sequence[int]) -> int:
+    global _server
+    with _server_lock:
+        for attempt in (1, 2):  # a server that died is replaced once
+            if _server is None or _server.proc.poll() is not None:
+                _server = _ForkServer()
+                atexit.register(_server.close)
+            try:
+                return _server.start(job, fds)
+            except (OSError, ValueError):
+                _server.proc.kill()
+                if attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _launch(job: dict, out: int, err: int, report: int, timeout_s: float) -> tuple[int | None, bool]:
+    """Run a job to its end or its timeout; (exit code, negative for a signal, or None; timed out)."""
+    read_done, write_done = os.pipe()
+    try:
+        leader = _start(job, (out, err, report, write_done))
+    finally:
+        os.close(write_done)
+    with os.fdopen(read_done, "rb") as done:
+        timed_out = not select.select([done], [], [], timeout_s)[0]
+        try:  # always: in the fallback mode the code may have left processes behind in its group
+            os.killpg(leader, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reply = done.read()
+    if not reply:
+        return None, timed_out
+    code = int(reply)
+    return (128 - code if code > 128 else code), timed_out  # the leader reports a killed run as 128 + signal
 
 
 @functools.cache
@@ -88,18 +154,17 @@ def isolation() -> bool:
     base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-probe-"))
     try:
         (base / "work").mkdir()
-        probe = _command("probe", base / "work", str(base / "outside"))
-        try:
-            ok = subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        ok = ok and not (base / "outside").exists()
+        job = {"workdir": str(base / "work"), "isolated": True, "env": _env(base / "work"), "probe": str(base / "out")}
+        with open(base / "log", "wb") as log_file:
+            code, _ = _launch(job, log_file.fileno(), log_file.fileno(), log_file.fileno(), 30.0)
+        ok = code == 0 and not (base / "out").exists()
+        why = (base / "log").read_text(errors="replace").strip().splitlines()[-1:] or ["a write outside succeeded"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
     if ok:
         log.info("sandbox: user, network, PID and mount namespaces (read-only file system, no network)")
     else:
-        log.warning("sandbox: namespaces unavailable here (unshare -r failed); relying on rlimits and an audit hook")
+        log.warning("sandbox: namespaces unavailable here (%s); relying on rlimits and an audit hook", why[0])
     return ok
 
 
@@ -114,7 +179,7 @@ def _tail(path: Path) -> str:
         return f.read().decode("utf-8", "replace")
 
 
-def _status(exit_code: int, timed_out: bool, blocked: bool, stderr: str) -> str:
+def _status(exit_code: int | None, timed_out: bool, blocked: bool, stderr: str) -> str:
     if blocked:
         return "blocked"
     if timed_out or exit_code == -signal.SIGXCPU:
@@ -123,38 +188,25 @@ def _status(exit_code: int, timed_out: bool, blocked: bool, stderr: str) -> str:
         return "memory"
     if exit_code == 0:
         return "ok"
-    return "crashed" if exit_code < 0 else "failed"
+    return "crashed" if exit_code is None or exit_code < 0 else "failed"
 
 
 def run_python(code: str, limits: Limits = Limits()) -> SandboxResult:
     """Run `code` as a script in a fresh sandbox; never raises because of what the code does."""
+    isolated = isolation()
     base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-"))
     try:
         work = base / "work"
         work.mkdir()
         program = work / "main.py"
         program.write_text(code, encoding="utf-8")
+        job = {"workdir": str(work), "program": str(program), "isolated": isolated, "env": _env(work),
+               "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
+               "max_forks": limits.max_forks}
+        start = time.perf_counter()
         with open(base / "stdout", "wb") as out, open(base / "stderr", "wb") as err, open(base / "blocked", "wb") as rep:
-            isolated = isolation()
-            args = (program, rep.fileno(), limits.timeout_s, limits.memory_mb, limits.file_mb, limits.max_forks)
-            cmd = _command("isolated" if isolated else "plain", work, *map(str, args))
-            start = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=work, env=_env(work), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    pass_fds=(rep.fileno(),), start_new_session=True)
-            try:
-                proc.wait(timeout=limits.timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            try:  # always: the code may have left processes behind in its group
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            wall = time.perf_counter() - start
-        exit_code = proc.returncode
-        if isolated and exit_code > 128:  # the namespace's init reports a killed program as 128 + signal
-            exit_code = 128 - exit_code
+            exit_code, timed_out = _launch(job, out.fileno(), err.fileno(), rep.fileno(), limits.timeout_s)
+        wall = time.perf_counter() - start
         stderr = _tail(base / "stderr")
         status = _status(exit_code, timed_out, (base / "blocked").stat().st_size > 0, stderr)
         return SandboxResult(status == "ok", status, exit_code, _tail(base / "stdout"), stderr, wall)
