@@ -130,7 +130,11 @@ def test_secrets_in_the_environment_do_not_reach_the_code(mode, monkeypatch):
 
 
 def test_run_many_keeps_order_and_isolates_runs():
-    codes = ["open('state.txt', 'w').write('x')", "import os\nassert not os.path.exists('state.txt')", "raise SystemExit(3)"]
+    codes = [
+        "open('state.txt', 'w').write('x')",
+        "import os\nassert not os.path.exists('state.txt')",  # each run has its own directory
+        "raise SystemExit(3)",
+    ]
     results = run_many(codes * 2, workers=2)
     assert [r.status for r in results] == ["ok", "ok", "failed"] * 2
     assert results[2].exit_code == 3

@@ -1,38 +1,41 @@
 """Run untrusted generated Python (a generated solution plus its tests) and say whether it passed.
 
-Each run is a fresh `python -I -B` subprocess in a throwaway directory; the caller gets a SandboxResult and
-goes on, whatever the code did. What is contained, and how:
+Each run is a fresh process tree in a throwaway directory; the caller gets a SandboxResult (status ok,
+failed, timeout, memory, blocked or crashed) and goes on, whatever the code did. What is contained, how:
 
-- Time: a wall-clock timeout kills the whole process group (the child starts a new session), and
-  RLIMIT_CPU stops a busy process even if the parent is stalled.
+- Time: a wall-clock timeout kills the run's whole process group, and RLIMIT_CPU stops a busy process
+  even if the caller is stalled.
 - Memory and disk: RLIMIT_AS (a 10 GB allocation is a MemoryError), RLIMIT_FSIZE (no file, stdout and
   stderr included, grows past `file_mb`), RLIMIT_CORE 0.
 - Environment: only PATH=/usr/bin:/bin, HOME and TMPDIR (both the run directory), LANG and thread counts;
-  no API keys or tokens reach the code; `-I` ignores PYTHON* variables and the user site directory.
-- Where the machine allows unprivileged user namespaces (probed once per process with the real command),
-  the child runs under `unshare --user --map-root-user --net --pid --mount --mount-proc`:
-  - no network at all: a new network namespace holds only a down loopback device;
-  - the whole file system is remounted read-only except the run directory (and a private /dev/shm), so
-    writes and removals elsewhere fail at the kernel, also from programs started by the code;
-  - a new PID namespace: the code sees only its own processes, cannot signal any other, and everything it
-    started dies with it (its init is killed on timeout, which takes the namespace down).
-- Always, inside the child before the code runs (sandbox_child.py), a Python audit hook refuses: writes,
-  renames and removals outside the run directory; starting any other program (os.system, subprocess,
-  exec, posix_spawn), since a started program escapes the hook; socket connect/bind/send; signals to
-  other processes; and more than `max_forks` forks in the whole process tree (counted in shared memory,
-  so a fork bomb stops there). A refused action raises an exception the code cannot catch with
-  `except Exception` and is recorded, and the run's status is "blocked".
+  no API keys or tokens reach the code; the interpreter runs with `-I` (no PYTHON* variables, no user
+  site directory, no PYTHONPATH) and the run directory first on sys.path.
+- Where the machine allows unprivileged user namespaces (probed once per process by trying it), each run
+  gets new user, mount, network and PID namespaces (unshare(2); the caller's uid maps to root inside):
+  - no network at all: the new network namespace holds only a loopback device that is down;
+  - every mount is remounted read-only except the run directory (and a private /dev/shm), so writes and
+    removals elsewhere fail in the kernel, also from native code and from programs the code starts;
+  - the code sees only its own processes, cannot signal any other, and everything it started dies with
+    it (killing the namespace's init takes the namespace down).
+- Always, in the run's process before the code starts (sandbox_child.py), a Python audit hook refuses:
+  writes, renames and removals outside the run directory; starting any other program (os.system,
+  subprocess, exec, posix_spawn), since a started program escapes the hook; socket connect/bind/send;
+  signals outside the run's process group; more than `max_forks` forks in the run's whole process tree
+  (counted in shared memory, so a fork bomb stops there). A refused action raises an exception the code
+  cannot catch with `except Exception` and is recorded: the run's status is "blocked", never "ok".
 
-Limits of the approach: the code runs with the caller's user id. With namespaces the kernel enforces the
-network and file-system rules; without them (status `isolation()` is False, logged once) they rest on the
-audit hook, which is a guard against mistakes and ordinary destructive code, not a security boundary:
-native code (ctypes, C extensions) can bypass it. RLIMIT_NPROC is not used: it counts every process of
-the user id on the machine (and root ignores it), so the fork limit lives in the hook and the PID
-namespace. Reads are not restricted: the code can read any file the caller can (not secrets in the
-environment, but files on disk). For hostile code use a VM or a container runtime around the whole job.
+Limits of the approach: the code runs as the caller's user id, and can read whatever the caller can read
+(files on disk; not the caller's environment). With namespaces the kernel enforces the network and
+file-system rules; without them (`isolation()` False, logged once) those rest on the audit hook, which
+stops mistakes and ordinary destructive code but is not a security boundary: native code (ctypes, C
+extensions) passes it, and a process that calls setsid() leaves the group killed on timeout (it still
+dies at its CPU limit unless it sleeps). RLIMIT_NPROC is not used: it counts every process of the user id
+on the whole machine, and root ignores it; the hook's fork budget and the PID namespace do that job.
+For hostile code put the whole job in a VM or container as well.
 
-Many runs: a per-run subprocess costs tens of milliseconds; a pre-forked warm interpreter would share
-state between runs, so instead `run_many` runs clean subprocesses in parallel threads.
+Many runs: a fork server (one `python -I` that has imported only the standard library and never runs
+submitted code) forks each run from that clean state and the run then enters its own new namespaces,
+so runs share nothing, and interpreter start-up is paid once; `run_many` runs them in parallel threads.
 """
 
 from __future__ import annotations
@@ -62,7 +65,6 @@ CHILD = Path(__file__).with_name("sandbox_child.py")
 TAIL = 4000
 
 
-
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 10.0
@@ -75,7 +77,7 @@ class Limits:
 class SandboxResult:
     passed: bool
     status: str  # ok | failed | timeout | memory | blocked | crashed
-    exit_code: int | None  # negative: killed by that signal
+    exit_code: int | None  # negative: killed by that signal; None: killed on timeout
     stdout: str  # last TAIL characters
     stderr: str
     wall_s: float
@@ -112,20 +114,23 @@ _server: _ForkServer | None = None
 _server_lock = threading.Lock()
 
 
-def _start(job: dict, fds: Sequence[int]) -> int:
+def _server_running() -> _ForkServer:
     global _server
+    if _server is None or _server.proc.poll() is not None:
+        _server = _ForkServer()
+        atexit.register(_server.close)
+    return _server
+
+
+def _start(job: dict, fds: Sequence[int]) -> int:
     with _server_lock:
-        for attempt in (1, 2):  # a server that died is replaced once
-            if _server is None or _server.proc.poll() is not None:
-                _server = _ForkServer()
-                atexit.register(_server.close)
-            try:
-                return _server.start(job, fds)
-            except (OSError, ValueError):
-                _server.proc.kill()
-                if attempt == 2:
-                    raise
-    raise AssertionError("unreachable")
+        try:
+            return _server_running().start(job, fds)
+        except (OSError, ValueError):  # it died under us, or answered garbage: replace it, once
+            assert _server is not None
+            _server.proc.kill()
+            _server.proc.wait()
+            return _server_running().start(job, fds)
 
 
 def _launch(job: dict, out: int, err: int, report: int, timeout_s: float) -> tuple[int | None, bool]:
@@ -151,7 +156,7 @@ def _launch(job: dict, out: int, err: int, report: int, timeout_s: float) -> tup
 @functools.cache
 def isolation() -> bool:
     """True when runs get the namespaces: probed by trying to write outside a run directory in one."""
-    base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-probe-"))
+    base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-probe-")).resolve()
     try:
         (base / "work").mkdir()
         job = {"workdir": str(base / "work"), "isolated": True, "env": _env(base / "work"), "probe": str(base / "out")}
@@ -194,7 +199,7 @@ def _status(exit_code: int | None, timed_out: bool, blocked: bool, stderr: str) 
 def run_python(code: str, limits: Limits = Limits()) -> SandboxResult:
     """Run `code` as a script in a fresh sandbox; never raises because of what the code does."""
     isolated = isolation()
-    base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-"))
+    base = Path(tempfile.mkdtemp(prefix="phiforge-sandbox-")).resolve()  # the guard compares real paths
     try:
         work = base / "work"
         work.mkdir()
@@ -204,8 +209,12 @@ def run_python(code: str, limits: Limits = Limits()) -> SandboxResult:
                "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
                "max_forks": limits.max_forks}
         start = time.perf_counter()
-        with open(base / "stdout", "wb") as out, open(base / "stderr", "wb") as err, open(base / "blocked", "wb") as rep:
-            exit_code, timed_out = _launch(job, out.fileno(), err.fileno(), rep.fileno(), limits.timeout_s)
+        files = [open(base / name, "wb") for name in ("stdout", "stderr", "blocked")]
+        try:
+            exit_code, timed_out = _launch(job, *(f.fileno() for f in files), limits.timeout_s)
+        finally:
+            for f in files:
+                f.close()
         wall = time.perf_counter() - start
         stderr = _tail(base / "stderr")
         status = _status(exit_code, timed_out, (base / "blocked").stat().st_size > 0, stderr)

@@ -10,8 +10,8 @@ and never runs submitted code, so every run starts from the same clean, pre-impo
       leader --fork--> init: PID 1 of the new namespace; read-only mounts except the run directory
         init --fork--> program: rlimits, the audit-hook guard, then the code as __main__
 
-Standard library only: nothing the code could shadow is imported after the hook is in place, and the
-rlimits are set in the program process rather than in a preexec_fn (unsafe with run_many's threads).
+Standard library only, all imported before any run: nothing the code puts in its directory can shadow
+a module the confinement uses. The rlimits apply to the program process (and what it forks) only.
 """
 
 import atexit

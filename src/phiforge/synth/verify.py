@@ -80,7 +80,8 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     `entry_point`), or the whole text when it has no fenced block."""
     from markdown_it import MarkdownIt
 
-    blocks = [t.content for t in MarkdownIt().parse(text) if t.type == "fence" and t.info.strip().lower() in PYTHON_FENCES]
+    fences = [t for t in MarkdownIt().parse(text) if t.type == "fence"]
+    blocks = [t.content for t in fences if t.info.strip().lower() in PYTHON_FENCES]
     if not blocks:
         return text
     defining = [b for b in blocks if entry_point and _defines(b, entry_point)]
@@ -98,7 +99,9 @@ def code_program(problem: dict, completion: str) -> str:
     the model wrote the body under the given signature), so the prompt goes first.
     """
     if "test" not in problem:
-        raise UserError(f"code problem {problem.get('task_id', '')!r} has no 'test'; add the test code that checks a solution")
+        raise UserError(
+            f"code problem {problem.get('task_id', '')!r} has no 'test'; add the test code that checks a solution"
+        )
     entry_point = problem.get("entry_point")
     solution = extract_code(completion, entry_point)
     if entry_point and not _defines(solution, entry_point):
