@@ -7,8 +7,8 @@ and never runs submitted code, so every run starts from the same clean, pre-impo
 
     server --fork--> leader: new session, the run's stdio, and (isolated jobs) new user, mount, network
                      and PID namespaces; waits and reports the exit code
-      leader --fork--> init: PID 1 of the new namespace; read-only mounts except the run directory
-        init --fork--> program: rlimits, the audit-hook guard, then the code as __main__
+      leader --fork--> program: (isolated) PID 1 of the new namespaces, read-only mounts except the run
+                       directory; rlimits, the audit-hook guard, then the code as __main__
 
 Standard library only, all imported before any run: nothing the code puts in its directory can shadow
 a module the confinement uses. The rlimits apply to the program process (and what it forks) only.
@@ -188,8 +188,11 @@ def fork_and_wait(child: Callable[[], NoReturn]) -> int:
 
 
 def init(job: dict, report_fd: int) -> NoReturn:
-    """PID 1 of the new namespace. It ignores default-action signals (a segfault, SIGXCPU), so the
-    program runs in a child of it."""
+    """Confine, then run the program as PID 1 of the new namespace (when it ends, all it started ends).
+
+    PID 1 ignores signals whose action is the default unless the kernel forces them (a real segfault,
+    SIGKILL), so SIGXCPU from RLIMIT_CPU gets a handler that exits as that signal would.
+    """
     try:
         confine(job["workdir"])
     except OSError:
@@ -201,7 +204,8 @@ def init(job: dict, report_fd: int) -> NoReturn:
         except OSError:
             os._exit(0)
         os._exit(1)
-    os._exit(fork_and_wait(lambda: run_program(job, report_fd)))
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
+    run_program(job, report_fd)
 
 
 def lead(job: dict, out: int, err: int, report: int, done: int) -> NoReturn:
