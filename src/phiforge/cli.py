@@ -74,6 +74,7 @@ def _stage_command(name: str):
 
 STAGE_HELP = {
     "corpus": "Gather RECIPE's corpus sources, split held-out text, generate SFT and eval sets.",
+    "synth": "Generate RECIPE's synthetic datasets (seeds, teacher workflows, verification, provenance).",
     "tokenizer": "Train the byte-level BPE (or adopt tokenizer.path) from the corpus.",
     "pretrain": "Pretrain from RECIPE's 'pretrain' section (needs corpus and tokenizer).",
     "midtrain": "Midtrain: longer context, higher RoPE base, lr / 10 (needs pretrain or midtrain.init_from).",
@@ -83,7 +84,38 @@ STAGE_HELP = {
 }
 
 for _name in STAGE_HELP:
-    app.command(name=_name)(_stage_command(_name))
+    if _name != "synth":  # synth has its own command below (it also inspects samples)
+        app.command(name=_name)(_stage_command(_name))
+
+
+@app.command()
+def synth(
+    target: Annotated[str, typer.Argument(help="RECIPE to run the synth stage of, or `inspect` or `types`.")],
+    file: Annotated[Optional[Path], typer.Argument(help="For `inspect`: a shard or dataset jsonl file.")] = None,
+    index: Annotated[int, typer.Option("--index", "-i", help="For `inspect`: which sample (0-based).")] = 0,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Synthetic data: `synth RECIPE` runs the stage; `synth inspect FILE` shows a sample and its lineage; `synth types` lists dataset types."""
+    if target == "types":
+        from phiforge.synth.dataset import builtin_types, load_dataset_type
+
+        table = Table(title="built-in dataset types (add your own: docs/synthetic-data.md)")
+        for col in ("type", "from", "workflow", "what it makes"):
+            table.add_column(col)
+        for name in builtin_types():
+            dt = load_dataset_type(name)
+            origin = f"generator {dt.generator.kind}" if dt.generator else "seeds: " + "/".join(dt.seeds.kinds)
+            table.add_row(name, origin, " -> ".join(s.kind for s in dt.steps), dt.description)
+        console.print(table)
+        return
+    if target == "inspect":
+        from phiforge.synth.inspect import show_sample
+
+        if file is None:
+            raise UserError("synth inspect needs a FILE: a jsonl written by the synth stage")
+        show_sample(console, file, index)
+        return
+    _stage_command("synth")(Path(target), run_dir)
 
 
 @app.command()

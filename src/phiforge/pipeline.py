@@ -33,21 +33,23 @@ def _stages() -> list[Stage]:
     from phiforge.data import corpus
     from phiforge.eval import stage as eval_stage
     from phiforge.posttrain import sft
+    from phiforge.synth import stage as synth_stage
     from phiforge.tokenizer import stage as tokenizer_stage
     from phiforge.train import stages as train_stages
 
     return [
         Stage("corpus", lambda r: r.corpus, (), corpus.run),
-        Stage("tokenizer", lambda r: r.tokenizer, ("corpus",), tokenizer_stage.run),
-        Stage("pretrain", lambda r: r.pretrain, ("corpus", "tokenizer"), train_stages.run_pretrain),
-        Stage("midtrain", lambda r: r.midtrain, ("corpus", "tokenizer", "pretrain"), train_stages.run_midtrain),
-        Stage("sft", lambda r: r.sft, ("corpus", "tokenizer", "pretrain", "midtrain"), sft.run),
-        Stage("eval", lambda r: r.eval, ("corpus", "pretrain", "midtrain", "sft"), eval_stage.run),
-        Stage("report", lambda r: r.eval, ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval"), report.run),
+        Stage("synth", lambda r: r.synth, ("corpus",), synth_stage.run),
+        Stage("tokenizer", lambda r: r.tokenizer, ("corpus", "synth"), tokenizer_stage.run),
+        Stage("pretrain", lambda r: r.pretrain, ("corpus", "synth", "tokenizer"), train_stages.run_pretrain),
+        Stage("midtrain", lambda r: r.midtrain, ("corpus", "synth", "tokenizer", "pretrain"), train_stages.run_midtrain),
+        Stage("sft", lambda r: r.sft, ("corpus", "synth", "tokenizer", "pretrain", "midtrain"), sft.run),
+        Stage("eval", lambda r: r.eval, ("corpus", "synth", "pretrain", "midtrain", "sft"), eval_stage.run),
+        Stage("report", lambda r: r.eval, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "eval"), report.run),
     ]
 
 
-STAGE_NAMES = ("corpus", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report")
+STAGE_NAMES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report")
 
 
 def stages_of(recipe: Recipe) -> list[Stage]:

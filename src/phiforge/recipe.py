@@ -74,6 +74,70 @@ class TokenizerConfig(Section):
     max_training_chars: PositiveInt = 20_000_000
 
 
+class TeacherConfig(Section):
+    """The generation backend behind synthetic data, quality labels and judges (one line picks it)."""
+
+    backend: Literal["hf", "openai", "vllm"] = "hf"
+    # hf/vllm: `smollm2` (the embedded SmolLM2-135M-Instruct), an HF model directory or a .gguf file;
+    # openai: the model name the endpoint serves.
+    model: str = "smollm2"
+    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
+    api_key_env: str | None = None  # openai: the environment variable holding the key
+    batch_size: PositiveInt = 16  # hf: prompts per generate call
+    concurrency: PositiveInt = 8  # openai: requests in flight
+    timeout_s: PositiveFloat = 60.0
+    max_retries: NonNegInt = 5
+    temperature: Annotated[float, Field(ge=0)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_tokens: PositiveInt = 256
+    cache: bool = True  # on-disk request cache: a rerun or resumed run pays nothing twice
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> "TeacherConfig":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("teacher.backend openai needs teacher.base_url (e.g. http://localhost:8000/v1)")
+        return self
+
+
+class SeedSourceConfig(Section):
+    """Where seeds come from: a corpus source by name, or a jsonl/parquet file."""
+
+    source: str | None = None
+    path: Path | None = None
+    field: str = "text"
+    kind: Literal["text", "code"] = "text"
+    max_seeds: PositiveInt = 100
+    min_chars: PositiveInt = 200
+    max_chars: PositiveInt = 2000
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "SeedSourceConfig":
+        if (self.source is None) == (self.path is None):
+            raise ValueError("a seed source needs exactly one of `source` (a corpus source name) or `path`")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.source or Path(self.path).stem
+
+
+class SynthDatasetConfig(Section):
+    type: str  # a built-in dataset type (`phiforge synth types`) or a YAML file
+    count: PositiveInt  # samples to make (before verification drops some)
+    name: str | None = None  # default: the type's name
+
+
+class SynthConfig(Section):
+    seeds: list[SeedSourceConfig] = []
+    rate_seeds: bool = True  # teacher rating on top of the heuristic seed score
+    datasets: list[SynthDatasetConfig]
+    shard_size: PositiveInt = 64
+    heldout_fraction: Fraction = 0.02
+
+    def dataset_names(self) -> list[str]:
+        return [d.name or Path(d.type).stem for d in self.datasets]
+
+
 class ModelConfig(Section):
     # A preset name (see `phiforge model list`) or a path to an HF config.json / model directory.
     preset: str = "tiny"
@@ -149,6 +213,8 @@ class Recipe(Section):
     seed: int = 1234
     threads: NonNegInt = 0  # torch threads; 0 = all cores
     corpus: CorpusConfig
+    teacher: TeacherConfig | None = None
+    synth: SynthConfig | None = None
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig
@@ -156,12 +222,23 @@ class Recipe(Section):
     sft: SFTConfig | None = None
     eval: EvalConfig = EvalConfig()
 
+    def data_sources(self) -> list[str]:
+        """Names a mixture can draw from: corpus sources, then synthetic datasets."""
+        return [s.name for s in self.corpus.sources] + (self.synth.dataset_names() if self.synth else [])
+
     @model_validator(mode="after")
     def _mixture_names(self) -> "Recipe":
-        known = {s.name for s in self.corpus.sources}
-        unknown = sorted(set(self.pretrain.mixture) - known)
+        names = self.data_sources()
+        if len(set(names)) != len(names):
+            raise ValueError(f"corpus source and synth dataset names must be unique, got {names}")
+        unknown = sorted(set(self.pretrain.mixture) - set(names))
         if unknown:
-            raise ValueError(f"pretrain.mixture names unknown corpus sources {unknown}; known: {sorted(known)}")
+            raise ValueError(f"pretrain.mixture names unknown sources {unknown}; known: {sorted(names)}")
+        if self.synth:
+            corpus_names = {s.name for s in self.corpus.sources}
+            for seed in self.synth.seeds:
+                if seed.source is not None and seed.source not in corpus_names:
+                    raise ValueError(f"synth.seeds names unknown corpus source {seed.source!r}; known: {sorted(corpus_names)}")
         if sum(self.pretrain.mixture.values()) <= 0:
             raise ValueError("pretrain.mixture needs at least one positive share")
         return self
@@ -172,7 +249,8 @@ def _resolve_paths(data: object, base: Path) -> object:
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():
-            if k in {"path", "data", "init_from"} and isinstance(v, str) and not Path(v).is_absolute():
+            is_file_type = k == "type" and isinstance(v, str) and v.endswith((".yaml", ".yml"))
+            if (k in {"path", "data", "init_from"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
                 candidate = base / v
                 out[k] = str(candidate) if candidate.exists() else v
             elif k == "preset" and isinstance(v, str) and (base / v).exists():

@@ -14,8 +14,9 @@ log = logging.getLogger("phiforge")
 
 
 def source_docs(ctx: StageContext, name: str, split: str = "train") -> list[str]:
-    """Documents of one corpus source from a finished corpus stage."""
-    return [row["text"] for row in read_jsonl(ctx.upstream("corpus") / split / f"{name}.jsonl")]
+    """Documents of one data source: a corpus source, or a synthetic dataset of the synth stage."""
+    stage = "corpus" if name in {s.name for s in ctx.recipe.corpus.sources} else "synth"
+    return [row["text"] for row in read_jsonl(ctx.upstream(stage) / split / f"{name}.jsonl")]
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -67,6 +67,8 @@ def _next(rng: random.Random) -> Problem:
     return Problem(f"next:{n}", "successor", f"What number comes after {n}?", f"{n} + 1 = {n + 1}.", str(n + 1))
 
 
+ARITHMETIC = (_add, _sub, _mul, _next)
+ALGEBRA = (_linear,)
 FAMILIES = (_add, _sub, _mul, _linear, _next)
 
 
@@ -89,7 +91,7 @@ def verify(problem: Problem) -> bool:
     raise ValueError(f"unknown problem family {kind!r}")
 
 
-def generate(n: int, seed: int, heldout: bool) -> list[Problem]:
+def generate(n: int, seed: int, heldout: bool, families: tuple = FAMILIES) -> list[Problem]:
     """Up to `n` distinct verified problems from the training split (or the held-out split).
 
     Fewer come back when the families' key space runs out (a few thousand held-out problems exist).
@@ -100,7 +102,7 @@ def generate(n: int, seed: int, heldout: bool) -> list[Problem]:
     attempts = 0
     while len(out) < n and attempts < n * 20:
         attempts += 1
-        p = rng.choice(FAMILIES)(rng)
+        p = rng.choice(families)(rng)
         if p.key in seen or is_heldout(p.key) != heldout:
             continue
         if not verify(p):

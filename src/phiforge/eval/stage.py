@@ -50,7 +50,7 @@ def evaluate(name: str, model, tok, ctx: StageContext, heldout: list[str], probl
 
 def run(ctx: StageContext) -> StageResult:
     corpus = ctx.upstream("corpus")
-    heldout = [d for s in ctx.recipe.corpus.sources for d in source_docs(ctx, s.name, "heldout")]
+    heldout = [d for name in ctx.recipe.data_sources() for d in source_docs(ctx, name, "heldout")]
     problems = load_problems(corpus / "problems_heldout.jsonl")
     all_results = {}
     for name, path in models_to_evaluate(ctx).items():

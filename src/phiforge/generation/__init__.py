@@ -35,3 +35,17 @@ class Backend(Protocol):
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         """n completions for each conversation, in order. Sample i of a conversation uses seed sampling.seed + i."""
         ...
+
+
+def default_sampling(cfg) -> Sampling:
+    """The recipe's teacher sampling defaults (a TeacherConfig), seeded by the recipe seed at call sites."""
+    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+
+
+def load_backend(cfg, cache_dir=None) -> Backend:
+    """The backend a recipe's `teacher:` section names (a TeacherConfig)."""
+    if cfg.backend == "hf":
+        from phiforge.generation.hf import HFBackend
+
+        return HFBackend(cfg.model, batch_size=cfg.batch_size)
+    raise NotImplementedError(cfg.backend)

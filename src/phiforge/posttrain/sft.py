@@ -66,7 +66,8 @@ def run(ctx: StageContext) -> StageResult:
     added = add_chatml(tok, model)
     if added:
         log.info("sft: added %s to %s's vocabulary for the Phi-4 chat format", " ".join(added), source)
-    data_path = Path(cfg.data) if cfg.data is not None else ctx.upstream("corpus") / "sft.jsonl"
+    # Default conversations: the synthetic data engine's when the recipe has one, else the corpus stage's.
+    data_path = Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if recipe.synth else "corpus") / "sft.jsonl"
     conversations = read_conversations(data_path)
     random.Random(seed).shuffle(conversations)
     n_val = max(1, len(conversations) // 20)

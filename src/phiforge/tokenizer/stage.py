@@ -14,10 +14,11 @@ from phiforge.tokenizer import load_tokenizer, missing_chatml, train_tokenizer
 
 def _training_texts(ctx: StageContext, budget: int) -> Iterator[str]:
     """Round-robin over sources so each one shapes the vocabulary, up to `budget` characters."""
-    per_source = budget // max(1, len(ctx.recipe.corpus.sources))
-    for source in ctx.recipe.corpus.sources:
+    names = ctx.recipe.data_sources()
+    per_source = budget // max(1, len(names))
+    for name in names:
         used = 0
-        for doc in source_docs(ctx, source.name):
+        for doc in source_docs(ctx, name):
             if used >= per_source:
                 break
             yield doc[: per_source - used]

@@ -82,7 +82,7 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     context = base_config.max_position_embeddings * cfg.context_multiplier
     model = load_model(source, extend_context(base_config, context, cfg.rope_theta))
     lr = cfg.lr if cfg.lr is not None else pre.lr * cfg.lr_scale
-    names = [s.name for s in recipe.corpus.sources]
+    names = recipe.data_sources()
     recall_names = [n for n, share in pre.mixture.items() if share > 0]
     long_min = cfg.long_min_tokens or context // 2
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size

