@@ -1,12 +1,19 @@
 """Verifiers: does a completion solve a problem? Used by synthetic data filters, PTS oracles and evals.
 
-A problem is a dict with at least `answer` and a `verifier` name (default "numeric"). Every verifier
-returns a Verdict, never raises on model output: a garbled completion is simply wrong.
+A problem is a dict with a `verifier` name (default "numeric") and what that verifier needs: `answer`
+(numeric, exact, math) or `test` with an optional `entry_point` and `prompt` (code, HumanEval's fields).
+Every verifier returns a Verdict, never raises on model output: a garbled completion is simply wrong.
+
+`plurality` / `plurality_filter` score agreement among k sampled answers to one question, the report's
+plurality filter for seed questions without a trusted answer: unanimous questions are too easy to teach
+anything, questions without a clear majority are too hard or ill-posed.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -45,7 +52,79 @@ def exact(problem: dict, completion: str) -> Verdict:
     return Verdict(got == str(problem["answer"]).strip().casefold(), f"got {completion.strip()[:40]!r}")
 
 
-VERIFIERS: dict[str, Callable[[dict, str], Verdict]] = {"numeric": numeric, "exact": exact}
+def math_equivalent(problem: dict, completion: str) -> Verdict:
+    """Symbolic or numeric equivalence of the completion's final answer (boxed or last) with `answer`,
+    by math-verify: "\\frac{1}{2}" equals "0.5", "(x+1)^2" equals "x^2+2x+1"."""
+    from math_verify import parse
+    from math_verify import verify as equivalent
+
+    # math-verify times out with SIGALRM, which only the main thread may use; elsewhere it runs untimed.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    reference = str(problem["answer"])
+    if "$" not in reference and "\\boxed" not in reference:
+        reference = f"${reference}$"  # bare LaTeX is only found between delimiters
+    want = parse(reference, parsing_timeout=timeout)
+    if not want:
+        return Verdict(False, f"cannot read the reference answer {problem['answer']!r} as math")
+    got = parse(completion, parsing_timeout=timeout)
+    if not got:
+        return Verdict(False, "no answer found in completion")
+    return Verdict(equivalent(want, got, timeout_seconds=timeout), f"got {got[-1]}, want {want[-1]}")
+
+
+PYTHON_FENCES = {"", "python", "python3", "py"}
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """The Python code in a completion: the longest fenced python block (preferring blocks that define
+    `entry_point`), or the whole text when it has no fenced block."""
+    from markdown_it import MarkdownIt
+
+    fences = [t for t in MarkdownIt().parse(text) if t.type == "fence"]
+    blocks = [t.content for t in fences if t.info.strip().lower() in PYTHON_FENCES]
+    if not blocks:
+        return text
+    defining = [b for b in blocks if entry_point and _defines(b, entry_point)]
+    return max(defining or blocks, key=len)
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+
+
+def code_program(problem: dict, completion: str) -> str:
+    """The script the code verifier runs: the solution, the problem's tests, and `check(entry_point)`.
+
+    A completion that does not define `entry_point` continues the problem's `prompt` (HumanEval style:
+    the model wrote the body under the given signature), so the prompt goes first.
+    """
+    if "test" not in problem:
+        raise UserError(
+            f"code problem {problem.get('task_id', '')!r} has no 'test'; add the test code that checks a solution"
+        )
+    entry_point = problem.get("entry_point")
+    solution = extract_code(completion, entry_point)
+    if entry_point and not _defines(solution, entry_point):
+        solution = problem.get("prompt", "") + solution
+    check = f"\n\ncheck({entry_point})\n" if entry_point else "\n"
+    return f"{solution}\n\n{problem['test']}{check}"
+
+
+def code_passes(problem: dict, completion: str) -> Verdict:
+    """The completion's code passes the problem's tests in the sandbox (sandbox.py)."""
+    from phiforge.synth.sandbox import run_python
+
+    result = run_python(code_program(problem, completion))
+    last_line = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "")
+    return Verdict(result.passed, f"{result.status}: {last_line}"[:200] if last_line else result.status)
+
+
+VERIFIERS: dict[str, Callable[[dict, str], Verdict]] = {
+    "numeric": numeric,
+    "exact": exact,
+    "math": math_equivalent,
+    "code": code_passes,
+}
 
 
 def verify(problem: dict, completion: str) -> Verdict:
@@ -53,3 +132,48 @@ def verify(problem: dict, completion: str) -> Verdict:
     if name not in VERIFIERS:
         raise UserError(f"unknown verifier {name!r}; known: {', '.join(sorted(VERIFIERS))}")
     return VERIFIERS[name](problem, completion)
+
+
+@dataclass(frozen=True)
+class Plurality:
+    majority: str | None  # the first answer of the largest group of equivalent answers
+    agreement: float  # that group's share of all k answers (unanswered ones included)
+
+
+def plurality(answers: Sequence[str | None], verifier: str = "exact") -> Plurality:
+    """Group k sampled final answers by equivalence under `verifier` and measure the largest group.
+
+    Two answers are equivalent when the verifier accepts one with the other as the reference answer, so
+    "math" groups "0.5" with "\\frac{1}{2}". None or blank answers (no answer extracted) count in k but
+    join no group. Ties go to the group seen first.
+    """
+    groups: list[list[str]] = []
+    for answer in answers:
+        if answer is None or not answer.strip():
+            continue
+        for group in groups:
+            if verify({"answer": group[0], "verifier": verifier}, answer).ok:
+                group.append(answer)
+                break
+        else:
+            groups.append([answer])
+    if not groups:
+        return Plurality(None, 0.0)
+    largest = max(groups, key=len)
+    return Plurality(largest[0], len(largest) / len(answers))
+
+
+def plurality_filter(
+    rows: Iterable[dict], low: float = 0.5, high: float = 0.9, verifier: str = "exact", key: str = "answers"
+) -> Iterator[dict]:
+    """Keep the rows whose k answers (`row[key]`) agree with a share in [low, high]; each kept row gains
+    `majority` and `agreement`. The defaults drop unanimous questions (too easy) and those without a
+    majority (too hard or ambiguous)."""
+    if not 0.0 <= low <= high <= 1.0:
+        raise UserError(f"plurality band [{low}, {high}] must satisfy 0 <= low <= high <= 1")
+    for row in rows:
+        if not row.get(key):
+            raise UserError(f"plurality: row {str(row)[:80]} has no {key!r} list of sampled answers")
+        vote = plurality(row[key], verifier)
+        if low <= vote.agreement <= high:
+            yield {**row, "majority": vote.majority, "agreement": vote.agreement}

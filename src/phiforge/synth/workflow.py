@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -17,6 +16,7 @@ from phiforge.errors import UserError
 from phiforge.generation import Backend, Messages, Sampling
 from phiforge.synth import dataset as ds
 from phiforge.synth.verify import _NUMBER, verify
+from phiforge.synth.verify import plurality as plurality_vote
 
 Sample = dict  # fields; "_trace" (step records) and "_dropped" (reason) are bookkeeping
 
@@ -128,9 +128,8 @@ class Workflow:
         lo, hi = step.band
         for s, replies in zip(samples, self._ask(convs, sampling, n=step.k)):
             answers = [found[-1] if (found := _NUMBER.findall(r.replace(",", ""))) else None for r in replies]
-            counted = Counter(a for a in answers if a is not None)
-            majority, votes = counted.most_common(1)[0] if counted else (None, 0)
-            agreement = votes / step.k
+            vote = plurality_vote(answers, verifier="numeric")  # equal numbers agree: "0.50" with "0.5"
+            majority, agreement = vote.majority, vote.agreement
             s[step.output], s[f"{step.output}_agreement"] = majority, agreement
             self._record(s, i, step, sampling, answers=answers, agreement=agreement)
             if not lo <= agreement <= hi:
