@@ -63,6 +63,11 @@ class Labeler:
 
     name = "labeler"
 
+    def __deepcopy__(self, memo: dict) -> "Labeler":
+        # datatrove's local executor deep-copies each task's pipeline; a teacher (a loaded model, a client with
+        # a connection pool) must stay the one object. Slurm and Ray pickle it instead: use a picklable backend.
+        return self
+
     def candidates(self, docs: Iterable[Document], n: int, seed: int) -> list[Document]:
         """The documents to label: a fixed pseudo-random sample of n (the smallest hashes of their ids)."""
         return [d for _, _, d in heapq.nsmallest(n, ((_hash01(d.id, seed), i, d) for i, d in enumerate(docs)))]

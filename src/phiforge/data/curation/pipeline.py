@@ -11,6 +11,7 @@ run that stops early leaves no stats.json, so it never looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -67,7 +68,7 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
     for inp in cfg.inputs:
         steps: list[PipelineStep] = [make_reader(inp, issues, cfg.on_bad_input == "stop")]
         if inp.kind in ("warc", "html"):
-            steps.append(Trafilatura(favour_precision=True, timeout=10.0))
+            steps.append(Trafilatura(favour_precision=True, timeout=30.0))
         steps += [
             LanguageTagger(cfg.filters.keep_languages, cfg.filters.min_language_score),
             HeuristicFilters(filters, cfg.filters.languages),
@@ -184,15 +185,14 @@ def run_curation(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> dic
             progress.update(bar, description=f"curation: {stage.name}")
             executor = make_executor(stage, cfg, logs)
             try:
-                executor.run()
-            except (BadInput, UserError):
+                # datatrove logs every task to stderr and to logs/STAGE/logs/task_N.log; keep the console to our bar
+                with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+                    executor.run()
+            except BadInput as e:  # on_bad_input: stop (raised in the task, also across worker processes)
+                raise UserError(f"{e} (on_bad_input is stop; set it to skip to drop and report bad records)") from None
+            except UserError:
                 raise
             except Exception as e:
-                first_bad = _issues(out / "work" / "issues")[:1]
-                if cfg.on_bad_input == "stop" and first_bad:
-                    i = first_bad[0]
-                    where = f"{i['file']}:{i['line']}" if i["line"] else i["file"]
-                    raise UserError(f"{where}: {i['problem']} (on_bad_input: stop; use skip to drop bad records)") from None
                 raise UserError(f"curation stage {stage.name} failed ({type(e).__name__}: {e}); "
                                 f"logs in {logs / stage.name}") from e
             if executor.get_incomplete_ranks():
@@ -205,7 +205,7 @@ def _issues(issues_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(issues_dir.glob("*.jsonl")):
         rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return rows
+    return sorted(rows, key=lambda r: (r["file"], r["line"]))
 
 
 def _stage_counters(logs: Path) -> dict[str, dict[str, dict[str, int]]]:
