@@ -133,7 +133,7 @@ class HeuristicLabeler(Labeler):
     name = "heuristic"
 
     def score(self, docs: list[Document]) -> list[float | None]:
-        return [float(min(5, round(100 * len(_REASONING.findall(d.text)) / max(1, len(d.text.split())))) )
+        return [float(min(5, round(100 * len(_REASONING.findall(d.text)) / max(1, len(d.text.split())))))
                 for d in docs]
 
 
@@ -176,6 +176,7 @@ def train(texts: list[str], scores: list[float], cfg: CurationClassifier, seed: 
 class TrainQualityClassifier(PipelineStep):
     """One task: label a sample of the documents, train the classifier, save model.pkl, labels.jsonl, metrics.json."""
 
+    type = "🧹 - PHIFORGE"
     name = "quality classifier: label and train"
 
     def __init__(self, labeler: Labeler, cfg: CurationClassifier, out_dir: str, seed: int) -> None:
@@ -193,6 +194,9 @@ class TrainQualityClassifier(PipelineStep):
         unparseable = len(docs) - len(labelled)
         self.stat_update("labels", value=len(labelled))
         self.stat_update("unparseable_labels", value=unparseable)
+        if not labelled:
+            raise UserError(f"quality classifier: no usable labels from {self.labeler.name} "
+                            f"({len(docs)} documents to label, {unparseable} answers without a 0-5 score)")
         if unparseable:
             log.warning("%d of %d teacher answers had no 0-5 score; dropped", unparseable, len(docs))
         model, metrics, heldout = train([d.text for d, _ in labelled], [s for _, s in labelled], self.cfg, self.seed)
@@ -213,6 +217,7 @@ class TrainQualityClassifier(PipelineStep):
 class QualityClassifierFilter(PipelineStep):
     """Scores every document with the trained classifier (`quality_score` metadata), keeps those at the threshold."""
 
+    type = "🧹 - PHIFORGE"
     name = "quality classifier: filter"
 
     def __init__(self, model_path: str, threshold: float, scores_dir: str, batch: int = 256) -> None:

@@ -66,6 +66,8 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
     stages = []
     filters = heuristic_filters(cfg.filters)
     for inp in cfg.inputs:
+        if not inp.path.exists():
+            raise UserError(f"curation input '{inp.name}': {inp.path} not found (a file or a folder of {inp.kind} files)")
         steps: list[PipelineStep] = [make_reader(inp, issues, cfg.on_bad_input == "stop")]
         if inp.kind in ("warc", "html"):
             steps.append(Trafilatura(favour_precision=True, timeout=30.0))
@@ -229,6 +231,7 @@ class Finalize(PipelineStep):
     """Last stage: stats.json (counts per stage, bad input with file:line, classifier metrics), the score plot,
     and the curated output moved into place."""
 
+    type = "🧹 - PHIFORGE"
     name = "finalize"
 
     def __init__(self, out: str, threshold: float) -> None:

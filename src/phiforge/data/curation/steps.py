@@ -8,6 +8,8 @@ at run time. Here the filters and MinHash get `OfflineWordTokenizer` (a regex, n
 
 from __future__ import annotations
 
+import functools
+
 import regex
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -34,21 +36,27 @@ def add_provenance(doc, step: str) -> None:
     doc.metadata["filters_passed"] = [*doc.metadata.get("filters_passed", []), step]
 
 
+@functools.cache
+def language_identifier():
+    """py3langid's model, normalised to probabilities; loaded once per process (it takes seconds)."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
 class LanguageTagger(PipelineStep):
     """Sets `language` and `language_score` metadata (py3langid); drops languages not routed to the output."""
 
+    type = "🧹 - PHIFORGE"
     name = "language id (py3langid)"
 
     def __init__(self, keep: list[str], min_score: float) -> None:
         super().__init__()
         self.keep = set(keep)
         self.min_score = min_score
-        self._identifier = None
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        identifier = language_identifier()
         for doc in data:
             with self.track_time():
                 lang, score = identifier.classify(doc.text)
@@ -78,6 +86,7 @@ def heuristic_filters(cfg: CurationFilters) -> list[tuple[str, BaseFilter]]:
 class HeuristicFilters(PipelineStep):
     """Runs each filter on documents of the filtered languages, records the ones passed, counts drops by reason."""
 
+    type = "🧹 - PHIFORGE"
     name = "heuristic quality filters"
 
     def __init__(self, filters: list[tuple[str, BaseFilter]], languages: list[str]) -> None:
@@ -110,6 +119,7 @@ class HeuristicFilters(PipelineStep):
 class MarkPassed(PipelineStep):
     """Records a step (a dedup filter) in every surviving document's `filters_passed`."""
 
+    type = "🧹 - PHIFORGE"
     name = "provenance"
 
     def __init__(self, step: str) -> None:
