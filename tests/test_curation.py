@@ -305,6 +305,23 @@ def test_classifier_learns_planted_signal_from_teacher_labels(tmp_path):
     assert len(labels) == 216 and {r["split"] for r in labels} == {"train", "heldout"}
 
 
+def test_classifier_filter_scores_every_document_in_full_batches(tmp_path):
+    import pickle
+
+    from datatrove.data import Document
+
+    from phiforge.data.curation.classifier import QualityClassifierFilter, train
+    from phiforge.recipe import CurationClassifier
+
+    texts = [f"the theorem holds because of step {i}" if i % 2 else f"buy now cheap offer {i}" for i in range(40)]
+    model, _, _ = train(texts, [5.0 if i % 2 else 0.0 for i in range(40)], CurationClassifier(heldout_fraction=0.2), 0)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    step = QualityClassifierFilter(str(tmp_path / "model.pkl"), 0.5, str(tmp_path / "scores"), batch=2)
+    kept = list(step.run(iter(Document(text=t, id=str(i)) for i, t in enumerate(texts[:4]))))
+    assert [d.id for d in kept] == ["1", "3"]  # four documents: two full batches, no empty third
+    assert len(json.loads((tmp_path / "scores" / "00000.json").read_text())) == 4
+
+
 def test_cli_takes_precomputed_labels(tmp_path):
     folder, docs = _teacher_corpus(tmp_path, 120)
     labels = tmp_path / "labels.jsonl"

@@ -250,7 +250,8 @@ class QualityClassifierFilter(PipelineStep):
             if len(batch) == self.batch:
                 yield from flush(batch)
                 batch = []
-        yield from flush(batch)
+        if batch:
+            yield from flush(batch)
         write_json(self.scores_dir / f"{rank:05d}.json", all_scores)
 
 
