@@ -245,6 +245,23 @@ def test_bad_input_stop_fails_cleanly(tmp_path):
     assert not (tmp_path / "out" / "stats.json").exists() and not (tmp_path / "out" / "curated").exists()
 
 
+def test_rerun_reuses_finished_work_and_sees_edited_inputs(tmp_path):
+    rng = random.Random(3)
+    (tmp_path / "in").mkdir()
+    data = tmp_path / "in" / "a.jsonl"
+    data.write_text("".join(json.dumps({"id": f"a{i}", "text": english(rng)}) + "\n" for i in range(3)))
+    config = load_curation(write_config(tmp_path / "c.yaml", {
+        "inputs": [{"name": "a", "kind": "jsonl", "path": str(data)}],
+        "dedup": {"exact": False, "minhash": False}, "classifier": {"enabled": False}}))
+    out = tmp_path / "out"
+    assert curate(config, out)["output"] == {"en": 3}
+    assert curate(config, out)["output"] == {"en": 3}  # everything reused, output kept
+    with open(data, "a") as f:
+        f.write(json.dumps({"id": "a3", "text": english(rng)}) + "\n")
+    assert curate(config, out)["output"] == {"en": 4}
+    assert set(read_curated(out)) == {"a0", "a1", "a2", "a3"}
+
+
 def test_parse_score():
     assert parse_score("Clear explanation of a proof.\nScore: 4") == 4
     assert parse_score("**Score:** 5/5") == 5

@@ -12,6 +12,7 @@ run that stops early leaves no stats.json, so it never looks complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -153,10 +154,21 @@ def make_executor(stage: Stage, cfg: CurationConfig, logs: Path, depends=None):
     return LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(cfg.workers, stage.tasks), logging_dir=logging_dir)
 
 
+def _inputs_digest(cfg: CurationConfig) -> str:
+    """Names, sizes and modification times of every input file: edited inputs invalidate finished tasks."""
+    h = hashlib.sha256()
+    for inp in cfg.inputs:
+        files = [inp.path] if inp.path.is_file() else sorted(p for p in inp.path.rglob(inp.glob or "*") if p.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _prepare_work_dir(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> None:
     """Reuse finished tasks of an identical earlier run (datatrove skips completed ranks); else start clean."""
     work = out / "work"
-    key = {"config": cfg.digest(), "labeler": labeler.name if labeler else None}
+    key = {"config": cfg.digest(), "labeler": labeler.name if labeler else None, "inputs": _inputs_digest(cfg)}
     stamp = work / "config.json"
     if work.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != key):
         shutil.rmtree(work)
@@ -170,7 +182,7 @@ def run_curation(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> dic
     """Run every stage; returns the stats (None for Slurm, whose jobs finish later)."""
     from rich.progress import Progress
 
-    out = Path(out)
+    out = Path(out).resolve()  # Slurm and Ray tasks run elsewhere: every path they get is absolute
     stages = build_stages(cfg, out, labeler)
     _prepare_work_dir(cfg, out, labeler)
     logs = out / "work" / "logs"
@@ -273,13 +285,13 @@ class Finalize(PipelineStep):
             stats["classifier"] |= {"scored": len(scores), "kept": sum(s >= self.threshold for s in scores)}
             plot_scores(scores, self.threshold, self.out / "quality_scores.png")
             _replace(work / "classifier", self.out / "classifier", copy=True)
-        curated = work / "curated"
+        curated = self.out / "curated"
+        _replace(work / "curated", curated)
         stats["output"] = {
             lang.name: sum(1 for f in lang.glob("*.jsonl") for _ in open(f, encoding="utf-8"))
             for lang in sorted(curated.iterdir()) if lang.is_dir()
-        } if curated.is_dir() else {}
+        }
         stats["stages"] = counters
-        _replace(curated, self.out / "curated")
         write_json(self.out / "stats.json", stats)
         yield from ()
 

@@ -146,9 +146,10 @@ class FileReader(IssueLog, BaseDiskReader):
 
 def make_reader(inp: CurationInput, issues_dir: Path, stop: bool) -> BaseDiskReader:
     """The datatrove reader for one configured input; documents carry `source` (and `file_path`) metadata."""
-    folder, glob = str(inp.path), inp.glob
-    if inp.path.is_file():
-        folder, glob = str(inp.path.parent), inp.path.name
+    path = inp.path.resolve()  # Slurm and Ray tasks may run in another working directory
+    folder, glob = str(path), inp.glob
+    if path.is_file():
+        folder, glob = str(path.parent), path.name
     common = dict(glob_pattern=glob, default_metadata={"source": inp.name})
     checked = dict(issues_dir=str(issues_dir), source=inp.name, stop=stop)
     if inp.kind == "jsonl":
