@@ -13,6 +13,7 @@ import yaml
 from conftest import phiforge
 from phiforge.data.curation import curate
 from phiforge.data.curation.classifier import parse_score
+from phiforge.errors import UserError
 from phiforge.generation.fake import FakeBackend
 from phiforge.recipe import load_curation
 
@@ -260,6 +261,14 @@ def test_rerun_reuses_finished_work_and_sees_edited_inputs(tmp_path):
         f.write(json.dumps({"id": "a3", "text": english(rng)}) + "\n")
     assert curate(config, out)["output"] == {"en": 4}
     assert set(read_curated(out)) == {"a0", "a1", "a2", "a3"}
+
+
+def test_nothing_left_is_a_clear_error(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "Too short to keep."}) + "\n")
+    config = load_curation(write_config(tmp_path / "c.yaml", {"inputs": [{"name": "a", "kind": "jsonl", "path": "a.jsonl"}]}))
+    with pytest.raises(UserError, match="no documents left after 00_read_a"):
+        curate(config, tmp_path / "out", heuristic_labels=True)
+    assert not (tmp_path / "out" / "stats.json").exists()
 
 
 def test_parse_score():

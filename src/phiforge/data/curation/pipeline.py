@@ -50,6 +50,7 @@ class Stage:
     name: str
     pipeline: list[PipelineStep]
     tasks: int
+    output: Path | None = None  # documents the next stages read; none left stops the run with a clear message
 
 
 def document_text(doc) -> str:
@@ -78,7 +79,7 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
             JsonlWriter(str(work / "filtered" / inp.name)),
         ]
         stages.append(Stage(f"read_{inp.name}", steps, cfg.tasks))
-    current = work / "filtered"
+    current = stages[-1].output = work / "filtered"
 
     if cfg.dedup.exact:
         exact = ExactDedupConfig(content_getter=document_text, hash_config=SHA1)
@@ -92,7 +93,7 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
                 cfg.tasks,
             ),
         ]
-        current = work / "exact/out"
+        current = stages[-1].output = work / "exact/out"
 
     if cfg.dedup.minhash:
         mh = MinhashConfig(
@@ -114,7 +115,7 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
                 cfg.tasks,
             ),
         ]
-        current = m / "out"
+        current = stages[-1].output = m / "out"
 
     route = JsonlWriter(str(work / "curated"), output_filename="${language}/${rank}.jsonl", compression=None)
     if cfg.classifier.enabled:
@@ -133,7 +134,9 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
     else:
         stages.append(Stage("route", [JsonlReader(str(current)), route], cfg.tasks))
     stages.append(Stage("finalize", [Finalize(str(out), cfg.classifier.threshold)], 1))
-    return [Stage(f"{i:02d}_{s.name}", s.pipeline, s.tasks) for i, s in enumerate(stages)]
+    for i, s in enumerate(stages):
+        s.name = f"{i:02d}_{s.name}"
+    return stages
 
 
 def make_executor(stage: Stage, cfg: CurationConfig, logs: Path, depends=None):
@@ -211,6 +214,9 @@ def run_curation(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> dic
                                 f"logs in {logs / stage.name}") from e
             if executor.get_incomplete_ranks():
                 raise UserError(f"curation stage {stage.name} left tasks unfinished; logs in {logs / stage.name}")
+            if stage.output and not any(p.is_file() for p in stage.output.rglob("*")):
+                raise UserError(f"no documents left after {stage.name} (what was dropped and why: "
+                                f"{logs}/*/stats.json); loosen curation.filters or check the inputs")
             progress.advance(bar)
     return json.loads((out / "stats.json").read_text())
 
