@@ -119,6 +119,31 @@ def synth(
 
 
 @app.command()
+def curate(
+    config: Path,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("runs/curated"),
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Precomputed quality labels: jsonl of {id or text, score 0-5}.")
+    ] = None,
+    heuristic_labels: Annotated[
+        bool, typer.Option("--heuristic-labels", help="Label the classifier's sample with a keyword heuristic (no teacher).")
+    ] = False,
+) -> None:
+    """Curate organic data from the 'curation:' section of CONFIG (a recipe or a file with only that section)."""
+    from phiforge.data.curation import curate as run_curate
+    from phiforge.recipe import load_curation
+
+    _setup_logging()
+    stats = run_curate(load_curation(config), out, labels=labels, heuristic_labels=heuristic_labels)
+    if stats is None:
+        console.print(f"[green]submitted[/]: {out / 'stats.json'} appears when the Slurm jobs finish")
+        return
+    kept = ", ".join(f"{lang}: {n}" for lang, n in stats["output"].items()) or "none"
+    console.print(f"[green]done[/]: documents kept ({kept}), {stats['bad_input']['count']} bad input records; "
+                  f"{out / 'curated'}, {out / 'stats.json'}")
+
+
+@app.command()
 def status(run_dir: Path) -> None:
     """Show each stage of RUN_DIR as done, partial or pending."""
     from phiforge.pipeline import STAGE_NAMES

@@ -221,6 +221,7 @@ class Recipe(Section):
     midtrain: MidtrainConfig | None = None
     sft: SFTConfig | None = None
     eval: EvalConfig = EvalConfig()
+    curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
 
     def data_sources(self) -> list[str]:
         """Names a mixture can draw from: corpus sources, then synthetic datasets."""
@@ -272,8 +273,7 @@ def _format_error(err: dict) -> str:
     return f"'{loc}': {err['msg']} (got {err.get('input')!r})"
 
 
-def load_recipe(path: Path | str) -> Recipe:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
@@ -284,7 +284,102 @@ def load_recipe(path: Path | str) -> Recipe:
         raise UserError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of sections")
+    return data
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    path = Path(path)
+    data = _read_yaml(path)
     try:
         return Recipe.model_validate(_resolve_paths(data, path.parent.resolve()))
     except ValidationError as e:
         raise UserError(f"{path}: {_format_error(e.errors()[0])}") from None
+
+
+# --- curation (issue 5): organic data curation on datatrove; `phiforge curate` runs this section ---
+
+CurationInputKind = Literal["jsonl", "parquet", "warc", "text", "html", "pdf", "tex"]
+
+
+class CurationInput(Section):
+    """One organic source: a file or a folder of files of one kind."""
+
+    name: str
+    kind: CurationInputKind
+    path: Path
+    glob: str | None = None  # e.g. "*.jsonl.gz"; default: every file under path
+    text_key: str = "text"  # jsonl / parquet
+    id_key: str = "id"  # jsonl / parquet
+
+
+class CurationFilters(Section):
+    """Heuristic quality filters (datatrove's); they judge documents in `languages` and pass the rest untouched."""
+
+    gopher_quality: bool = True
+    gopher_repetition: bool = True
+    c4_quality: bool = True
+    fineweb_quality: bool = True
+    languages: list[str] = ["en"]  # the filters' word lists and thresholds are English ones
+    keep_languages: list[str] = []  # route only these languages to the output; empty: every language
+    min_language_score: Fraction = 0.0  # drop documents whose language confidence is below this
+
+
+class CurationDedup(Section):
+    exact: bool = True
+    minhash: bool = True
+    minhash_ngrams: PositiveInt = 5
+    minhash_buckets: PositiveInt = 14
+    minhash_hashes_per_bucket: PositiveInt = 8
+
+
+class CurationClassifier(Section):
+    """The Phi-4 style quality classifier: teacher labels a sample, a hashed n-gram model filters everything."""
+
+    enabled: bool = True
+    label_sample: PositiveInt = 2000  # documents the teacher scores
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # labels kept back to measure precision/recall
+    positive_score: Annotated[int, Field(ge=1, le=5)] = 3  # a teacher score at or above this is "high quality"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # keep documents whose P(high quality) is at least this
+    n_features: Annotated[int, Field(ge=1024)] = 2**18
+    max_ngram: Annotated[int, Field(ge=1, le=3)] = 2
+
+
+class CurationConfig(Section):
+    inputs: list[CurationInput]
+    filters: CurationFilters = CurationFilters()
+    dedup: CurationDedup = CurationDedup()
+    classifier: CurationClassifier = CurationClassifier()
+    executor: Literal["local", "slurm", "ray"] = "local"
+    tasks: PositiveInt = 1  # shards of the input; each stage runs this many tasks
+    workers: PositiveInt = 1  # tasks run at once (local executor)
+    slurm_partition: str | None = None
+    slurm_time: str = "24:00:00"
+    on_bad_input: Literal["skip", "stop"] = "skip"  # skip: count and report bad records; stop: fail at the first
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _inputs(self) -> "CurationConfig":
+        names = [i.name for i in self.inputs]
+        if not names:
+            raise ValueError("curation needs at least one input")
+        if len(set(names)) != len(names):
+            raise ValueError(f"curation input names must be unique, got {names}")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise ValueError("executor slurm needs slurm_partition")
+        return self
+
+
+def load_curation(path: Path | str) -> CurationConfig:
+    """The `curation:` section of a recipe or of a file that holds only that section."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if "curation" not in data:
+        raise UserError(f"{path}: has no 'curation:' section (see docs/design.md, curation pipeline)")
+    try:
+        return CurationConfig.model_validate(_resolve_paths(data["curation"], path.parent.resolve()))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {_format_error(err | {'loc': ('curation', *err['loc'])})}") from None
+
+
+Recipe.model_rebuild()
