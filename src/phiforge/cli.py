@@ -145,6 +145,37 @@ def model_list() -> None:
         console.print(f"{name:8s} {i.parameters / 1e6:12,.1f}M parameters, {i.num_layers} layers, hidden {i.hidden_size}")
 
 
+@app.command()
+def decontaminate(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="jsonl or parquet documents.")],
+    against: Annotated[list[str], typer.Option("--against", help="Benchmark: a jsonl of items or a built-in (humaneval); repeatable.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the kept documents go (jsonl, or parquet by suffix).")],
+    report: Annotated[Path, typer.Option("--report", help="JSON audit report: hits per benchmark item and document.")],
+    field: Annotated[str, typer.Option("--field", help="The documents' text field.")] = "text",
+    n: Annotated[int, typer.Option("--n", help="Word n-gram size.")] = 13,
+    short_n: Annotated[int, typer.Option("--short-n", help="n-gram size for benchmark fields shorter than n words.")] = 7,
+) -> None:
+    """Remove documents of INPUT that share a word n-gram with any item of the --against benchmarks."""
+    from phiforge.data.decontam import decontaminate as run_decontaminate
+    from phiforge.files import write_json
+    from rich.markup import escape
+
+    _setup_logging()
+    result = run_decontaminate(input_path, against, out, field, n, short_n)
+    write_json(report, result)
+    table = Table(title=f"decontamination: {result['removed']:,} of {result['documents']:,} documents removed")
+    for col in ("benchmark", "items", "indexed", "items hit", "docs removed"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for name, b in result["benchmarks"].items():
+        table.add_row(name, f"{b['items']:,}", f"{b['indexed_items']:,}", f"{b['items_hit']:,}", f"{b['documents_removed']:,}")
+    console.print(table)
+    for doc in result["removed_documents"][:10]:
+        name = f"doc {doc['doc']}" + (f" (id {doc['id']})" if doc["id"] is not None else "")
+        items = ", ".join(f"{m['benchmark']}/{m['item']}" for m in doc["matches"])
+        console.print(f"  {escape(name)}: {escape(items)}: [dim]{escape(doc['ngram'])}[/]")
+    console.print(f"kept {result['kept']:,} documents in {out}; full list in {report}")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time

