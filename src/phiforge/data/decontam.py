@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,8 @@ _P_INV = pow(_P, -1, 1 << 64)
 # One odd multiplier per n-gram slot, so "a b" and "b a" hash differently.
 _SLOT = np.random.default_rng(0x5EED).integers(1 << 62, 1 << 63, size=64, dtype=np.uint64) | _U64(1)
 
-_WORD_BYTE = np.zeros(256, dtype=bool)
-for _r in (b"az", b"AZ", b"09"):
-    _WORD_BYTE[_r[0] : _r[1] + 1] = True
-_WORD_BYTE[0x80:] = True
+# What words_of counts as a word, as a regex (used only to show matched n-grams).
+_WORD_RE = re.compile(r"[0-9a-z\u0080-\u009f\u00a1-\u1fff\u2070-\U0010ffff]+")
 
 BATCH_BYTES = 1 << 21  # documents are hashed ~2 MB at a time
 
@@ -77,24 +76,31 @@ _POWERS = _Powers()
 
 @dataclass
 class Words:
-    """The words of a batch of texts: hash, owning text, and byte span in `raw` (for showing matches)."""
+    """The words of a batch of texts: hash, owning text, and start byte in `raw` (for showing matches)."""
 
     hashes: np.ndarray  # uint64 per word
     text_of: np.ndarray  # int64 per word: index of the text it belongs to
     starts: np.ndarray
-    ends: np.ndarray
     raw: bytes
 
     def phrase(self, first: int, n: int) -> str:
-        return " ".join(self.raw[self.starts[i] : self.ends[i]].decode("utf-8", "replace") for i in range(first, first + n))
+        """The n normalised words from word `first` on (only called for matches, so plain Python is fine)."""
+        return " ".join(
+            _WORD_RE.match(self.raw[start : start + 400].decode("utf-8", "ignore").lower()).group()
+            for start in self.starts[first : first + n]
+        )
 
 
 def words_of(texts: list[str]) -> Words:
     """Hash every word of every text in one pass over their concatenated UTF-8 bytes."""
-    encoded = [t.lower().encode("utf-8", "replace") for t in texts]
+    # ASCII letters are lowercased below in numpy; str.lower only for texts that need Unicode case folding.
+    encoded = [(t if t.isascii() else t.lower()).encode("utf-8", "replace") for t in texts]
     raw = b" ".join(encoded)
     arr = np.frombuffer(raw, dtype=np.uint8)
-    is_word = _WORD_BYTE[arr]
+    # Lowercase ASCII and find word bytes by uint8 arithmetic (wrapping), far faster than a table lookup.
+    upper = (arr - np.uint8(65)) < 26
+    low = arr | (upper.view(np.uint8) << np.uint8(5))
+    is_word = ((low - np.uint8(97)) < 26) | ((low - np.uint8(48)) < 10) | (low >= 0x80)
     # Multi-byte separators: NBSP (C2 A0) and U+2000-U+206F (E2 80 xx, E2 81 xx).
     lead = np.flatnonzero(arr[:-1] == 0xC2)
     lead = lead[arr[lead + 1] == 0xA0]
@@ -103,30 +109,47 @@ def words_of(texts: list[str]) -> Words:
     lead = lead[(arr[lead + 1] == 0x80) | (arr[lead + 1] == 0x81)]
     is_word[lead] = is_word[lead + 1] = is_word[lead + 2] = False
 
-    edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    starts = np.flatnonzero(is_word[1:] > is_word[:-1]) + 1
+    if len(arr) and is_word[0]:
+        starts = np.concatenate(([0], starts))
     pw, inv = _POWERS.upto(len(arr))
-    per_byte = arr.astype(np.uint64) * pw[: len(arr)]
-    per_byte[~is_word] = 0  # reduceat sums up to the next word start: gaps must add nothing
-    sums = np.add.reduceat(per_byte, starts) if len(starts) else np.zeros(0, dtype=np.uint64)
+    values = (low * is_word).astype(np.uint64)  # separators are 0
+    values *= pw[: len(arr)]
+    # reduceat sums each word's bytes up to the next word's start; separators add 0.
+    sums = np.add.reduceat(values, starts) if len(starts) else np.zeros(0, dtype=np.uint64)
     hashes = _splitmix(sums * inv[starts])
     text_ends = np.cumsum([len(e) + 1 for e in encoded])
-    text_of = np.searchsorted(text_ends, starts, side="right")
-    return Words(hashes, text_of, starts, ends, raw)
+    words_before = np.searchsorted(starts, text_ends)  # starts are sorted: one lookup per text
+    text_of = np.repeat(np.arange(len(texts)), np.diff(words_before, prepend=0))
+    return Words(hashes, text_of, starts, raw)
 
 
-def ngrams_of(words: Words, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hash, first word index) of every n-gram that lies inside one text."""
-    count = len(words.hashes) - n + 1
-    if count <= 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    h = words.hashes
-    acc = h[:count] * _SLOT[0]
-    for k in range(1, n):
-        acc += h[k : k + count] * _SLOT[k]
-    inside = np.flatnonzero(words.text_of[:count] == words.text_of[n - 1 :])
-    return _splitmix(acc[inside]), inside
+def ngrams_of(words: Words, sizes: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(n, hash of the n-gram starting at each word) for each n in sizes, smallest first.
+
+    Windows may run across two texts; callers drop those (`inside`). Larger n extend the sums of smaller
+    ones, so 7- and 13-grams together cost 13 multiply-adds per word. The word hashes are already mixed,
+    so their weighted sum needs no further mixing.
+    """
+    h, acc, done = words.hashes, None, 0
+    for n in sorted(set(sizes)):
+        count = len(h) - n + 1
+        if count <= 0:
+            yield n, np.zeros(0, dtype=np.uint64)
+            continue
+        acc = h[:count] * _SLOT[0] if acc is None else acc[:count]
+        done = max(done, 1)
+        scratch = np.empty(count, dtype=np.uint64)
+        for k in range(done, n):
+            np.multiply(h[k : k + count], _SLOT[k], out=scratch)
+            acc += scratch
+        done = n
+        yield n, acc.copy()
+
+
+def inside(words: Words, first: np.ndarray, n: int) -> np.ndarray:
+    """Which n-grams starting at word indices `first` lie within one text."""
+    return words.text_of[first] == words.text_of[first + n - 1]
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -236,8 +259,8 @@ class BenchmarkIndex:
     """
 
     def __init__(self, benchmarks: list[Benchmark], n: int = 13, short_n: int = 7):
-        if not 1 <= short_n <= n:
-            raise UserError(f"n-gram sizes must satisfy 1 <= short n ({short_n}) <= n ({n})")
+        if not 1 <= short_n <= n <= len(_SLOT):
+            raise UserError(f"n-gram sizes must satisfy 1 <= short n ({short_n}) <= n ({n}) <= {len(_SLOT)}")
         self.benchmarks, self.n, self.short_n = benchmarks, n, short_n
         self.owner_names: list[tuple[str, str]] = []  # owner id -> (benchmark, item id)
         self.indexed_items: dict[str, int] = {}
@@ -252,11 +275,13 @@ class BenchmarkIndex:
             owner_of_text_arr = np.asarray(owner_of_text, dtype=np.int64)
             words = words_of(texts)
             word_counts = np.bincount(words.text_of, minlength=len(texts))
+            wanted = {n: word_counts >= n, short_n: (word_counts >= short_n) & (word_counts < n)}
             indexed = set()
-            for size, wanted in ((n, word_counts >= n), (short_n, (word_counts >= short_n) & (word_counts < n))):
-                g, first = ngrams_of(words, size)
-                keep = wanted[words.text_of[first]]
-                owners = owner_of_text_arr[words.text_of[first[keep]]]
+            for size, g in ngrams_of(words, [n, short_n]):
+                first = np.arange(len(g))
+                keep = first[inside(words, first, size)]
+                keep = keep[wanted[size][words.text_of[keep]]]
+                owners = owner_of_text_arr[words.text_of[keep]]
                 parts[size][0].append(g[keep])
                 parts[size][1].append(owners)
                 indexed.update(owners.tolist())
@@ -280,11 +305,13 @@ class BenchmarkIndex:
         """The contaminated texts among `texts` (indices into it), with what they match."""
         words = words_of(texts)
         found: dict[int, Hit] = {}
+        grams = dict(ngrams_of(words, [t.n for t in self.tables]))
         for table in self.tables:
-            g, first = ngrams_of(words, table.n)
-            for pos in table.candidates(g):
-                doc = int(words.text_of[first[pos]])
-                hit = found.setdefault(doc, Hit(doc, [], words.phrase(int(first[pos]), table.n)))
+            g = grams[table.n]
+            hits = table.candidates(g)
+            for pos in hits[inside(words, hits, table.n)]:
+                doc = int(words.text_of[pos])
+                hit = found.setdefault(doc, Hit(doc, [], words.phrase(int(pos), table.n)))
                 for owner in table.owners_of(g[pos]):
                     name = self.owner_names[owner]
                     if name not in hit.items:
