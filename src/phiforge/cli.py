@@ -176,6 +176,57 @@ def decontaminate(
     console.print(f"kept {result['kept']:,} documents in {out}; full list in {report}")
 
 
+mixture_app = typer.Typer(no_args_is_help=True, help="The pretraining data mixture.")
+app.add_typer(mixture_app, name="mixture")
+
+
+def _tokens(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:,.3g}{unit}"
+    return f"{n:,.0f}"
+
+
+@mixture_app.command("plan")
+def mixture_plan(
+    recipe: Path,
+    run_dir: RunDirOpt = None,
+    max_epochs: Annotated[Optional[float], typer.Option("--max-epochs", help="Warn above this many epochs (default: pretrain.max_epochs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Tokens drawn, unique tokens and epochs per source of RECIPE's pretraining mixture, before training."""
+    from phiforge.data.mixture import plan
+    from phiforge.data.packing import over_epoch_limit
+
+    _setup_logging()
+    rec, rd = _load(recipe, run_dir)
+    p = plan(rec, rd)
+    limit = max_epochs if max_epochs is not None else rec.pretrain.max_epochs
+    known = {n: d for n, d in p.draws.items() if n not in p.unknown}
+    warnings = over_epoch_limit(known, limit)
+    if as_json:
+        print(json.dumps(p.as_dict() | {"max_epochs": limit, "warnings": warnings}, indent=2))
+        return
+    table = Table(title=f"{rec.name} pretraining mixture: {_tokens(p.total_tokens)} tokens")
+    for col in ("source", "share", "tokens drawn", "unique tokens", "epochs"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for name, d in p.draws.items():
+        unknown = name in p.unknown
+        epochs = "?" if unknown else f"{d.epochs:.1f}"
+        table.add_row(name, f"{d.share:.0%}", _tokens(d.tokens), "?" if unknown else _tokens(d.unique_tokens),
+                      f"[yellow]{epochs}[/]" if not unknown and d.epochs > limit else epochs)
+    console.print(table)
+    if p.measured:
+        console.print(f"unique tokens of {', '.join(p.measured)} counted in {rd}")
+    for warning in warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
+    if p.unknown:
+        console.print(
+            f"[yellow]unknown unique tokens[/] for {', '.join(p.unknown)}: give pretrain.mixture.<name>.unique_tokens "
+            f"in the recipe, or run `phiforge corpus` and `phiforge tokenizer` into {rd} to count them"
+        )
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
