@@ -94,17 +94,11 @@ def run_datatrove(filt, docs: list[str]) -> tuple[dict[int, str], float]:
 
 
 def run_phiforge(index, docs: list[str]) -> tuple[dict[int, str], float]:
-    from phiforge.data.decontam import BATCH_BYTES
+    from phiforge.data.decontam import drop_contaminated
 
     t0 = time.perf_counter()
-    removed: dict[int, str] = {}
-    start, size = 0, 0
-    for end, doc in enumerate(docs, 1):  # same batching as `phiforge decontaminate`
-        size += len(doc)
-        if size >= BATCH_BYTES or end == len(docs):
-            removed |= {start + h.doc: h.ngram for h in index.match(docs[start:end])}
-            start, size = end, 0
-    return removed, time.perf_counter() - t0
+    _, hits = drop_contaminated(index, docs)  # same batching as `phiforge decontaminate`
+    return {h.doc: h.ngram for h in hits}, time.perf_counter() - t0
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import phiforge
 
-from phiforge.data.decontam import BenchmarkIndex, decontaminate, load_benchmark
+from phiforge.data.decontam import BenchmarkIndex, decontaminate, load_benchmark, read_rows
 from phiforge.errors import UserError
 
 CLEAN = [
@@ -86,6 +86,15 @@ def test_numbers_are_not_folded(tmp_path):
     kept, report = run(tmp_path, [*CLEAN, other_numbers, "copied: " + tests], [str(bench)])
     assert [r["id"] for r in kept] == ["doc-0", "doc-1", "doc-2", "doc-3"]
     assert report["benchmarks"]["lists"]["hits"] == {"x": [4]}
+
+
+def test_minus_sign_stays_with_its_number(tmp_path):
+    steps = "Subtract 16 from both sides: 6x = -36. Divide both sides by 6: x = -6."
+    bench = write_jsonl(tmp_path / "algebra.jsonl", [{"id": "neg", "steps": steps}])
+    positive = "Subtract 16 from both sides: 6x = 36. Divide both sides by 6: x = 6."
+    kept, report = run(tmp_path, [*CLEAN, positive, "Worked example. " + steps], [str(bench)])
+    assert [r["id"] for r in kept] == ["doc-0", "doc-1", "doc-2", "doc-3"]
+    assert report["benchmarks"]["algebra"]["hits"] == {"neg": [4]}
 
 
 def test_match_does_not_depend_on_batch_neighbours():
@@ -216,3 +225,32 @@ def test_datatrove_pipeline_with_workers(tmp_path):
     removed = read("removed")
     assert sorted(r["id"] for r in removed) == ["0-leak", "1-leak"]
     assert sorted(r["metadata"]["contaminated_items"][0] for r in removed) == ["humaneval/HumanEval/0", "humaneval/HumanEval/1"]
+
+
+def test_corpus_stage_drops_benchmark_and_heldout_problem_leaks(tmp_path):
+    from phiforge.pipeline import run_stage, stages_of
+    from phiforge.recipe import load_recipe
+    from phiforge.rundir import StageDir
+
+    def corpus_run(name: str, docs: list[str]) -> Path:
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"text": t} for t in docs])
+        recipe_path = tmp_path / f"{name}.yaml"
+        recipe_path.write_text(
+            f"name: {name}\ncorpus:\n  sources: [{{name: web, kind: jsonl, path: {name}.jsonl}}]\n"
+            "  heldout_fraction: 0\n  sft_conversations: 10\n  eval_problems: 40\n  decontaminate: [humaneval]\n"
+            "pretrain: {steps: 1, mixture: {web: 1}}\n"
+        )
+        recipe = load_recipe(recipe_path)
+        run_stage(recipe, tmp_path / name, stages_of(recipe)[0])
+        return tmp_path / name
+
+    first = corpus_run("first", CLEAN)
+    problem = next(p for p in read_rows(first / "corpus" / "problems_heldout.jsonl") if len(p["steps"].split()) >= 7)
+    leak = load_benchmark("humaneval").items[21]["prompt"]
+    # Same seed and problem count: the second run holds out the same problems.
+    second = corpus_run("second", [*CLEAN, leak, "Solution sketch: " + problem["steps"]])
+    assert [r["text"] for r in read_rows(second / "corpus" / "train" / "web.jsonl")] == CLEAN
+    metrics = StageDir(second, "corpus").manifest()["metrics"]
+    assert metrics["sources"]["web"]["contaminated_docs_removed"] == 2
+    assert metrics["decontamination"]["items_hit"] == {"humaneval": ["HumanEval/21"], "problems_heldout": [problem["key"]]}
+    assert StageDir(first, "corpus").manifest()["metrics"]["decontamination"]["docs_removed"] == 0

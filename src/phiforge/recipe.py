@@ -56,6 +56,9 @@ class CorpusConfig(Section):
     heldout_fraction: Fraction = 0.02
     sft_conversations: PositiveInt = 4000
     eval_problems: PositiveInt = 200
+    # Benchmarks (built-in names such as humaneval, or jsonl paths) whose word n-grams no training
+    # document may share; when set, the run's own held-out eval problems are checked too.
+    decontaminate: list[str] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CorpusConfig":

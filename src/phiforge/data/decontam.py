@@ -3,7 +3,8 @@
 Normalisation: lowercase; words are maximal runs of ASCII letters and digits and of non-ASCII characters
 (so accents and scripts survive), while ASCII punctuation, NBSP and the Unicode General Punctuation block
 (curly quotes, dashes, ellipsis, Unicode spaces) separate words. Digits are kept as they are: folding them
-to 0 would make doctest lists like `[1, 2, 3]` match any list of numbers.
+to 0 would make doctest lists like `[1, 2, 3]` match any list of numbers. For the same reason a minus sign
+that starts a number stays with it (`-9` is not `9`).
 
 Why hand-written instead of datatrove's NGramsDecontFilter: its time goes into spaCy word tokenisation of
 every document, one Python string per token. Here a batch of documents is one byte array and everything
@@ -43,7 +44,7 @@ _P_INV = pow(_P, -1, 1 << 64)
 _SLOT = np.random.default_rng(0x5EED).integers(1 << 62, 1 << 63, size=64, dtype=np.uint64) | _U64(1)
 
 # What words_of counts as a word, as a regex (used only to show matched n-grams).
-_WORD_RE = re.compile(r"[0-9a-z\u0080-\u009f\u00a1-\u1fff\u2070-\U0010ffff]+")
+_WORD_RE = re.compile(r"-?[0-9a-z\u0080-\u009f\u00a1-\u1fff\u2070-\U0010ffff]+")
 
 BATCH_BYTES = 1 << 21  # documents are hashed ~2 MB at a time
 
@@ -108,6 +109,10 @@ def words_of(texts: list[str]) -> Words:
     lead = np.flatnonzero(arr[:-2] == 0xE2)
     lead = lead[(arr[lead + 1] == 0x80) | (arr[lead + 1] == 0x81)]
     is_word[lead] = is_word[lead + 1] = is_word[lead + 2] = False
+    # A minus sign starting a number belongs to it: "x = -9" and "x = 9" are different answers.
+    minus = np.flatnonzero((arr[:-1] == 0x2D) & ((arr[1:] - np.uint8(48)) < 10))
+    minus = minus[(minus == 0) | ~is_word[minus - 1]]
+    is_word[minus] = True
 
     starts = np.flatnonzero(is_word[1:] > is_word[:-1]) + 1
     if len(arr) and is_word[0]:
@@ -287,7 +292,7 @@ class BenchmarkIndex:
                 indexed.update(owners.tolist())
             self.indexed_items[bench.name] = len(indexed)
             if len(indexed) < len(bench.items):
-                log.warning(
+                log.info(
                     "benchmark %s: %d of %d items have no field of %d+ words and cannot be matched",
                     bench.name, len(bench.items) - len(indexed), len(bench.items), short_n,
                 )
@@ -317,6 +322,19 @@ class BenchmarkIndex:
                     if name not in hit.items:
                         hit.items.append(name)
         return [found[d] for d in sorted(found)]
+
+
+def drop_contaminated(index: BenchmarkIndex, texts: list[str]) -> tuple[list[str], list[Hit]]:
+    """The texts that match no benchmark item, and the hits (indices into `texts`) for the others."""
+    hits: list[Hit] = []
+    start = 0
+    for batch in batches(({"text": t} for t in texts), "text"):
+        for hit in index.match([row["text"] for row in batch]):
+            hit.doc += start
+            hits.append(hit)
+        start += len(batch)
+    removed = {h.doc for h in hits}
+    return [t for i, t in enumerate(texts) if i not in removed], hits
 
 
 def batches(rows: Iterable[dict[str, Any]], field: str, max_chars: int = BATCH_BYTES) -> Iterator[list[dict[str, Any]]]:
