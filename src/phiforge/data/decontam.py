@@ -37,7 +37,6 @@ from phiforge.errors import UserError
 log = logging.getLogger("phiforge")
 
 _U64 = np.uint64
-_MASK64 = (1 << 64) - 1
 _P = 0x100000001B3  # FNV prime: odd, so it has an inverse mod 2^64
 _P_INV = pow(_P, -1, 1 << 64)
 # One odd multiplier per n-gram slot, so "a b" and "b a" hash differently.
