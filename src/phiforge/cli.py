@@ -202,6 +202,88 @@ def model_list() -> None:
         console.print(f"{name:8s} {i.parameters / 1e6:12,.1f}M parameters, {i.num_layers} layers, hidden {i.hidden_size}")
 
 
+@app.command()
+def decontaminate(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="jsonl or parquet documents.")],
+    against: Annotated[list[str], typer.Option("--against", help="Benchmark: a jsonl of items or a built-in (humaneval); repeatable.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the kept documents go (jsonl, or parquet by suffix).")],
+    report: Annotated[Path, typer.Option("--report", help="JSON audit report: hits per benchmark item and document.")],
+    field: Annotated[str, typer.Option("--field", help="The documents' text field.")] = "text",
+    n: Annotated[int, typer.Option("--n", help="Word n-gram size.")] = 13,
+    short_n: Annotated[int, typer.Option("--short-n", help="n-gram size for benchmark fields shorter than n words.")] = 7,
+) -> None:
+    """Remove documents of INPUT that share a word n-gram with any item of the --against benchmarks."""
+    from phiforge.data.decontam import decontaminate as run_decontaminate
+    from phiforge.files import write_json
+    from rich.markup import escape
+
+    _setup_logging()
+    result = run_decontaminate(input_path, against, out, field, n, short_n)
+    write_json(report, result)
+    table = Table(title=f"decontamination: {result['removed']:,} of {result['documents']:,} documents removed")
+    for col in ("benchmark", "items", "indexed", "items hit", "docs removed"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for name, b in result["benchmarks"].items():
+        table.add_row(name, f"{b['items']:,}", f"{b['indexed_items']:,}", f"{b['items_hit']:,}", f"{b['documents_removed']:,}")
+    console.print(table)
+    for doc in result["removed_documents"][:10]:
+        name = f"doc {doc['doc']}" + (f" (id {doc['id']})" if doc["id"] is not None else "")
+        items = ", ".join(f"{m['benchmark']}/{m['item']}" for m in doc["matches"])
+        console.print(f"  {escape(name)}: {escape(items)}: [dim]{escape(doc['ngram'])}[/]")
+    console.print(f"kept {result['kept']:,} documents in {out}; full list in {report}")
+
+
+mixture_app = typer.Typer(no_args_is_help=True, help="The pretraining data mixture.")
+app.add_typer(mixture_app, name="mixture")
+
+
+def _tokens(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:,.3g}{unit}"
+    return f"{n:,.0f}"
+
+
+@mixture_app.command("plan")
+def mixture_plan(
+    recipe: Path,
+    run_dir: RunDirOpt = None,
+    max_epochs: Annotated[Optional[float], typer.Option("--max-epochs", help="Warn above this many epochs (default: pretrain.max_epochs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Tokens drawn, unique tokens and epochs per source of RECIPE's pretraining mixture, before training."""
+    from phiforge.data.mixture import plan
+    from phiforge.data.packing import over_epoch_limit
+
+    _setup_logging()
+    rec, rd = _load(recipe, run_dir)
+    p = plan(rec, rd)
+    limit = max_epochs if max_epochs is not None else rec.pretrain.max_epochs
+    known = {n: d for n, d in p.draws.items() if n not in p.unknown}
+    warnings = over_epoch_limit(known, limit)
+    if as_json:
+        print(json.dumps(p.as_dict() | {"max_epochs": limit, "warnings": warnings}, indent=2))
+        return
+    table = Table(title=f"{rec.name} pretraining mixture: {_tokens(p.total_tokens)} tokens")
+    for col in ("source", "share", "tokens drawn", "unique tokens", "epochs"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for name, d in p.draws.items():
+        unknown = name in p.unknown
+        epochs = "?" if unknown else f"{d.epochs:.1f}"
+        table.add_row(name, f"{d.share:.0%}", _tokens(d.tokens), "?" if unknown else _tokens(d.unique_tokens),
+                      f"[yellow]{epochs}[/]" if not unknown and d.epochs > limit else epochs)
+    console.print(table)
+    if p.measured:
+        console.print(f"unique tokens of {', '.join(p.measured)} counted in {rd}")
+    for warning in warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
+    if p.unknown:
+        console.print(
+            f"[yellow]unknown unique tokens[/] for {', '.join(p.unknown)}: give pretrain.mixture.<name>.unique_tokens "
+            f"in the recipe, or run `phiforge corpus` and `phiforge tokenizer` into {rd} to count them"
+        )
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time

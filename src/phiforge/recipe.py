@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from phiforge.errors import UserError
 
@@ -56,6 +56,9 @@ class CorpusConfig(Section):
     heldout_fraction: Fraction = 0.02
     sft_conversations: PositiveInt = 4000
     eval_problems: PositiveInt = 200
+    # Benchmarks (built-in names such as humaneval, or jsonl paths) whose word n-grams no training
+    # document may share; when set, the run's own held-out eval problems are checked too.
+    decontaminate: list[str] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CorpusConfig":
@@ -171,10 +174,39 @@ class TrainConfig(Section):
         return self
 
 
+class MixtureSource(Section):
+    """A mixture entry with what the planner needs to know: its share and how many unique tokens it has."""
+
+    share: Annotated[float, Field(ge=0)]
+    unique_tokens: PositiveFloat | None = None  # e.g. 1.3e12; default: counted from the run's corpus
+
+
 class PretrainConfig(TrainConfig):
     seq_len: PositiveInt = 256
     # Token share per corpus source (normalised); sources not listed are left out.
-    mixture: dict[str, Annotated[float, Field(ge=0)]]
+    # A value is a share, or {share: 0.15, unique_tokens: 1.3e12} for `phiforge mixture plan`.
+    mixture: dict[str, MixtureSource]
+    total_tokens: PositiveFloat | None = None  # the mixture's token budget; default: every training row once
+    max_epochs: PositiveFloat = 10.0  # warn when the mixture repeats a source more often than this
+
+    @field_validator("mixture", mode="before")
+    @classmethod
+    def _share_alone(cls, mixture: object) -> object:
+        if isinstance(mixture, dict):
+            return {n: {"share": v} if isinstance(v, (int, float)) else v for n, v in mixture.items()}
+        return mixture
+
+    @property
+    def shares(self) -> dict[str, float]:
+        """The sources with a positive share, and their shares."""
+        return {n: v.share for n, v in self.mixture.items() if v.share > 0}
+
+    @property
+    def token_budget(self) -> int:
+        """Tokens the mixture draws: total_tokens, else what steps x batch x grad_accum rows of seq_len + 1 hold."""
+        if self.total_tokens is not None:
+            return int(self.total_tokens)
+        return self.steps * self.grad_accum * self.batch_size * (self.seq_len + 1)
 
 
 class MidtrainConfig(TrainConfig):
@@ -240,7 +272,7 @@ class Recipe(Section):
             for seed in self.synth.seeds:
                 if seed.source is not None and seed.source not in corpus_names:
                     raise ValueError(f"synth.seeds names unknown corpus source {seed.source!r}; known: {sorted(corpus_names)}")
-        if sum(self.pretrain.mixture.values()) <= 0:
+        if not self.pretrain.shares:
             raise ValueError("pretrain.mixture needs at least one positive share")
         return self
 

@@ -19,13 +19,38 @@ def source_docs(ctx: StageContext, name: str, split: str = "train") -> list[str]
     return [row["text"] for row in read_jsonl(ctx.upstream(stage) / split / f"{name}.jsonl")]
 
 
+def _decontamination_index(benchmarks: list[str], problems: list[dict]):
+    """An index of the recipe's benchmarks plus this run's held-out eval problems."""
+    from phiforge.data.decontam import Benchmark, BenchmarkIndex, load_benchmark
+
+    heldout = Benchmark("problems_heldout", problems, [p["key"] for p in problems])
+    return BenchmarkIndex([*map(load_benchmark, benchmarks), heldout])
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.recipe.corpus, ctx.recipe.seed
+    problems = [
+        {"key": p.key, "family": p.family, "question": p.question, "steps": p.steps, "answer": p.answer}
+        for p in synthetic_math.generate(cfg.eval_problems, seed + 2000, heldout=True)
+    ]
+    index = _decontamination_index(cfg.decontaminate, problems) if cfg.decontaminate else None
+    items_hit: dict[str, set[str]] = {}
     stats = {}
     for i, source in enumerate(cfg.sources):
         docs = list(iter_documents(source, seed + i))
         if not docs:
             log.warning("corpus source '%s' yielded no documents", source.name)
+        removed = 0
+        if index is not None:
+            from phiforge.data.decontam import drop_contaminated
+
+            kept, hits = drop_contaminated(index, docs)
+            removed = len(docs) - len(kept)
+            docs = kept
+            for bench, item in (pair for h in hits for pair in h.items):
+                items_hit.setdefault(bench, set()).add(item)
+            if removed:
+                log.info("corpus %-16s %6d docs removed as benchmark contamination", source.name, removed)
         train, held = split_heldout(docs, cfg.heldout_fraction, seed + i)
         write_jsonl(ctx.out / "train" / f"{source.name}.jsonl", ({"text": d, "source": source.name} for d in train))
         write_jsonl(ctx.out / "heldout" / f"{source.name}.jsonl", ({"text": d, "source": source.name} for d in held))
@@ -34,6 +59,7 @@ def run(ctx: StageContext) -> StageResult:
             "docs": len(train),
             "heldout_docs": len(held),
             "chars": sum(map(len, train)),
+            **({"contaminated_docs_removed": removed} if index is not None else {}),
         }
         log.info("corpus %-16s %6d docs %11s chars", source.name, len(train), f"{stats[source.name]['chars']:,}")
 
@@ -41,13 +67,17 @@ def run(ctx: StageContext) -> StageResult:
     # problems from the held-out split: the two never share a problem.
     sft = synthetic_math.generate(cfg.sft_conversations, seed + 1000, heldout=False)
     write_jsonl(ctx.out / "sft.jsonl", ({"messages": p.as_messages(), "key": p.key} for p in sft))
-    problems = synthetic_math.generate(cfg.eval_problems, seed + 2000, heldout=True)
-    write_jsonl(
-        ctx.out / "problems_heldout.jsonl",
-        ({"key": p.key, "family": p.family, "question": p.question, "steps": p.steps, "answer": p.answer}
-         for p in problems),
-    )
+    write_jsonl(ctx.out / "problems_heldout.jsonl", problems)
+    metrics = {"sources": stats, "sft_conversations": len(sft), "eval_problems": len(problems)}
+    if index is not None:
+        metrics["decontamination"] = {
+            "against": [b.name for b in index.benchmarks],
+            "ngram": index.n,
+            "short_ngram": index.short_n,
+            "docs_removed": sum(s["contaminated_docs_removed"] for s in stats.values()),
+            "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
+        }
     return StageResult(
         outputs={"train": "train/", "heldout": "heldout/", "sft": "sft.jsonl", "problems": "problems_heldout.jsonl"},
-        metrics={"sources": stats, "sft_conversations": len(sft), "eval_problems": len(problems)},
+        metrics=metrics,
     )

@@ -43,7 +43,7 @@ class Packed:
 
 @dataclass
 class SourceDraw:
-    """How much of one source went into a mixture: the report's Table 5, in miniature."""
+    """How much of one source goes into a mixture: the report's Table 5 (planned, or drawn at pack time)."""
 
     share: float
     tokens: int
@@ -54,6 +54,28 @@ class SourceDraw:
         return self.tokens / max(1, self.unique_tokens)
 
 
+def plan_mixture(shares: dict[str, float], unique_tokens: dict[str, int], total_tokens: int) -> dict[str, SourceDraw]:
+    """Each source's quota of `total_tokens` by normalised share, and the epochs that makes over its unique tokens.
+
+    `phiforge mixture plan` prints this; `mix_documents` draws documents to fill these quotas.
+    """
+    norm = sum(shares.values())
+    return {
+        name: SourceDraw(share / norm, int(total_tokens * share / norm), unique_tokens[name])
+        for name, share in shares.items()
+    }
+
+
+def over_epoch_limit(draws: dict[str, SourceDraw], max_epochs: float) -> list[str]:
+    """One warning per source repeated more than max_epochs times."""
+    return [
+        f"source '{name}' would be repeated {d.epochs:.1f} times (over max_epochs {max_epochs:g}): "
+        "add unique data or lower its share"
+        for name, d in draws.items()
+        if d.epochs > max_epochs
+    ]
+
+
 def mix_documents(
     docs_by_source: dict[str, list[list[int]]], shares: dict[str, float], total_tokens: int, seed: int
 ) -> tuple[list[list[int]], dict[str, SourceDraw]]:
@@ -61,25 +83,23 @@ def mix_documents(
 
     A small source repeats (more epochs), a large one is subsampled; the draw order within a
     source is a seeded permutation, and the final document order is shuffled across sources.
+    A document counts its tokens plus the separator after it.
     """
     rng = np.random.default_rng(seed)
-    norm = sum(shares.values())
+    docs_by_source = {name: [d for d in docs_by_source[name] if d] for name in shares}
+    plan = plan_mixture(shares, {n: sum(len(d) + 1 for d in docs) for n, docs in docs_by_source.items()}, total_tokens)
     drawn: list[list[int]] = []
     stats: dict[str, SourceDraw] = {}
-    for name, share in shares.items():
-        docs = [d for d in docs_by_source[name] if d]
-        quota = int(total_tokens * share / norm)
-        if not docs or quota == 0:
-            stats[name] = SourceDraw(share / norm, 0, sum(map(len, docs)))
-            continue
+    for name, planned in plan.items():
+        docs = docs_by_source[name]
         taken = 0
-        while taken < quota:
+        while docs and taken < planned.tokens:
             for i in rng.permutation(len(docs)):
                 drawn.append(docs[i])
                 taken += len(docs[i]) + 1
-                if taken >= quota:
+                if taken >= planned.tokens:
                     break
-        stats[name] = SourceDraw(share / norm, taken, sum(len(d) + 1 for d in docs))
+        stats[name] = SourceDraw(planned.share, taken, planned.unique_tokens)
     order = rng.permutation(len(drawn))
     return [drawn[i] for i in order], stats
 

@@ -116,6 +116,10 @@ def run(ctx: StageContext) -> StageResult:
         lines += ["", "## Corpus", "", "| source | kind | docs | held-out docs | chars |", "|---|---|---|---|---|"]
         for name, s in manifests["corpus"]["metrics"]["sources"].items():
             lines.append(f"| {name} | {s['kind']} | {s['docs']} | {s['heldout_docs']} | {s['chars']:,} |")
+        if dec := manifests["corpus"]["metrics"].get("decontamination"):
+            hit = ", ".join(f"{len(items)} of {b}" for b, items in dec["items_hit"].items())
+            lines += ["", f"Decontamination ({dec['ngram']}-grams, {dec['short_ngram']}-grams for short fields): "
+                      f"{dec['docs_removed']} documents removed; benchmark items hit: {hit}."]
     if "synth" in manifests:
         sm = manifests["synth"]["metrics"]
         lines += ["", "## Synthetic data", "", f"Teacher: {sm['teacher'] or 'none (programmatic generators only)'}; "

@@ -6,7 +6,7 @@ import json
 import logging
 
 from phiforge.data.corpus import source_docs
-from phiforge.data.packing import mix_documents, pack_stream
+from phiforge.data.packing import mix_documents, over_epoch_limit, pack_stream
 from phiforge.errors import UserError
 from phiforge.files import write_json
 from phiforge.model import build_model, config_for_tokenizer, extend_context, load_config, load_model
@@ -32,16 +32,13 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.recipe.pretrain, ctx.recipe.seed
     tok = load_tokenizer(ctx.upstream("tokenizer") / "tokenizer")
     eos = document_separator_id(tok)
-    names = [n for n, share in cfg.mixture.items() if share > 0]
+    names = list(cfg.shares)
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size
 
     def build_train():
-        docs, draws = mix_documents(
-            _tokenized_sources(ctx, tok, names, "train"),
-            {n: cfg.mixture[n] for n in names},
-            rows_needed * (cfg.seq_len + 1),
-            seed,
-        )
+        docs, draws = mix_documents(_tokenized_sources(ctx, tok, names, "train"), cfg.shares, cfg.token_budget, seed)
+        for warning in over_epoch_limit(draws, cfg.max_epochs):
+            log.warning("pretrain mixture: %s", warning)
         write_json(ctx.out / "data" / "mixture.json", {n: vars(d) | {"epochs": round(d.epochs, 2)} for n, d in draws.items()})
         return pack_stream(docs, cfg.seq_len, eos, min_rows=rows_needed)
 
@@ -83,7 +80,7 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     model = load_model(source, extend_context(base_config, context, cfg.rope_theta))
     lr = cfg.lr if cfg.lr is not None else pre.lr * cfg.lr_scale
     names = recipe.data_sources()
-    recall_names = [n for n, share in pre.mixture.items() if share > 0]
+    recall_names = list(pre.shares)
     long_min = cfg.long_min_tokens or context // 2
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size
 
