@@ -196,9 +196,13 @@ output:
 
 def test_cli_runs_a_user_defined_type_and_inspects_lineage(tmp_path):
     (tmp_path / "mytype.yaml").write_text(CUSTOM_TYPE)
+    # A benchmark that leaked one of the samples the arithmetic type will make (the stage seeds it with seed + 1).
+    leaked = next(iter(GENERATORS["arithmetic"](1, 1235)))
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": f"{leaked['question']} {leaked['steps']}"}) + "\n")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        "name: r\ncorpus:\n  sources: [{name: math, kind: synthetic_math, max_docs: 50}]\n"
+        f"name: r\ncorpus:\n  sources: [{{name: math, kind: synthetic_math, max_docs: 50}}]\n  decontaminate: [{bench}]\n"
         "synth:\n  datasets:\n    - {type: mytype.yaml, count: 10}\n    - {type: arithmetic, count: 20}\n"
         "pretrain: {mixture: {math: 0.5, arithmetic: 0.5}, steps: 1}\n"
     )
@@ -207,8 +211,11 @@ def test_cli_runs_a_user_defined_type_and_inspects_lineage(tmp_path):
     phiforge("synth", recipe, "--run-dir", run_dir)
     manifest = json.loads((run_dir / "synth" / "manifest.json").read_text())
     assert manifest["metrics"]["datasets"]["mytype"]["kept"] == 10
+    assert manifest["metrics"]["datasets"]["arithmetic"]["contaminated_removed"] == 1
+    assert manifest["metrics"]["decontamination"]["items_hit"] == {"bench": ["0"], "problems_heldout": []}
     sft = list(read_jsonl(run_dir / "synth" / "sft.jsonl"))
-    assert len(sft) == 30 and any(c["messages"][0]["content"].startswith("Quick: Convert") for c in sft)
+    assert len(sft) == 29 and any(c["messages"][0]["content"].startswith("Quick: Convert") for c in sft)
+    assert not any(c["messages"][0]["content"] == leaked["question"] for c in sft)
     shown = phiforge("synth", "inspect", run_dir / "synth" / "datasets" / "arithmetic" / "shard_00000.jsonl", "-i", "2")
     assert "arithmetic-0000002" in shown.stdout and "verified by numeric: passed" in shown.stdout
     assert "generator:arithmetic" in shown.stdout

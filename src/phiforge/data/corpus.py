@@ -7,19 +7,25 @@ import logging
 from phiforge.data import synthetic_math
 from phiforge.data.sources import iter_documents, split_heldout
 from phiforge.files import read_jsonl, write_jsonl
+from phiforge.recipe import Recipe
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
 
 log = logging.getLogger("phiforge")
 
 
+def source_stage(recipe: Recipe, name: str) -> str:
+    """Which stage holds a data source: the corpus stage, or the synth stage for a synthetic dataset."""
+    return "corpus" if name in {s.name for s in recipe.corpus.sources} else "synth"
+
+
 def source_docs(ctx: StageContext, name: str, split: str = "train") -> list[str]:
-    """Documents of one data source: a corpus source, or a synthetic dataset of the synth stage."""
-    stage = "corpus" if name in {s.name for s in ctx.recipe.corpus.sources} else "synth"
-    return [row["text"] for row in read_jsonl(ctx.upstream(stage) / split / f"{name}.jsonl")]
+    """Documents of one data source from its finished stage."""
+    path = ctx.upstream(source_stage(ctx.recipe, name)) / split / f"{name}.jsonl"
+    return [row["text"] for row in read_jsonl(path)]
 
 
-def _decontamination_index(benchmarks: list[str], problems: list[dict]):
+def decontamination_index(benchmarks: list[str], problems: list[dict]):
     """An index of the recipe's benchmarks plus this run's held-out eval problems."""
     from phiforge.data.decontam import Benchmark, BenchmarkIndex, load_benchmark
 
@@ -33,7 +39,7 @@ def run(ctx: StageContext) -> StageResult:
         {"key": p.key, "family": p.family, "question": p.question, "steps": p.steps, "answer": p.answer}
         for p in synthetic_math.generate(cfg.eval_problems, seed + 2000, heldout=True)
     ]
-    index = _decontamination_index(cfg.decontaminate, problems) if cfg.decontaminate else None
+    index = decontamination_index(cfg.decontaminate, problems) if cfg.decontaminate else None
     items_hit: dict[str, set[str]] = {}
     stats = {}
     for i, source in enumerate(cfg.sources):

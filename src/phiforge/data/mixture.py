@@ -37,7 +37,8 @@ class MixturePlan:
         }
 
 
-def _count_unique_tokens(run_dir: Path, names: list[str]) -> dict[str, int]:
+def _count_unique_tokens(recipe: Recipe, run_dir: Path, names: list[str]) -> dict[str, int]:
+    from phiforge.data.corpus import source_stage
     from phiforge.files import read_jsonl
     from phiforge.tokenizer import load_tokenizer
     from phiforge.train.export import tokenize
@@ -45,7 +46,7 @@ def _count_unique_tokens(run_dir: Path, names: list[str]) -> dict[str, int]:
     tok = load_tokenizer(run_dir / "tokenizer" / "tokenizer")
     counts = {}
     for name in names:
-        docs = tokenize(tok, [row["text"] for row in read_jsonl(run_dir / "corpus" / "train" / f"{name}.jsonl")])
+        docs = tokenize(tok, [row["text"] for row in read_jsonl(run_dir / source_stage(recipe, name) / "train" / f"{name}.jsonl")])
         counts[name] = sum(len(d) + 1 for d in docs if d)
     return counts
 
@@ -55,9 +56,10 @@ def plan(recipe: Recipe, run_dir: Path) -> MixturePlan:
     given = {n: int(v.unique_tokens) for n, v in cfg.mixture.items() if v.unique_tokens is not None and n in cfg.shares}
     missing = [n for n in cfg.shares if n not in given]
     measured: dict[str, int] = {}
-    if missing and all(StageDir(run_dir, s).status() == "done" for s in ("corpus", "tokenizer")):
+    needed = ("corpus", "tokenizer") + (("synth",) if recipe.synth else ())
+    if missing and all(StageDir(run_dir, s).status() == "done" for s in needed):
         log.info("counting unique tokens of %s in %s", ", ".join(missing), run_dir)
-        measured = _count_unique_tokens(run_dir, missing)
+        measured = _count_unique_tokens(recipe, run_dir, missing)
     unknown = [n for n in missing if n not in measured]
     unique = {n: given.get(n, measured.get(n, 0)) for n in cfg.shares}
     return MixturePlan(cfg.token_budget, plan_mixture(cfg.shares, unique, cfg.token_budget), list(measured), unknown)

@@ -128,7 +128,12 @@ def run(ctx: StageContext) -> StageResult:
                   "| dataset | type | made | kept | dropped (by step) | docs | chars |", "|---|---|---|---|---|---|---|"]
         for name, d in sm["datasets"].items():
             dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items()) or "-"
+            if d.get("contaminated_removed"):
+                dropped += f"; {d['contaminated_removed']} as benchmark contamination"
             lines.append(f"| {name} | {d['type']} | {d['made']} | {d['kept']} | {dropped} | {d['docs']} | {d['chars']:,} |")
+        if dec := sm.get("decontamination"):
+            hit = ", ".join(f"{len(items)} of {b}" for b, items in dec["items_hit"].items())
+            lines += ["", f"Synthetic data decontamination: {dec['docs_removed']} samples removed; benchmark items hit: {hit}."]
     for stage in ("pretrain", "midtrain"):
         if stage in manifests:
             lines += ["", f"### {stage} mixture", "", "| source | share | tokens drawn | unique tokens | epochs |", "|---|---|---|---|---|"]

@@ -44,8 +44,30 @@ def _seed_pool(ctx: StageContext, backend: Backend | None) -> list[dict]:
     return pool
 
 
+def _record_text(record: dict) -> str:
+    """Everything a sample would put into training: its document and its conversation."""
+    return "\n".join([record.get("text", ""), *(m["content"] for m in record.get("messages", []))])
+
+
+def _decontaminate(records: list[dict], index, items_hit: dict[str, set[str]]) -> list[dict]:
+    from phiforge.data.decontam import drop_contaminated
+
+    _, hits = drop_contaminated(index, [_record_text(r) for r in records])
+    for bench, item in (pair for h in hits for pair in h.items):
+        items_hit.setdefault(bench, set()).add(item)
+    removed = {h.doc for h in hits}
+    return [r for i, r in enumerate(records) if i not in removed]
+
+
 def run(ctx: StageContext) -> StageResult:
     recipe, cfg = ctx.recipe, ctx.recipe.synth
+    index = None
+    if recipe.corpus.decontaminate:  # the same benchmarks as the corpus, synthetic data included
+        from phiforge.data.corpus import decontamination_index
+
+        problems = list(read_jsonl(ctx.upstream("corpus") / "problems_heldout.jsonl"))
+        index = decontamination_index(recipe.corpus.decontaminate, problems)
+    items_hit: dict[str, set[str]] = {}
     teacher = recipe.teacher or TeacherConfig()
     backend = load_backend(teacher, ctx.out / "cache") if _needs_teacher(recipe) else None
     pool = _seed_pool(ctx, backend)
@@ -56,17 +78,27 @@ def run(ctx: StageContext) -> StageResult:
         shard_dir = ctx.out / "datasets" / name
         result = generate_dataset(dtype, dcfg.count, shard_dir, backend, sampling, recipe.seed + i, pool, cfg.shard_size)
         records = list(read_records(shard_dir))
+        contaminated = 0
+        if index is not None:
+            clean = _decontaminate(records, index, items_hit)
+            contaminated, records = len(records) - len(clean), clean
         docs = [r["text"] for r in records if "text" in r]
         train, held = split_heldout(docs, cfg.heldout_fraction, recipe.seed + i)
         write_jsonl(ctx.out / "train" / f"{name}.jsonl", ({"text": d, "source": name} for d in train))
         write_jsonl(ctx.out / "heldout" / f"{name}.jsonl", ({"text": d, "source": name} for d in held))
         sft += [{"messages": r["messages"], "id": r["id"]} for r in records if "messages" in r]
         stats[name] = {"type": dtype.name, "made": result.made, "kept": result.kept, "dropped": result.dropped,
-                       "docs": len(train), "chars": sum(map(len, train))}
+                       "contaminated_removed": contaminated, "docs": len(train), "chars": sum(map(len, train))}
         log.info("synth %-18s kept %5d of %5d  dropped %s", name, result.kept, result.made, result.dropped or "-")
     write_jsonl(ctx.out / "sft.jsonl", sft)
+    metrics = {"datasets": stats, "seeds": len(pool), "sft_conversations": len(sft),
+               "teacher": backend.model if backend is not None else None}
+    if index is not None:
+        metrics["decontamination"] = {
+            "docs_removed": sum(s["contaminated_removed"] for s in stats.values()),
+            "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
+        }
     return StageResult(
         outputs={"seeds": "seeds.jsonl", "datasets": "datasets/", "train": "train/", "heldout": "heldout/", "sft": "sft.jsonl"},
-        metrics={"datasets": stats, "seeds": len(pool), "sft_conversations": len(sft),
-                 "teacher": backend.model if backend is not None else None},
+        metrics=metrics,
     )
