@@ -1,0 +1,53 @@
+"""A language model with a planted pivot: a hand-set next-token table behind the HF causal-LM call signature.
+
+Solutions are `length` tokens ending in <|im_end|>: filler words x / y drawn uniformly, except at position
+`pivot`, where the answer is 7 (probability p_right) or 3. With the numeric verifier and answer 7,
+p(success | prefix) is p_right before the pivot and 1 or 0 after it: exactly one pivotal token per solution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from phiforge.tokenizer import CHAT_TEMPLATE, IM_END, IM_SEP, PAD, SPECIAL_TOKENS, ENDOFTEXT
+
+WORDS = ["user", "assistant", "system", "Q", "x", "y", "7", "3"]
+
+
+def planted_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=PAD))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=ENDOFTEXT, eos_token=IM_END, pad_token=PAD,
+                                   chat_template=CHAT_TEMPLATE)
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor
+
+
+class PlantedLM(torch.nn.Module):
+    def __init__(self, tok: PreTrainedTokenizerFast, pivot: int = 4, length: int = 10, p_right: float = 0.5):
+        super().__init__()
+        self.sep = tok.convert_tokens_to_ids(IM_SEP)
+        ids = tok.convert_tokens_to_ids
+        table = torch.full((length, len(tok)), -1e9)
+        for j in range(length - 1):
+            table[j, ids("x")] = table[j, ids("y")] = math.log(0.5)
+        table[pivot] = -1e9
+        table[pivot, ids("7")], table[pivot, ids("3")] = math.log(p_right), math.log(1 - p_right)
+        table[length - 1, ids(IM_END)] = 0.0
+        self.table = torch.nn.Parameter(table, requires_grad=False)  # a parameter: samplers find the device
+        self.length = length
+
+    def forward(self, input_ids: torch.Tensor, **_) -> Output:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        last_sep = torch.where(input_ids == self.sep, pos, -1).cummax(dim=1).values
+        return Output(self.table[(pos - last_sep).clamp(max=self.length - 1)])
