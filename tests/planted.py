@@ -51,3 +51,32 @@ class PlantedLM(torch.nn.Module):
         pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         last_sep = torch.where(input_ids == self.sep, pos, -1).cummax(dim=1).values
         return Output(self.table[(pos - last_sep).clamp(max=self.length - 1)])
+
+
+def train_planted_hf(out_dir, steps: int = 80, seed: int = 0):
+    """A real HF causal LM (1-layer Phi-3) trained to answer Q with `x y 7|3 <|im_end|>`, 7 or 3 at even odds.
+
+    Saved with the planted tokenizer in `out_dir`; its one pivot is the answer token (position 2).
+    """
+    from phiforge.model import build_model, phi3_config
+    from phiforge.posttrain.pts import prompt_ids
+
+    tok = planted_tokenizer()
+    config = phi3_config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = build_model(config, seed)
+    prompt = prompt_ids(tok, "Q")
+    rows = [prompt + tok.convert_tokens_to_ids(["x", "y", answer, IM_END]) for answer in ("7", "3")] * 16
+    ids = torch.tensor(rows)
+    labels = ids.clone()
+    labels[:, : len(prompt)] = -100
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return model, tok

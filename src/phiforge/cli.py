@@ -87,6 +87,33 @@ for _name in STAGE_HELP:
 
 
 @app.command()
+def pts(
+    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
+    problems: Annotated[Path, typer.Option("--problems", help="jsonl of {prompt, answer, verifier}.")],
+    out: Annotated[Path, typer.Option("--out", help="Pairs jsonl; OUT.parts/ keeps finished problems.")],
+    mode: Annotated[str, typer.Option(help="adaptive: sample until a bound decides; fixed: --samples per prefix.")] = "adaptive",
+    samples: Annotated[int, typer.Option(help="Completions per prefix (fixed) or at most (adaptive).")] = 50,
+    p_gap: Annotated[float, typer.Option(help="Jump in p(success) that makes a token pivotal.")] = 0.2,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    top_k: int = 20,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+) -> None:
+    """Pivotal Token Search: single-token DPO pairs where p(success) jumps along the model's own solutions."""
+    from phiforge.posttrain.pts import PTSConfig, run_pts
+
+    _setup_logging()
+    if mode not in ("adaptive", "fixed"):
+        raise UserError(f"--mode must be adaptive or fixed, got {mode!r}")
+    cfg = PTSConfig(p_gap=p_gap, mode=mode, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
+                    max_new_tokens=max_new_tokens, seed=seed)
+    summary = run_pts(model, problems, out, cfg)
+    console.print(f"[green]done[/]: {summary['pairs']} pairs from {summary['searched']}/{summary['problems']} "
+                  f"problems, {summary['samples']:,} sampled completions -> {out}")
+
+
+@app.command()
 def status(run_dir: Path) -> None:
     """Show each stage of RUN_DIR as done, partial or pending."""
     from phiforge.pipeline import STAGE_NAMES

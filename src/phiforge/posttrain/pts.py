@@ -110,13 +110,14 @@ def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig
             done = done | torch.isin(nxt, eos_t)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            cache = getattr(res, "past_key_values", None)
+            # transformers >= 5.2x calls the KV cache `cache`, earlier versions `past_key_values`.
+            name = "cache" if getattr(res, "cache", None) is not None else "past_key_values"
+            cache = getattr(res, name, None)
             if cache is None:
-                full = torch.cat([ids, new], dim=1)
-                res = model(input_ids=full, attention_mask=mask, position_ids=positions)
+                res = model(input_ids=torch.cat([ids, new], dim=1), attention_mask=mask, position_ids=positions)
             else:
                 res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions[:, -1:],
-                            past_key_values=cache, use_cache=True)
+                            use_cache=True, **{name: cache})
         out += [row[:n] for row, n in zip(new.tolist(), lengths.tolist())]
     return out
 
