@@ -114,6 +114,34 @@ def pts(
 
 
 @app.command()
+def dpo(
+    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
+    pairs: Annotated[Path, typer.Option("--pairs", help="jsonl of PTS token pairs or {prompt, chosen, rejected}.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory; OUT/model is the trained HF model.")],
+    beta: Annotated[float, typer.Option(help="Strength of the pull towards the reference model.")] = 0.1,
+    lr: float = 5e-7,
+    steps: int = 100,
+    batch_size: int = 8,
+    label_smoothing: Annotated[float, typer.Option(help="Conservative DPO: assumed rate of flipped labels.")] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Direct Preference Optimization of MODEL on PAIRS, on the shared training loop."""
+    from pydantic import ValidationError
+
+    from phiforge.posttrain.dpo import DPOConfig, run_dpo
+
+    _setup_logging()
+    try:
+        cfg = DPOConfig(steps=steps, lr=lr, beta=beta, batch_size=batch_size, label_smoothing=label_smoothing)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    s = run_dpo(model, pairs, out, cfg, seed)
+    console.print(f"[green]done[/]: {s['pairs']} pairs, {s['steps']} steps; log p(chosen) - log p(rejected) "
+                  f"{s['margin_before']:+.3f} -> {s['margin_after']:+.3f}; model in {out / 'model'}")
+
+
+@app.command()
 def status(run_dir: Path) -> None:
     """Show each stage of RUN_DIR as done, partial or pending."""
     from phiforge.pipeline import STAGE_NAMES
