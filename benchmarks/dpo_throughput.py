@@ -58,7 +58,7 @@ def ours(model, tok, rows: list[dict], steps: int, batch: int) -> list[float]:
         path = Path(tmp) / "pairs.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         pairs = read_pairs(path, tok, cfg.max_length)
-        ref = all_logps(model, pairs, tok.pad_token_id, batch)
+        ref = all_logps(model, pairs, tok.pad_token_id, cfg)
         train(model, cfg, cfg.lr, DPOLoss(pairs, ref, cfg, tok.pad_token_id, seed=0), Path(tmp), "phiforge dpo")
         rows_ = read_metrics(Path(tmp) / "metrics.jsonl")
     previous = [0] + [r["tokens"] for r in rows_[:-1]]

@@ -80,6 +80,7 @@ def test_dpo_raises_the_chosen_margin_and_exports_an_hf_model(planted, tmp_path)
     # The planted model is indifferent between 7 and 3; DPO makes it prefer 7 on every pair.
     assert summary["margin_after"] > summary["margin_before"] + 1.0 and summary["preferred_after"] == 1.0
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["reward_margin"]) < 0.01  # the first micro-batch runs at the reference weights
     assert rows[-1]["reward_margin"] > rows[0]["reward_margin"] and rows[-1]["reward_accuracy"] == 1.0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
     ids = prompt_ids(tok, "Q") + tok.convert_tokens_to_ids(["x", "y"])

@@ -146,14 +146,20 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 @torch.no_grad()
-def all_logps(model: torch.nn.Module, pairs: list[Pair], pad: int, batch_size: int) -> np.ndarray:
-    """(pairs, 2) log-probabilities of chosen and rejected under `model`, in eval mode."""
+def all_logps(model: torch.nn.Module, pairs: list[Pair], pad: int, cfg: DPOConfig) -> np.ndarray:
+    """(pairs, 2) log-probabilities of chosen and rejected under `model`, in eval mode.
+
+    Under the same autocast as training, so the policy starts exactly at the reference (rewards 0).
+    """
+    from phiforge.train.loop import autocast
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(pairs), batch_size):
-        chosen, rejected, _ = pair_logps(model, pairs[start : start + batch_size], pad, device)
+    for start in range(0, len(pairs), cfg.batch_size):
+        with autocast(cfg.precision, device):
+            chosen, rejected, _ = pair_logps(model, pairs[start : start + cfg.batch_size], pad, device)
         out.append(torch.stack([chosen, rejected], 1).double().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out)
@@ -185,13 +191,13 @@ class DPOLoss:
 # --- the command ------------------------------------------------------------------------------------------------
 
 
-def reference_logps(model: torch.nn.Module, pairs: list[Pair], pad: int, path: Path, batch_size: int) -> np.ndarray:
+def reference_logps(model: torch.nn.Module, pairs: list[Pair], pad: int, path: Path, cfg: DPOConfig) -> np.ndarray:
     """The reference model's log-probs, computed once and kept at `path` (keyed by a digest of the pairs)."""
     digest = hashlib.sha256(json.dumps([vars(p) for p in pairs]).encode()).hexdigest()[:16]
     key = path.with_suffix(".json")
     if path.is_file() and key.is_file() and json.loads(key.read_text())["pairs_digest"] == digest:
         return np.load(path)
-    ref = all_logps(model, pairs, pad, batch_size)
+    ref = all_logps(model, pairs, pad, cfg)
     write_with(path, lambda tmp: np.save(tmp, ref))
     write_json(key, {"pairs_digest": digest, "pairs": len(pairs)})
     return ref
@@ -212,10 +218,10 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
     pairs = read_pairs(pairs_path, tok, cfg.max_length)
     model.to(pick_device())
     pad = tok.pad_token_id
-    ref = reference_logps(model, pairs, pad, out / "reference_logps.npy", cfg.batch_size)
+    ref = reference_logps(model, pairs, pad, out / "reference_logps.npy", cfg)
     log.info("dpo: %d pairs, beta %g, reference log-probs in %s", len(pairs), cfg.beta, out / "reference_logps.npy")
     result = train(model, cfg, cfg.lr, DPOLoss(pairs, ref, cfg, pad, seed), out, "dpo")
-    after = all_logps(model, pairs, pad, cfg.batch_size)
+    after = all_logps(model, pairs, pad, cfg)
     export_model(model, tok, out / "model")
     summary = {
         "pairs": len(pairs),
