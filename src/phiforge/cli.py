@@ -91,7 +91,7 @@ def pts(
     model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
     problems: Annotated[Path, typer.Option("--problems", help="jsonl of {prompt, answer, verifier}.")],
     out: Annotated[Path, typer.Option("--out", help="Pairs jsonl; OUT.parts/ keeps finished problems.")],
-    mode: Annotated[str, typer.Option(help="adaptive: sample until a bound decides; fixed: --samples per prefix.")] = "adaptive",
+    mode: Annotated[str, typer.Option(help="adaptive: sample until a bound decides; fixed: --samples each.")] = "adaptive",
     samples: Annotated[int, typer.Option(help="Completions per prefix (fixed) or at most (adaptive).")] = 50,
     p_gap: Annotated[float, typer.Option(help="Jump in p(success) that makes a token pivotal.")] = 0.2,
     temperature: float = 0.6,

@@ -167,7 +167,7 @@ def all_logps(model: torch.nn.Module, pairs: list[Pair], pad: int, cfg: DPOConfi
 
 @dataclass
 class DPOLoss:
-    """The loop's objective: a micro-batch of pairs (a pure function of its index) against stored reference log-probs."""
+    """The loop's objective: micro-batch `index` of the pairs, scored against the stored reference log-probs."""
 
     pairs: list[Pair]
     reference: np.ndarray  # (pairs, 2)

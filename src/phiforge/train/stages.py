@@ -58,7 +58,8 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("pretrain: %s parameters, %d rows of %d tokens", f"{n_params:,}", len(data.tokens), cfg.seq_len)
 
-    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed, cfg.compile), ctx.out, "pretrain")
+    objective = NextTokenLoss(data, val, cfg.batch_size, seed, cfg.compile)
+    result = train(model, cfg, cfg.lr, objective, ctx.out, "pretrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
@@ -109,7 +110,8 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     data = cached_packed(ctx.out / "data" / "train", build_train)
     val = cached_packed(ctx.out / "data" / "val", lambda: _heldout(ctx, tok, names, context))
     log.info("midtrain: context %d, rope base %g, lr %.2e, %d rows", context, cfg.rope_theta, lr, len(data.tokens))
-    result = train(model, cfg, lr, NextTokenLoss(data, val, cfg.batch_size, seed + 1, cfg.compile), ctx.out, "midtrain")
+    objective = NextTokenLoss(data, val, cfg.batch_size, seed + 1, cfg.compile)
+    result = train(model, cfg, lr, objective, ctx.out, "midtrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
