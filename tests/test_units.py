@@ -129,6 +129,7 @@ def test_lr_schedules():
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     from phiforge.model import build_model
     from phiforge.train.loop import train
+    from phiforge.train.loss import NextTokenLoss
 
     config = load_config("nano")
     data = pack_stream([list(range(5, 600))] * 4, seq_len=16, eos_id=0)
@@ -136,7 +137,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     for batch, accum in ((8, 1), (4, 2)):
         model = build_model(config, seed=0)
         cfg = TrainConfig(steps=2, batch_size=batch, grad_accum=accum, lr=1e-2, precision="fp32")
-        train(model, cfg, cfg.lr, data, None, tmp_path / f"b{batch}", seed=0, label="t")
+        train(model, cfg, cfg.lr, NextTokenLoss(data, None, batch, seed=0), tmp_path / f"b{batch}", label="t")
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     # Adam divides by sqrt(v): float noise in near-zero gradients shows up at 1e-4 in a few of the weights,
     # while every step moves the weights by about lr = 1e-2.
@@ -148,11 +149,13 @@ def test_compiled_loop_trains_like_the_eager_one(tmp_path):
     """`compile: true` (the tiny recipe's setting) runs the same maths through torch.compile."""
     from phiforge.model import build_model
     from phiforge.train.loop import train
+    from phiforge.train.loss import NextTokenLoss
 
     data = pack_stream([list(range(5, 900))] * 4, seq_len=32, eos_id=0)
     losses = []
     for compiled in (False, True):
         cfg = TrainConfig(steps=3, batch_size=4, lr=1e-3, precision="fp32", compile=compiled)
-        result = train(build_model(load_config("nano"), seed=0), cfg, cfg.lr, data, None, tmp_path / str(compiled), 0, "t")
+        objective = NextTokenLoss(data, None, cfg.batch_size, seed=0, compile=compiled)
+        result = train(build_model(load_config("nano"), seed=0), cfg, cfg.lr, objective, tmp_path / str(compiled), "t")
         losses.append(result.final_loss)
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)

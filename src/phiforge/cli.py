@@ -144,6 +144,61 @@ def curate(
 
 
 @app.command()
+def pts(
+    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
+    problems: Annotated[Path, typer.Option("--problems", help="jsonl of {prompt, answer, verifier}.")],
+    out: Annotated[Path, typer.Option("--out", help="Pairs jsonl; OUT.parts/ keeps finished problems.")],
+    mode: Annotated[str, typer.Option(help="adaptive: sample until a bound decides; fixed: --samples each.")] = "adaptive",
+    samples: Annotated[int, typer.Option(help="Completions per prefix (fixed) or at most (adaptive).")] = 50,
+    p_gap: Annotated[float, typer.Option(help="Jump in p(success) that makes a token pivotal.")] = 0.2,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    top_k: int = 20,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+) -> None:
+    """Pivotal Token Search: single-token DPO pairs where p(success) jumps along the model's own solutions."""
+    from phiforge.posttrain.pts import PTSConfig, run_pts
+
+    _setup_logging()
+    if mode not in ("adaptive", "fixed"):
+        raise UserError(f"--mode must be adaptive or fixed, got {mode!r}")
+    cfg = PTSConfig(p_gap=p_gap, mode=mode, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
+                    max_new_tokens=max_new_tokens, seed=seed)
+    summary = run_pts(model, problems, out, cfg)
+    console.print(f"[green]done[/]: {summary['pairs']} pairs from {summary['searched']}/{summary['problems']} "
+                  f"problems, {summary['samples']:,} sampled completions -> {out}")
+
+
+@app.command()
+def dpo(
+    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
+    pairs: Annotated[Path, typer.Option("--pairs", help="jsonl of PTS token pairs or {prompt, chosen, rejected}.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory; OUT/model is the trained HF model.")],
+    beta: Annotated[float, typer.Option(help="Strength of the pull towards the reference model.")] = 0.1,
+    lr: float = 5e-7,
+    steps: int = 100,
+    batch_size: int = 8,
+    label_smoothing: Annotated[float, typer.Option(help="Conservative DPO: assumed rate of flipped labels.")] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Direct Preference Optimization of MODEL on PAIRS, on the shared training loop."""
+    from pydantic import ValidationError
+
+    from phiforge.posttrain.dpo import DPOConfig, run_dpo
+
+    _setup_logging()
+    try:
+        cfg = DPOConfig(steps=steps, lr=lr, beta=beta, batch_size=batch_size, label_smoothing=label_smoothing)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    s = run_dpo(model, pairs, out, cfg, seed)
+    console.print(f"[green]done[/]: {s['pairs']} pairs, {s['steps']} steps; log p(chosen) - log p(rejected) "
+                  f"{s['margin_before']:+.3f} -> {s['margin_after']:+.3f}; model in {out / 'model'}")
+
+
+@app.command()
 def status(run_dir: Path) -> None:
     """Show each stage of RUN_DIR as done, partial or pending."""
     from phiforge.pipeline import STAGE_NAMES

@@ -145,15 +145,16 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def rows_at(n: int, micro_step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Indices (of n examples) in micro-batch `micro_step` for this rank: a fresh permutation every epoch."""
+    start = micro_step * batch_size * world + rank * batch_size
+    return [int(_epoch_order(seed, epoch, n)[offset]) for epoch, offset in
+            (divmod(pos, n) for pos in range(start, start + batch_size))]
+
+
 def batch_at(data: Packed, micro_step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
     """The (inputs, targets) micro-batch number `micro_step` for this rank: a pure function of its arguments."""
-    n = len(data.tokens)
-    per_step = batch_size * world
-    start = micro_step * per_step + rank * batch_size
-    idx = []
-    for pos in range(start, start + batch_size):
-        epoch, offset = divmod(pos, n)
-        idx.append(_epoch_order(seed, epoch, n)[offset])
+    idx = rows_at(len(data.tokens), micro_step, batch_size, seed, rank, world)
     rows = data.tokens[idx]
     labels = data.labels[idx] if data.labels is not None else rows
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(labels[:, 1:].copy())

@@ -17,6 +17,7 @@ from phiforge.stage import StageContext
 from phiforge.tokenizer import IM_END, IM_SEP, IM_START, add_chatml, load_tokenizer
 from phiforge.train.export import cached_packed, export_model
 from phiforge.train.loop import train
+from phiforge.train.loss import NextTokenLoss
 
 log = logging.getLogger("phiforge")
 
@@ -79,7 +80,7 @@ def run(ctx: StageContext) -> StageResult:
     val = cached_packed(ctx.out / "data" / "val", lambda: pack(conversations[:n_val]))
     log.info("sft: %d conversations in %d rows of %d tokens, from %s", len(conversations) - n_val,
              len(data.tokens), cfg.seq_len, source)
-    result = train(model, cfg, cfg.lr, data, val, ctx.out, seed + 2, "sft")
+    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), ctx.out, "sft")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},

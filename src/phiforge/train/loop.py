@@ -1,7 +1,8 @@
-"""The training loop every training stage shares (pretrain, midtrain, SFT).
+"""The training loop every training stage shares (pretrain, midtrain, SFT, DPO).
 
 It reads top to bottom: restore the latest checkpoint if there is one, then for each optimizer step
 accumulate gradients over micro-batches, clip, step, log, and checkpoint every N steps and at the end.
+What is optimised is the stage's Objective (train/loss.py: NextTokenLoss; posttrain/dpo.py: DPOLoss).
 Batches are a pure function of (seed, step), so a resumed run continues exactly where it stopped.
 """
 
@@ -11,21 +12,30 @@ import contextlib
 import logging
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from phiforge.data.packing import Packed, batch_at
 from phiforge.errors import UserError
 from phiforge.recipe import TrainConfig
 from phiforge.rundir import append_metrics, read_metrics, truncate_metrics
 from phiforge.train.checkpoint import Checkpointer, TrainState
-from phiforge.train.loss import mean_loss, token_loss_sum
+from phiforge.train.loss import MicroLoss
 from phiforge.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("phiforge")
+
+
+class Objective(Protocol):
+    """What a stage optimises: micro-batch `index` is a pure function of it (and the objective's seed)."""
+
+    def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device) -> MicroLoss: ...
+
+    def val_loss(self, model: torch.nn.Module) -> float | None: ...
 
 
 @dataclass
@@ -83,10 +93,8 @@ def train(
     model: torch.nn.Module,
     cfg: TrainConfig,
     lr: float,
-    data: Packed,
-    val: Packed | None,
+    objective: Objective,
     out_dir: Path,
-    seed: int,
     label: str,
 ) -> LoopResult:
     device = pick_device()
@@ -100,24 +108,22 @@ def train(
         log.info("%s: resuming from checkpoint at step %d", label, resumed_from)
     truncate_metrics(metrics_path, state.step)
 
-    # Compiling model and loss together fuses casts, norms and the fp32 cross-entropy (docs/benchmarks.md).
-    loss_fn = torch.compile(token_loss_sum) if cfg.compile else token_loss_sum
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * data.seq_len
-    val_rows = 64
     val_loss = float("nan")
-    start, start_step = time.perf_counter(), state.step
+    start, trained_tokens = time.perf_counter(), 0
     with progress_bar(label) as bar:
         task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < cfg.steps:
             t0 = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum, step_tokens, stats = 0.0, 0, defaultdict(float)
             for micro in range(cfg.grad_accum):
-                x, y = batch_at(data, state.step * cfg.grad_accum + micro, cfg.batch_size, seed)
                 with autocast(cfg.precision, device):
-                    micro_loss, n = loss_fn(model, x.to(device), y.to(device))
-                n = max(1, int(n))  # mean over labelled tokens of each micro-batch, averaged over micro-batches
-                (micro_loss / n / cfg.grad_accum).backward()
-                loss_sum += micro_loss.item() / n / cfg.grad_accum
+                    mb = objective.micro_batch(model, state.step * cfg.grad_accum + micro, device)
+                n = max(1, int(mb.count))  # mean over the items of each micro-batch, averaged over micro-batches
+                (mb.loss_sum / n / cfg.grad_accum).backward()
+                loss_sum += mb.loss_sum.item() / n / cfg.grad_accum
+                step_tokens += mb.tokens
+                for k, v in mb.stats.items():
+                    stats[k] += float(v) / n / cfg.grad_accum
             if not math.isfinite(loss_sum):
                 last = checkpoints.steps()
                 where = f"step {last[-1]} in {checkpoints.root}" if last else "none was written yet"
@@ -130,7 +136,8 @@ def train(
             state.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.tokens_seen += tokens_per_step
+            state.tokens_seen += step_tokens
+            trained_tokens += step_tokens
             loss = loss_sum
 
             last_step = state.step == cfg.steps
@@ -140,12 +147,15 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": round(float(grad_norm), 4),
                 "tokens": state.tokens_seen,
-                "tokens_per_s": round(tokens_per_step / (time.perf_counter() - t0), 1),
+                "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1),
+                **{k: round(v, 5) for k, v in stats.items()},
             }
-            if val is not None and (last_step or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+            if last_step or (cfg.eval_every and state.step % cfg.eval_every == 0):
                 with autocast(cfg.precision, device):
-                    val_loss = mean_loss(model, val, cfg.batch_size, val_rows)
-                row["val_loss"] = round(val_loss, 5)
+                    measured = objective.val_loss(model)
+                if measured is not None:
+                    val_loss = measured
+                    row["val_loss"] = round(val_loss, 5)
             append_metrics(metrics_path, row)
             bar.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
             if state.step % cfg.log_every == 0 or last_step:
@@ -156,7 +166,6 @@ def train(
                 checkpoints.save(state)
 
     wall = time.perf_counter() - start
-    trained_tokens = (state.step - start_step) * tokens_per_step
     rows = read_metrics(metrics_path)  # also right when a resumed run had no step left to take
     val_rows_logged = [r["val_loss"] for r in rows if "val_loss" in r]
     return LoopResult(

@@ -1,11 +1,46 @@
-"""Next-token cross-entropy over positions that carry a label."""
+"""Training objectives for the shared loop: next-token cross-entropy over positions that carry a label."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from phiforge.data.packing import IGNORE, Packed
+from phiforge.data.packing import IGNORE, Packed, batch_at
+
+
+@dataclass
+class MicroLoss:
+    """One micro-batch's loss summed over `count` items (labelled tokens, pairs) that the loop averages over."""
+
+    loss_sum: torch.Tensor
+    count: torch.Tensor | int
+    tokens: int  # tokens the forward pass read, for throughput
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # summed like the loss, logged as means
+
+
+@dataclass
+class NextTokenLoss:
+    """Pretraining, midtraining and SFT: packed rows, loss on labelled tokens, held-out loss on `val`."""
+
+    data: Packed
+    val: Packed | None
+    batch_size: int
+    seed: int
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        # Compiling model and loss together fuses casts, norms and the fp32 cross-entropy (docs/benchmarks.md).
+        self.loss_fn = torch.compile(token_loss_sum) if self.compile else token_loss_sum
+
+    def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device) -> MicroLoss:
+        x, y = batch_at(self.data, index, self.batch_size, self.seed)
+        loss, n = self.loss_fn(model, x.to(device), y.to(device))
+        return MicroLoss(loss, n, x.numel())
+
+    def val_loss(self, model: torch.nn.Module) -> float | None:
+        return None if self.val is None else mean_loss(model, self.val, self.batch_size, max_rows=64)
 
 
 def token_loss_sum(

@@ -15,6 +15,7 @@ from phiforge.stage import StageContext
 from phiforge.tokenizer import document_separator_id, load_tokenizer
 from phiforge.train.export import cached_packed, export_model, tokenize, unigram_loss
 from phiforge.train.loop import train
+from phiforge.train.loss import NextTokenLoss
 
 log = logging.getLogger("phiforge")
 
@@ -54,7 +55,8 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("pretrain: %s parameters, %d rows of %d tokens", f"{n_params:,}", len(data.tokens), cfg.seq_len)
 
-    result = train(model, cfg, cfg.lr, data, val, ctx.out, seed, "pretrain")
+    objective = NextTokenLoss(data, val, cfg.batch_size, seed, cfg.compile)
+    result = train(model, cfg, cfg.lr, objective, ctx.out, "pretrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
@@ -105,7 +107,8 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     data = cached_packed(ctx.out / "data" / "train", build_train)
     val = cached_packed(ctx.out / "data" / "val", lambda: _heldout(ctx, tok, names, context))
     log.info("midtrain: context %d, rope base %g, lr %.2e, %d rows", context, cfg.rope_theta, lr, len(data.tokens))
-    result = train(model, cfg, lr, data, val, ctx.out, seed + 1, "midtrain")
+    objective = NextTokenLoss(data, val, cfg.batch_size, seed + 1, cfg.compile)
+    result = train(model, cfg, lr, objective, ctx.out, "midtrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},

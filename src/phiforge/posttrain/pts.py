@@ -1,0 +1,438 @@
+"""Pivotal Token Search (PTS): the tokens of a model's own solutions where p(success) jumps, as DPO pairs.
+
+p(success | Q, prefix) is the fraction of sampled completions of `prefix` that the oracle (synth/verify.py)
+accepts. The search is the report's SUBDIVIDE: a segment of the solution whose two ends differ by at least
+p_gap in p(success) is split in two, recursively, until single tokens remain; those are the pivots. Here it
+runs one tree level at a time so every comparison of a level samples in one batch, and (adaptive mode) each
+comparison samples in rounds until a confidence bound on the difference decides it against p_gap.
+Estimates are cached per prefix (token ids), and every sampled completion is counted.
+
+A pivot becomes a pair with the opposite side drawn from the model's own next-token distribution at the
+same prefix: for a token that raises p(success) it is the chosen side and an alternative that lowers it the
+rejected one, and the reverse. Both sides are measured at the full budget before a pair is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import PreTrainedTokenizerBase
+
+from phiforge.errors import UserError
+from phiforge.files import read_jsonl, write_json, write_jsonl, write_with
+from phiforge.synth.verify import verify
+from phiforge.tokenizer import ENDOFTEXT, IM_END, token_id
+
+log = logging.getLogger("phiforge")
+
+Prefix = tuple[int, ...]  # solution token ids after the chat prompt
+
+
+@dataclass(frozen=True)
+class PTSConfig:
+    p_gap: float = 0.2  # a jump in p(success) at least this big makes a token pivotal
+    mode: Literal["adaptive", "fixed"] = "adaptive"
+    samples: int = 50  # fixed: completions per prefix; adaptive: the most per prefix
+    round_size: int = 10  # adaptive: completions added per open prefix per round
+    z: float = 2.5  # adaptive: Wilson bound width; above 1.96 because every round looks again
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    max_new_tokens: int = 256
+    min_p: float = 0.2  # questions are searched only when min_p <= p(success | Q) <= max_p
+    max_p: float = 0.8
+    alternatives: int = 4  # most likely other next tokens tried for the opposite side of a pair
+    min_margin: float = 0.2  # a pair is kept only if p(chosen) - p(rejected) >= this, both freshly measured
+    batch_size: int = 256  # sequences per forward pass
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p_gap <= 1 or self.samples < 1 or self.round_size < 1 or self.temperature <= 0:
+            raise UserError("pts: need 0 < p_gap <= 1, samples >= 1, round_size >= 1 and temperature > 0")
+
+
+# --- sampling ---------------------------------------------------------------------------------------------
+
+
+def filtered_probs(logits: torch.Tensor, cfg: PTSConfig) -> torch.Tensor:
+    """Next-token probabilities after temperature, top-k and top-p (nucleus), as the sampler draws them."""
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = torch.softmax(logits, dim=-1)
+    if cfg.top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest head reaching top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig, eos: set[int], pad: int,
+           generator: torch.Generator) -> list[list[int]]:
+    """One sampled continuation (new tokens, EOS included) per prefix, in batches of cfg.batch_size.
+
+    Works with any module taking HF causal-LM arguments and returning `.logits`: it uses the KV cache the
+    model returns, or feeds the whole sequence again when there is none.
+    """
+    out: list[list[int]] = []
+    device = next(model.parameters()).device
+    eos_t = torch.tensor(sorted(eos), device=device)
+    for start in range(0, len(prefixes), cfg.batch_size):
+        chunk = prefixes[start : start + cfg.batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
+        mask = (torch.arange(width, device=device) >= torch.tensor([width - len(p) for p in chunk],
+                                                                    device=device)[:, None]).long()
+        done = torch.tensor([bool(p) and p[-1] in eos for p in chunk], device=device)
+        new = torch.full((len(chunk), 0), pad, device=device, dtype=torch.long)
+        lengths = torch.zeros(len(chunk), device=device, dtype=torch.long)  # tokens drawn before EOS, EOS included
+        res = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True)
+        for _ in range(cfg.max_new_tokens):
+            if bool(done.all()):
+                break
+            nxt = torch.multinomial(filtered_probs(res.logits[:, -1], cfg), 1, generator=generator).squeeze(-1)
+            nxt = nxt.masked_fill(done, pad)
+            new = torch.cat([new, nxt[:, None]], dim=1)
+            lengths += (~done).long()
+            done = done | torch.isin(nxt, eos_t)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # transformers >= 5.2x calls the KV cache `cache`, earlier versions `past_key_values`.
+            name = "cache" if getattr(res, "cache", None) is not None else "past_key_values"
+            cache = getattr(res, name, None)
+            if cache is None:
+                res = model(input_ids=torch.cat([ids, new], dim=1), attention_mask=mask, position_ids=positions)
+            else:
+                res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions[:, -1:],
+                            use_cache=True, **{name: cache})
+        out += [row[:n] for row, n in zip(new.tolist(), lengths.tolist())]
+    return out
+
+
+# --- estimates ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    """Successes among n sampled completions of one prefix; exact for a finished solution (ends in EOS)."""
+
+    successes: int = 0
+    n: int = 0
+    exact: bool = False
+
+    @property
+    def p(self) -> float:
+        return self.successes / self.n if self.n else float("nan")
+
+    def bounds(self, z: float) -> tuple[float, float]:
+        """Wilson score interval: sound near 0 and 1, where most prefixes of a solution sit."""
+        if self.exact:
+            return self.p, self.p
+        n, p = self.n, self.p
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def gap_bounds(a: Estimate, b: Estimate, z: float) -> tuple[float, float]:
+    """Bounds on |p_a - p_b| from Newcombe's hybrid score interval for a difference of proportions."""
+    (la, ua), (lb, ub) = a.bounds(z), b.bounds(z)
+    d = a.p - b.p
+    lo = d - math.hypot(a.p - la, ub - b.p)
+    hi = d + math.hypot(ua - a.p, b.p - lb)
+    if lo >= 0:
+        return lo, hi
+    if hi <= 0:
+        return -hi, -lo
+    return 0.0, max(-lo, hi)
+
+
+def split_point(cum_logp: list[float], start: int, end: int) -> int:
+    """Where the segment's cumulative log-probability is halved (ties: nearest the middle); see docs/design.md."""
+    half = (cum_logp[start] + cum_logp[end]) / 2
+    return min(range(start + 1, end), key=lambda k: (abs(cum_logp[k] - half), abs(2 * k - start - end)))
+
+
+# --- the search ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProblemResult:
+    """What PTS found for one problem; `samples` counts every completion it sampled."""
+
+    index: int
+    status: Literal["searched", "skipped", "no_trace"]
+    p_success: float
+    samples: int
+    pivots: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+
+
+class Search:
+    """PTS for one problem: cached p(success) estimates over prefixes of the model's own solutions."""
+
+    def __init__(self, model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
+                 check: Callable[[str], bool], seed: int):
+        self.model, self.tok, self.cfg, self.check = model, tok, cfg, check
+        self.prompt = prompt_ids(tok, problem["prompt"])
+        self.eos = eos_ids(tok)
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.cache: dict[Prefix, Estimate] = {}
+        self.samples = 0
+
+    def rollouts(self, prefixes: list[Prefix]) -> list[tuple[Prefix, bool]]:
+        """One completion per entry (whole solution ids, oracle verdict); the estimates take them in."""
+        outs = sample(self.model, [self.prompt + list(p) for p in prefixes], self.cfg, self.eos, self.pad,
+                      self.generator)
+        self.samples += len(outs)
+        done = []
+        for p, new in zip(prefixes, outs):
+            solution = p + tuple(new)
+            ok = self.check(self.text(solution))
+            est = self.cache.setdefault(p, Estimate())
+            est.n += 1
+            est.successes += ok
+            done.append((solution, ok))
+        return done
+
+    def text(self, solution: Prefix) -> str:
+        return self.tok.decode(list(solution), skip_special_tokens=True)
+
+    def estimate(self, prefixes: list[Prefix], target: int) -> None:
+        """Top every prefix's estimate up to `target` completions, all in one batch."""
+        todo: list[Prefix] = []
+        for p in dict.fromkeys(prefixes):
+            est = self.cache.setdefault(p, Estimate())
+            if p and p[-1] in self.eos:  # a finished solution: its verdict is p(success), no sampling
+                if not est.exact:
+                    est.successes, est.n, est.exact = int(self.check(self.text(p))), 1, True
+            elif est.n < target:
+                todo += [p] * (target - est.n)
+        if todo:
+            self.rollouts(todo)
+
+    def settled(self, a: Prefix, b: Prefix, gap: float) -> bool:
+        lo, hi = gap_bounds(self.cache[a], self.cache[b], self.cfg.z)
+        at_cap = all(self.cache[p].exact or self.cache[p].n >= self.cfg.samples for p in (a, b))
+        return at_cap or lo >= gap or hi < gap
+
+    def jumps(self, comparisons: list[tuple[Prefix, Prefix]], gap: float) -> list[bool]:
+        """|p(a) - p(b)| >= gap for each (a, b); adaptive mode samples only until a bound decides it."""
+        if self.cfg.mode == "fixed":
+            self.estimate([p for c in comparisons for p in c], self.cfg.samples)
+        else:
+            open_, target = list(comparisons), 0
+            while open_:
+                target = min(self.cfg.samples, target + self.cfg.round_size)
+                self.estimate([p for c in open_ for p in c], target)
+                open_ = [(a, b) for a, b in open_ if not self.settled(a, b, gap)]
+        return [abs(self.cache[a].p - self.cache[b].p) >= gap for a, b in comparisons]
+
+    def pivots(self, solution: Prefix) -> list[int]:
+        """Positions of pivotal tokens in `solution`: the report's SUBDIVIDE, one tree level per batch."""
+        cum = cumulative_logprobs(self.model, self.prompt, solution)
+        found, level = [], [(0, len(solution))]
+        while level:
+            flags = self.jumps([(solution[:s], solution[:e]) for s, e in level], self.cfg.p_gap)
+            below = []
+            for (s, e), jump in zip(level, flags):
+                if jump and e - s == 1:
+                    found.append(s)
+                elif jump:
+                    k = split_point(cum, s, e)
+                    below += [(s, k), (k, e)]
+            level = below
+        return sorted(found)
+
+    def pair(self, solution: Prefix, i: int) -> dict | None:
+        """The pair at pivot i, or None when no alternative next token moves p(success) the other way
+        with p(chosen) - p(rejected) >= min_margin, both sides measured (adaptively) against that margin."""
+        prefix, token = solution[:i], solution[i]
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([self.prompt + list(prefix)], device=device)).logits[0, -1]
+        probs = filtered_probs(logits, self.cfg)
+        others = [t for t in probs.argsort(descending=True).tolist()[: self.cfg.alternatives + 1]
+                  if t != token and probs[t] > 0][: self.cfg.alternatives]
+        self.jumps([(prefix + (token,), prefix + (t,)) for t in others], self.cfg.min_margin)
+        before, after = self.cache[prefix], self.cache[prefix + (token,)]
+        raises = after.p > before.p
+        p_of = {t: self.cache[prefix + (t,)].p for t in others}
+        if raises:
+            rejected = min(others, key=p_of.get, default=None)
+            chosen = token
+        else:
+            chosen = max(others, key=p_of.get, default=None)
+            rejected = token
+        if chosen is None or rejected is None:
+            return None
+        est_c, est_r = self.cache[prefix + (chosen,)], self.cache[prefix + (rejected,)]
+        moved_other_way = est_r.p < before.p if raises else est_c.p > before.p
+        if not (est_c.n and est_r.n and moved_other_way) or est_c.p - est_r.p < self.cfg.min_margin:
+            return None
+        ids = self.prompt + list(prefix)
+        return {
+            "prompt": self.tok.decode(ids, skip_special_tokens=False),
+            "prompt_token_ids": ids,
+            "chosen": self.tok.decode([chosen]),
+            "rejected": self.tok.decode([rejected]),
+            "chosen_token_id": chosen,
+            "rejected_token_id": rejected,
+            "p_before": round(before.p, 4),
+            "p_chosen": round(est_c.p, 4),
+            "p_rejected": round(est_r.p, 4),
+            "margin": round(est_c.p - est_r.p, 4),
+            "samples": before.n + est_c.n + est_r.n,  # completions behind the three probabilities
+        }
+
+
+def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    return tok.encode(text, add_special_tokens=False)
+
+
+def eos_ids(tok: PreTrainedTokenizerBase) -> set[int]:
+    found = {token_id(tok, IM_END), token_id(tok, ENDOFTEXT), tok.eos_token_id}
+    return {i for i in found if i is not None}
+
+
+@torch.no_grad()
+def cumulative_logprobs(model: torch.nn.Module, prompt: list[int], solution: Prefix) -> list[float]:
+    """cum[k] = log p(solution[:k] | prompt) under the model's own (unfiltered) distribution."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt + list(solution)], device=device)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+    token_logp = logp.gather(-1, torch.tensor(solution, device=device)[:, None]).squeeze(-1)
+    return [0.0, *token_logp.cumsum(0).tolist()]
+
+
+def search_problem(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
+                   index: int = 0, check: Callable[[str], bool] | None = None) -> ProblemResult:
+    """PTS on one problem: estimate p(success | Q) from cfg.samples solutions, keep the question when it is
+    within [min_p, max_p], then search one correct and one incorrect finished solution of those."""
+    check = check or (lambda text: verify(problem, text).ok)
+    search = Search(model, tok, problem, cfg, check, seed=cfg.seed * 1_000_003 + index)
+    solutions = search.rollouts([()] * cfg.samples)
+    p = search.cache[()].p
+    if not cfg.min_p <= p <= cfg.max_p:
+        return ProblemResult(index, "skipped", p, search.samples)
+    traces = {}
+    for solution, ok in solutions:
+        if solution and solution[-1] in search.eos:
+            traces.setdefault("correct" if ok else "incorrect", solution)
+    if not traces:
+        return ProblemResult(index, "no_trace", p, search.samples)
+    result = ProblemResult(index, "searched", p, 0)
+    for kind, solution in traces.items():
+        for i in search.pivots(solution):
+            before, after = search.cache[solution[:i]], search.cache[solution[: i + 1]]
+            result.pivots.append({"trace": kind, "position": i, "length": len(solution),
+                                  "token_id": solution[i], "p_before": before.p, "p_after": after.p})
+            pair = search.pair(solution, i)
+            if pair is not None:
+                result.pairs.append({**pair, "problem": index})
+    result.samples = search.samples
+    return result
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+
+
+def read_problems(path: Path) -> list[dict]:
+    problems = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row.get("prompt"), str) or "answer" not in row:
+            raise UserError(f"{path}: row {i} needs a string 'prompt' and an 'answer'")
+        verify(row, "")  # an unknown verifier name fails here, before any sampling
+        problems.append(row)
+    if not problems:
+        raise UserError(f"{path}: no problems")
+    return problems
+
+
+def problem_key(index: int, problem: dict) -> str:
+    blob = json.dumps(problem, sort_keys=True).encode()
+    return f"{index:06d}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> dict:
+    """PTS over a problems file into a pairs file; finished problems are kept in OUT.parts/ and skipped on rerun."""
+    from phiforge.model import load_model
+    from phiforge.tokenizer import load_tokenizer
+    from phiforge.train.loop import pick_device
+
+    problems = read_problems(problems_path)
+    parts = out.parent / f"{out.name}.parts"
+    settings = {"model": str(model_dir.resolve()), "config": asdict(cfg)}
+    if (parts / "settings.json").is_file():
+        if json.loads((parts / "settings.json").read_text()) != json.loads(json.dumps(settings)):
+            raise UserError(f"{parts}: holds results of other settings or another model; "
+                            f"delete it or choose another --out")
+    else:
+        write_json(parts / "settings.json", settings)
+    model = load_model(model_dir).to(pick_device()).eval()
+    tok = load_tokenizer(model_dir)
+    results = []
+    columns = (TextColumn("[bold]pts[/]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[pairs]} pairs, {task.fields[samples]:,} samples"), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("pts", total=len(problems), pairs=0, samples=0)
+        for i, problem in enumerate(problems):
+            path = parts / f"{problem_key(i, problem)}.json"
+            if path.is_file():
+                result = ProblemResult(**json.loads(path.read_text()))
+            else:
+                result = search_problem(model, tok, problem, cfg, index=i)
+                write_json(path, asdict(result))
+                log.info("pts: problem %d: p(success) %.2f, %s, %d pivots, %d pairs, %d samples", i,
+                         result.p_success, result.status, len(result.pivots), len(result.pairs), result.samples)
+            results.append(result)
+            bar.update(task, advance=1, pairs=sum(len(r.pairs) for r in results),
+                       samples=sum(r.samples for r in results))
+    pairs = [pair for r in results for pair in r.pairs]
+    write_jsonl(out, pairs)
+    summary = {
+        "problems": len(results),
+        "searched": sum(r.status == "searched" for r in results),
+        "pivots": sum(len(r.pivots) for r in results),
+        "pairs": len(pairs),
+        "samples": sum(r.samples for r in results),
+    }
+    write_json(out.parent / f"{out.stem}.summary.json", summary)
+    plot_pivot_positions(results, out.parent / f"{out.stem}.pivots.png")
+    return summary
+
+
+def plot_pivot_positions(results: list[ProblemResult], path: Path) -> None:
+    """Histogram of where pivots fall along their solutions (position / solution length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for kind in ("correct", "incorrect"):
+        where = [pv["position"] / pv["length"] for r in results for pv in r.pivots if pv["trace"] == kind]
+        ax.hist(where, bins=20, range=(0, 1), alpha=0.6, label=f"{kind} solutions ({len(where)})")
+    ax.set_xlabel("relative position of the pivotal token in the solution")
+    ax.set_ylabel("pivots")
+    ax.set_title("Where pivotal tokens fall")
+    ax.legend()
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

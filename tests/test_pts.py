@@ -1,0 +1,142 @@
+"""Pivotal Token Search on models whose pivots are known: the planted table and a tiny trained HF model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from phiforge.model import build_model, phi3_config
+from phiforge.posttrain.pts import Estimate, PTSConfig, gap_bounds, sample, search_problem, split_point
+
+from conftest import phiforge
+from planted import PlantedLM, planted_tokenizer, train_planted_hf
+
+PROBLEM = {"prompt": "Q", "answer": "7", "verifier": "numeric"}
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "fixed"])
+def test_finds_exactly_the_planted_pivot(mode):
+    tok = planted_tokenizer()
+    # Fillers before and after the pivot are random too: sampling noise must not make them pivotal.
+    cfg = PTSConfig(mode=mode, samples=200, round_size=25, max_new_tokens=16)
+    result = search_problem(PlantedLM(tok, pivot=4, length=12), tok, PROBLEM, cfg)
+    assert result.status == "searched"
+    assert sorted((pv["trace"], pv["position"]) for pv in result.pivots) == [("correct", 4), ("incorrect", 4)]
+    assert len(result.pairs) == 2
+    for pair in result.pairs:
+        assert (pair["chosen"], pair["rejected"]) == ("7", "3")
+        assert (pair["p_chosen"], pair["p_rejected"]) == (1.0, 0.0)
+        assert 0.3 < pair["p_before"] < 0.7
+        assert pair["prompt_token_ids"] == tok(pair["prompt"], add_special_tokens=False)["input_ids"]
+    assert result.samples >= sum(p["samples"] for p in result.pairs) / 2  # all completions are counted
+
+
+def test_adaptive_spends_fewer_samples_than_fixed_for_the_same_pivots():
+    tok = planted_tokenizer()
+    model = PlantedLM(tok, pivot=3, length=24)
+    runs = {m: search_problem(model, tok, PROBLEM, PTSConfig(mode=m, max_new_tokens=32)) for m in ("adaptive", "fixed")}
+    positions = {mode: [pv["position"] for pv in run.pivots] for mode, run in runs.items()}
+    assert positions == {"adaptive": [3, 3], "fixed": [3, 3]}
+    assert runs["adaptive"].samples < runs["fixed"].samples
+
+
+@pytest.mark.parametrize("always", [True, False])
+def test_an_oracle_that_never_changes_its_mind_yields_no_pairs(always):
+    tok = planted_tokenizer()
+    cfg = PTSConfig(min_p=0.0, max_p=1.0, max_new_tokens=16)  # search even a question that is always right/wrong
+    result = search_problem(PlantedLM(tok), tok, PROBLEM, cfg, check=lambda text: always)
+    assert result.status == "searched" and result.p_success == float(always)
+    assert result.pivots == [] and result.pairs == []
+
+
+def test_pivot_without_a_measured_margin_is_not_exported():
+    tok = planted_tokenizer()
+    cfg = PTSConfig(max_new_tokens=16, min_margin=1.01)  # no pair can show this margin
+    result = search_problem(PlantedLM(tok), tok, PROBLEM, cfg)
+    assert len(result.pivots) == 2 and result.pairs == []
+
+
+def test_question_outside_the_success_band_is_skipped():
+    tok = planted_tokenizer()
+    result = search_problem(PlantedLM(tok, p_right=0.97), tok, PROBLEM, PTSConfig(max_new_tokens=16))
+    assert result.status == "skipped" and result.pivots == [] and result.samples == 50
+
+
+def test_split_halves_cumulative_logprob_not_token_count():
+    # One unlikely token at index 6 holds most of the segment's log-probability.
+    logp = [-0.1] * 6 + [-5.0] + [-0.1] * 9
+    cum = [0.0]
+    for lp in logp:
+        cum.append(cum[-1] + lp)
+    k = split_point(cum, 0, len(logp))
+    assert k in (6, 7)  # right beside the unlikely token, where the middle would be 8
+    assert split_point([0.0] * 9, 0, 8) == 4  # no information: the middle
+
+
+def test_gap_bounds_decide_clear_cases_early():
+    assert gap_bounds(Estimate(10, 10), Estimate(0, 10), z=2.5)[0] > 0.2  # 1 vs 0 after 10 samples: a jump
+    assert gap_bounds(Estimate(30, 30), Estimate(1, 1, exact=True), z=2.5)[1] < 0.2  # both 1: no jump
+    lo, hi = gap_bounds(Estimate(5, 10), Estimate(5, 10), z=2.5)
+    assert lo == 0.0 and hi > 0.2  # undecided: sample more
+
+
+def test_sampler_with_kv_cache_equals_full_recompute_with_left_padding():
+    config = phi3_config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=0, eos_token_id=63, pad_token_id=0)
+    model = build_model(config, seed=0).eval()
+
+    class NoCache(torch.nn.Module):  # the same model without a KV cache: the sampler feeds whole sequences
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+            return type("Out", (), {"logits": self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                                         position_ids=position_ids, use_cache=False).logits})()
+
+    prefixes = [[5, 6, 7, 8, 9], [10], [11, 12, 13]]  # different lengths: left padding and positions matter
+    cfg = PTSConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6)
+    cached = sample(model, prefixes, cfg, {63}, 0, torch.Generator().manual_seed(1))
+    recomputed = sample(NoCache(), prefixes, cfg, {63}, 0, torch.Generator().manual_seed(1))
+    assert cached == recomputed and all(len(c) == 6 for c in cached)
+
+
+def test_pts_cli_on_a_trained_model_resumes_and_plots(tmp_path):
+    train_planted_hf(tmp_path / "model")
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({**PROBLEM, "prompt": "Q", "id": i}) + "\n" for i in range(2)))
+    out = tmp_path / "pairs.jsonl"
+    args = ("pts", "--model", tmp_path / "model", "--problems", problems, "--out", out, "--max-new-tokens", "8")
+    phiforge(*args)
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert pairs and all((p["chosen"], p["rejected"]) == ("7", "3") for p in pairs)
+    assert {"prompt", "prompt_token_ids", "chosen_token_id", "rejected_token_id", "p_before", "p_chosen",
+            "p_rejected", "samples"} <= set(pairs[0])
+    assert (tmp_path / "pairs.pivots.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "pairs.summary.json").read_text())
+    # The rerun reuses every finished problem: the same pairs, not one more sample.
+    rerun = phiforge(*args)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == pairs
+    assert json.loads((tmp_path / "pairs.summary.json").read_text()) == summary
+    assert "pts: problem" not in rerun.stderr
+    # The model PTS read is untouched and still an HF model.
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
+
+
+def test_pts_cli_rejects_bad_problems_and_other_settings(tmp_path):
+    train_planted_hf(tmp_path / "model", steps=1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q", "answer": "7", "verifier": "telepathy"}) + "\n")
+    proc = phiforge("pts", "--model", tmp_path / "model", "--problems", bad, "--out", tmp_path / "p.jsonl", check=False)
+    assert proc.returncode == 2 and "unknown verifier 'telepathy'" in proc.stderr
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(PROBLEM) + "\n")
+    common = ("pts", "--model", tmp_path / "model", "--problems", good, "--out", tmp_path / "p.jsonl",
+              "--max-new-tokens", "4")
+    phiforge(*common)
+    proc = phiforge(*common, "--p-gap", "0.3", check=False)
+    assert proc.returncode == 2 and "other settings" in proc.stderr
