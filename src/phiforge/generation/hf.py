@@ -96,10 +96,12 @@ class HFBackend:
         self.model = Path(model).name if model != SMOLLM2 else "SmolLM2-135M-Instruct"
         self.batch_size = batch_size
         self._lm, self._tok = load_chat_model(model)
+        if torch.cuda.is_available():
+            self._lm.to("cuda")
 
     @torch.inference_mode()
     def _generate(self, prompts: list[str], sampling: Sampling, seed: int) -> list[str]:
-        batch = self._tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = self._tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._lm.device)
         torch.manual_seed(seed)
         sample = sampling.temperature > 0
         out = self._lm.generate(
