@@ -45,21 +45,23 @@ def test_plan_says_which_sources_lack_unique_tokens(tmp_path):
 
 
 def test_plan_counts_unique_tokens_in_the_run_like_the_packer(tmp_path):
+    from phiforge.data.corpus import source_stage
     from phiforge.files import read_jsonl
     from phiforge.pipeline import run_stage, stages_of
     from phiforge.tokenizer import load_tokenizer
     from phiforge.train.export import tokenize
 
     recipe, run_dir = load_recipe(SMOKE), tmp_path / "run"
-    for stage in stages_of(recipe)[:2]:  # corpus, tokenizer
+    for stage in stages_of(recipe)[:3]:  # corpus, synth, tokenizer
         run_stage(recipe, run_dir, stage)
     p = plan(recipe, run_dir)
-    assert p.unknown == [] and sorted(p.measured) == ["code", "docs", "math", "passkey"]
+    assert p.unknown == [] and sorted(p.measured) == ["algebra", "arithmetic", "code", "docs", "passkey"]
 
     # The packer on the same corpus: same unique tokens, and quotas filled to within one document.
     cfg = recipe.pretrain
     tok = load_tokenizer(run_dir / "tokenizer" / "tokenizer")
-    docs = {n: tokenize(tok, [r["text"] for r in read_jsonl(run_dir / "corpus" / "train" / f"{n}.jsonl")]) for n in cfg.shares}
+    docs = {n: tokenize(tok, [r["text"] for r in read_jsonl(run_dir / source_stage(recipe, n) / "train" / f"{n}.jsonl")])
+            for n in cfg.shares}
     _, draws = mix_documents(docs, cfg.shares, cfg.token_budget, seed=0)
     for name, planned in p.draws.items():
         assert planned.unique_tokens == draws[name].unique_tokens
