@@ -37,13 +37,19 @@ def _as_fraction(text: str) -> Fraction | None:
         return None
 
 
+def final_number(text: str) -> str | None:
+    """The last number in a text: the answer a completion committed to."""
+    found = _NUMBER.findall(text.replace(",", ""))
+    return found[-1] if found else None
+
+
 def numeric(problem: dict, completion: str) -> Verdict:
     """The last number in the completion equals the answer (fractions and decimals compared exactly)."""
-    found = _NUMBER.findall(completion.replace(",", ""))
-    if not found:
+    got_text = final_number(completion)
+    if got_text is None:
         return Verdict(False, "no number in completion")
-    got, want = _as_fraction(found[-1]), _as_fraction(str(problem["answer"]).replace(",", ""))
-    return Verdict(got is not None and got == want, f"got {found[-1]}, want {problem['answer']}")
+    got, want = _as_fraction(got_text), _as_fraction(str(problem["answer"]).replace(",", ""))
+    return Verdict(got is not None and got == want, f"got {got_text}, want {problem['answer']}")
 
 
 def exact(problem: dict, completion: str) -> Verdict:

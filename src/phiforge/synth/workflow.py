@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from phiforge.errors import UserError
 from phiforge.generation import Backend, Messages, Sampling
 from phiforge.synth import dataset as ds
-from phiforge.synth.verify import _NUMBER, verify
+from phiforge.synth.verify import final_number, verify
 from phiforge.synth.verify import plurality as plurality_vote
 
 Sample = dict  # fields; "_trace" (step records) and "_dropped" (reason) are bookkeeping
@@ -127,7 +127,7 @@ class Workflow:
         convs = [[{"role": "user", "content": self._render(step.prompt, s, f"step {i} prompt")}] for s in samples]
         lo, hi = step.band
         for s, replies in zip(samples, self._ask(convs, sampling, n=step.k)):
-            answers = [found[-1] if (found := _NUMBER.findall(r.replace(",", ""))) else None for r in replies]
+            answers = [final_number(r) for r in replies]
             vote = plurality_vote(answers, verifier="numeric")  # equal numbers agree: "0.50" with "0.5"
             majority, agreement = vote.majority, vote.agreement
             s[step.output], s[f"{step.output}_agreement"] = majority, agreement
