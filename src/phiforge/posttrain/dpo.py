@@ -197,7 +197,10 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
 
     model = load_model(model_dir)
     tok = load_tokenizer(model_dir)
-    added = add_chatml(tok, model)
+    # Text pairs are rendered in the Phi-4 chat format; token pairs (PTS) were sampled in the model's own
+    # format, which the trained model must keep.
+    text_pairs = any("prompt_token_ids" not in row for row in read_jsonl(pairs_path))
+    added = add_chatml(tok, model) if text_pairs else []
     if added:
         log.info("dpo: added %s to the vocabulary for the Phi-4 chat format", " ".join(added))
     pairs = read_pairs(pairs_path, tok, cfg.max_length)
