@@ -10,16 +10,12 @@ import pytest
 import yaml
 
 from conftest import SMOKE, phiforge
+from planted import train_planted_hf
 from phiforge.errors import UserError
 from phiforge.posttrain.compare import accuracy, mcnemar_exact, wilson
 from phiforge.posttrain.pts import PTSConfig
 from phiforge.recipe import PTSSection, load_recipe
 
-UPSTREAM = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft")
-# Small enough for seconds on the smoke model, wide enough (any p(success) is searched) to find pairs.
-PTS = {"problems": 6, "families": ["add", "successor"], "heldout_problems": 24, "samples": 12, "round_size": 6,
-       "max_new_tokens": 16, "min_p": 0.0, "max_p": 1.0, "p_gap": 0.3, "alternatives": 2, "batch_size": 64}
-DPO = {"steps": 6, "batch_size": 4, "lr": 1.0e-4, "checkpoint_every": 3, "log_every": 2}
 
 
 def write_recipe(path: Path, **sections) -> Path:
@@ -74,28 +70,41 @@ def test_posttrain_only_recipe_needs_a_model(tmp_path):
     assert [s.name for s in stages_of(load_recipe(path))] == ["pts", "dpo", "report"]
 
 
-def test_pts_and_dpo_stages_run_after_sft(smoke_run, copy_stages, tmp_path):
-    run_dir = tmp_path / "run"
-    copy_stages(smoke_run, run_dir, *UPSTREAM)
-    recipe = write_recipe(tmp_path / "posttrain.yaml", pts=PTS, dpo=DPO)
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory) -> Path:
+    """A 1-layer HF model that answers Q with `x y 7|3` at even odds: one pivot (the answer) per solution."""
+    path = tmp_path_factory.mktemp("planted") / "model"
+    train_planted_hf(path)
+    return path
+
+
+def posttrain_recipe(tmp_path: Path, model: Path, **dpo) -> Path:
+    """A post-training-only recipe: pts and dpo on the planted model, problems from jsonl files."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"prompt": "Q", "answer": "7", "verifier": "numeric"}) + "\n")
+    path = tmp_path / "posttrain.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "posttrain", "seed": 3,
+        "pts": {"init_from": str(model), "data": str(problems), "heldout_data": str(problems), "samples": 20,
+                "round_size": 10, "max_new_tokens": 8, "batch_size": 64},
+        "dpo": {"steps": 6, "batch_size": 2, "lr": 3e-3, "checkpoint_every": 3, "log_every": 2, **dpo},
+    }))
+    return path
+
+
+def test_pts_and_dpo_stages_run_resume_and_report(planted_model, tmp_path):
+    run_dir, recipe = tmp_path / "run", posttrain_recipe(tmp_path, planted_model)
     phiforge("run", recipe, "--run-dir", run_dir)
 
     pts = json.loads((run_dir / "pts" / "manifest.json").read_text())["metrics"]
-    assert pts["model"] == str(run_dir / "sft" / "model") and pts["problems"] == 6
-    assert pts["pairs"] > 0 and (run_dir / "pts" / "pairs.pivots.png").is_file()
-    heldout = [json.loads(line) for line in (run_dir / "pts" / "heldout.jsonl").read_text().splitlines()]
-    train = [json.loads(line) for line in (run_dir / "pts" / "problems.jsonl").read_text().splitlines()]
-    assert len(heldout) == 24 and not {p["key"] for p in heldout} & {p["key"] for p in train}
-
+    assert pts["model"] == str(planted_model) and pts["searched"] == 1 and pts["pairs"] >= 1
+    assert (run_dir / "pts" / "pairs.pivots.png").is_file()
     dpo = json.loads((run_dir / "dpo" / "manifest.json").read_text())["metrics"]
-    assert dpo["steps"] == 6 and dpo["margin_after"] > dpo["margin_before"]  # training moved the pairs' margins
-    assert dpo["heldout"]["before"]["n"] == 24 and 0 <= dpo["heldout"]["mcnemar"]["p_value"] <= 1
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert {"sft", "dpo"} <= set(results) and "problems" in results["dpo"]
+    assert dpo["steps"] == 6 and dpo["margin_after"] > dpo["margin_before"]  # 7 over 3 became likelier
+    assert dpo["heldout"]["before"]["n"] == 1 and set(dpo["heldout"]["mcnemar"]) == {"improved", "regressed", "p_value"}
     report = (run_dir / "report.md").read_text()
     assert "Pivotal Token Search" in report and "McNemar exact test" in report and "is the dpo model" in report
-    final = json.loads((run_dir / "final" / "config.json").read_text())
-    assert final == json.loads((run_dir / "dpo" / "model" / "config.json").read_text())
+    assert (run_dir / "final" / "model.safetensors").read_bytes() == (run_dir / "dpo" / "model" / "model.safetensors").read_bytes()
 
     before = (run_dir / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns
     rerun = phiforge("run", recipe, "--run-dir", run_dir)
@@ -103,17 +112,29 @@ def test_pts_and_dpo_stages_run_after_sft(smoke_run, copy_stages, tmp_path):
     assert (run_dir / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_dpo_without_pairs_skips_training_and_says_so(smoke_run, copy_stages, tmp_path):
-    run_dir = tmp_path / "run"
-    copy_stages(smoke_run, run_dir, *UPSTREAM)
+def test_dpo_without_pairs_skips_training_and_says_so(planted_model, tmp_path):
     empty = tmp_path / "pairs.jsonl"
     empty.write_text("")
-    recipe = write_recipe(tmp_path / "nopairs.yaml", dpo={**DPO, "pairs": str(empty)})
+    run_dir, recipe = tmp_path / "run", posttrain_recipe(tmp_path, planted_model, pairs=str(empty))
     proc = phiforge("run", recipe, "--run-dir", run_dir)
     assert "holds no pairs" in proc.stderr and "skipping training" in proc.stderr
     assert json.loads((run_dir / "dpo" / "manifest.json").read_text())["metrics"]["skipped"] == "no pairs"
-    assert not (run_dir / "dpo" / "model").exists()
-    assert "dpo" not in json.loads((run_dir / "eval" / "results.json").read_text())
+    assert not (run_dir / "dpo" / "model").exists() and not (run_dir / "final").exists()
     assert "DPO skipped" in (run_dir / "report.md").read_text()
-    assert json.loads((run_dir / "final" / "config.json").read_text()) == json.loads(
-        (run_dir / "sft" / "model" / "config.json").read_text())
+
+
+def test_eval_scores_a_trained_dpo_stage_and_not_a_skipped_one(tmp_path):
+    from phiforge.eval.stage import models_to_evaluate
+    from phiforge.recipe import load_recipe
+    from phiforge.rundir import StageDir
+    from phiforge.stage import StageContext
+
+    run_dir = tmp_path / "run"
+    for name in ("sft", "dpo"):
+        (run_dir / name).mkdir(parents=True)
+        (run_dir / name / "manifest.json").write_text("{}")
+    (run_dir / "sft" / "model").mkdir()
+    ctx = StageContext(load_recipe(SMOKE), run_dir, StageDir(run_dir, "eval"))
+    assert list(models_to_evaluate(ctx)) == ["sft"]  # a dpo stage that skipped (no pairs) left no model
+    (run_dir / "dpo" / "model").mkdir()
+    assert list(models_to_evaluate(ctx)) == ["sft", "dpo"]
