@@ -128,6 +128,8 @@ def run(ctx: StageContext) -> StageResult:
     manifests = {}
     for stage in ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"):
         sd = StageDir(run_dir, stage)
+        if sd.status() == "pending" and getattr(ctx.recipe, stage, None) is None:
+            continue  # not part of this recipe
         if sd.status() != "done":
             lines.append(f"| {stage} | {sd.status()} | | |")
             continue
