@@ -33,6 +33,7 @@ def _stages() -> list[Stage]:
     from phiforge.data import corpus
     from phiforge.eval import stage as eval_stage
     from phiforge.posttrain import sft
+    from phiforge.posttrain import stages as posttrain_stages
     from phiforge.synth import stage as synth_stage
     from phiforge.tokenizer import stage as tokenizer_stage
     from phiforge.train import stages as train_stages
@@ -40,16 +41,23 @@ def _stages() -> list[Stage]:
     return [
         Stage("corpus", lambda r: r.corpus, (), corpus.run),
         Stage("synth", lambda r: r.synth, ("corpus",), synth_stage.run),
-        Stage("tokenizer", lambda r: r.tokenizer, ("corpus", "synth"), tokenizer_stage.run),
+        Stage("tokenizer", lambda r: r.tokenizer if r.corpus else None, ("corpus", "synth"), tokenizer_stage.run),
         Stage("pretrain", lambda r: r.pretrain, ("corpus", "synth", "tokenizer"), train_stages.run_pretrain),
         Stage("midtrain", lambda r: r.midtrain, ("corpus", "synth", "tokenizer", "pretrain"), train_stages.run_midtrain),
         Stage("sft", lambda r: r.sft, ("corpus", "synth", "tokenizer", "pretrain", "midtrain"), sft.run),
-        Stage("eval", lambda r: r.eval, ("corpus", "synth", "pretrain", "midtrain", "sft"), eval_stage.run),
-        Stage("report", lambda r: r.eval, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "eval"), report.run),
+        Stage("pts", lambda r: r.pts, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft"), posttrain_stages.run_pts_stage),
+        Stage("dpo", lambda r: r.dpo, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts"),
+              posttrain_stages.run_dpo_stage),
+        # eval scores the corpus's held-out text and problems: a post-training-only recipe has none
+        # (its dpo stage compares the models on held-out problems itself)
+        Stage("eval", lambda r: r.eval if r.corpus else None, ("corpus", "synth", "pretrain", "midtrain", "sft", "pts", "dpo"),
+              eval_stage.run),
+        Stage("report", lambda r: r.eval, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"),
+              report.run),
     ]
 
 
-STAGE_NAMES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report")
+STAGE_NAMES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval", "report")
 
 
 def stages_of(recipe: Recipe) -> list[Stage]:

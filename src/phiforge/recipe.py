@@ -223,6 +223,67 @@ class SFTConfig(TrainConfig):
     data: Path | None = None  # jsonl of {"messages": [...]}; default: the corpus stage's generated set
 
 
+# --- post-training (issue 6): Pivotal Token Search and DPO as recipe stages after sft ---
+
+ProblemFamily = Literal["add", "sub", "mul", "linear", "successor"]  # data/synthetic_math.py's generators
+
+
+class PTSSection(Section):
+    """The `pts:` stage: PTSConfig's search settings (posttrain/pts.py; a test keeps the two in step)
+    plus the model to search and the training problems."""
+
+    init_from: str | None = None  # `smollm2` or an HF model directory; default: the previous training stage's model
+    problems: PositiveInt = 200  # problems from the programmatic generators' training split
+    families: list[ProblemFamily] = ["add", "sub", "mul", "linear", "successor"]
+    data: Path | None = None  # jsonl of {prompt, answer, verifier} instead of generated problems
+    # held-out problems (key-hash split, disjoint from training) on which the dpo stage compares the
+    # model before and after; with `data`, give `heldout_data` (same format) or none are compared
+    heldout_problems: NonNegInt = 200
+    heldout_data: Path | None = None
+    p_gap: Annotated[float, Field(gt=0, le=1)] = 0.2
+    mode: Literal["adaptive", "fixed"] = "adaptive"
+    samples: PositiveInt = 50
+    round_size: PositiveInt = 10
+    z: PositiveFloat = 2.5
+    temperature: PositiveFloat = 0.6
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    top_k: NonNegInt = 20
+    max_new_tokens: PositiveInt = 256
+    min_p: Fraction = 0.2
+    max_p: Fraction = 0.8
+    alternatives: PositiveInt = 4
+    min_margin: Fraction = 0.2
+    batch_size: PositiveInt = 256
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _p_range(self) -> "PTSSection":
+        if self.min_p > self.max_p:
+            raise ValueError(f"min_p ({self.min_p}) exceeds max_p ({self.max_p})")
+        return self
+
+
+class DPOConfig(TrainConfig):
+    """The loop's settings with DPO's defaults (a small constant lr, no decay) and its own knobs."""
+
+    lr: PositiveFloat = 5e-7
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    schedule: Literal["linear", "cosine", "constant"] = "constant"
+    batch_size: PositiveInt = 8
+    beta: PositiveFloat = 0.1
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0  # conservative DPO: the label is wrong with this probability
+    max_length: Annotated[int, Field(gt=1)] = 2048  # prompt + response; the prompt is cut from the left
+    checkpoint_every: PositiveInt = 50
+
+
+class DPOSection(DPOConfig):
+    """The `dpo:` stage: DPOConfig plus where pairs come from (the pts stage's, or a jsonl file)."""
+
+    pairs: Path | None = None  # PTS token pairs or {prompt, chosen, rejected}; default: the pts stage's pairs
+    # init_from (TrainConfig's) `smollm2` or a directory; default: the model the pts stage searched, else the
+    # previous training stage's
+
+
 class EvalConfig(Section):
     tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format"]] = [
         "perplexity",
@@ -244,23 +305,28 @@ class Recipe(Section):
     name: str
     seed: int = 1234
     threads: NonNegInt = 0  # torch threads; 0 = all cores
-    corpus: CorpusConfig
+    corpus: CorpusConfig | None = None  # None: a post-training-only recipe (pts/dpo from an existing model)
     teacher: TeacherConfig | None = None
     synth: SynthConfig | None = None
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig
+    pretrain: PretrainConfig | None = None
     midtrain: MidtrainConfig | None = None
     sft: SFTConfig | None = None
+    pts: PTSSection | None = None
+    dpo: DPOSection | None = None
     eval: EvalConfig = EvalConfig()
     curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
 
     def data_sources(self) -> list[str]:
         """Names a mixture can draw from: corpus sources, then synthetic datasets."""
-        return [s.name for s in self.corpus.sources] + (self.synth.dataset_names() if self.synth else [])
+        corpus = [s.name for s in self.corpus.sources] if self.corpus else []
+        return corpus + (self.synth.dataset_names() if self.synth else [])
 
     @model_validator(mode="after")
     def _mixture_names(self) -> "Recipe":
+        if self.corpus is None or self.pretrain is None:
+            return self  # no mixture; _stage_inputs says what is missing
         names = self.data_sources()
         if len(set(names)) != len(names):
             raise ValueError(f"corpus source and synth dataset names must be unique, got {names}")
@@ -277,13 +343,35 @@ class Recipe(Section):
         return self
 
 
+    @model_validator(mode="after")
+    def _stage_inputs(self) -> "Recipe":
+        """Every stage has its inputs: data from a corpus, a model from an earlier stage or init_from."""
+        if self.corpus is None and (self.synth or self.pretrain):
+            raise ValueError("synth and pretrain need a corpus section")
+        if self.corpus is not None and self.pretrain is None:
+            raise ValueError("a corpus section needs a pretrain section (drop both for a post-training-only recipe)")
+        for name in ("midtrain", "sft"):
+            section = getattr(self, name)
+            if section is not None and section.init_from is None and self.pretrain is None:
+                raise ValueError(f"{name} needs a model: a pretrain section or {name}.init_from")
+        trained = self.pretrain is not None or any(getattr(self, n) for n in ("midtrain", "sft"))
+        if self.pts is not None and self.pts.init_from is None and not trained:
+            raise ValueError("pts needs a model: an earlier training stage or pts.init_from (e.g. smollm2)")
+        if self.dpo is not None:
+            if self.dpo.pairs is None and self.pts is None:
+                raise ValueError("dpo needs pairs: a pts section or dpo.pairs (a jsonl file)")
+            if self.dpo.init_from is None and self.pts is None and not trained:
+                raise ValueError("dpo needs a model: an earlier training stage, a pts section or dpo.init_from")
+        return self
+
+
 def _resolve_paths(data: object, base: Path) -> object:
     """Make relative `path`-like values relative to the recipe file, not the working directory."""
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():
             is_file_type = k == "type" and isinstance(v, str) and v.endswith((".yaml", ".yml"))
-            if (k in {"path", "data", "init_from"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
+            if (k in {"path", "data", "init_from", "pairs", "heldout_data"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
                 candidate = base / v
                 out[k] = str(candidate) if candidate.exists() else v
             elif k == "preset" and isinstance(v, str) and (base / v).exists():

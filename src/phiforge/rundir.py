@@ -20,7 +20,7 @@ from phiforge.files import write_json, write_text
 
 Status = Literal["done", "partial", "pending"]
 
-TRAINING_STAGES = ("pretrain", "midtrain", "sft")
+TRAINING_STAGES = ("pretrain", "midtrain", "sft", "dpo")  # stages that leave STAGE/model (a dpo without pairs leaves none)
 
 
 @dataclass

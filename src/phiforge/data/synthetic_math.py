@@ -70,6 +70,7 @@ def _next(rng: random.Random) -> Problem:
 ARITHMETIC = (_add, _sub, _mul, _next)
 ALGEBRA = (_linear,)
 FAMILIES = (_add, _sub, _mul, _linear, _next)
+BY_NAME = {"add": _add, "sub": _sub, "mul": _mul, "linear": _linear, "successor": _next}  # by Problem.family
 
 
 def verify(problem: Problem) -> bool:

@@ -27,7 +27,7 @@ def models_to_evaluate(ctx: StageContext) -> dict[str, Path | None]:
     if StageDir(ctx.run_dir, "pretrain").status() == "done":
         found["untrained"] = None
     for name in TRAINING_STAGES:
-        if StageDir(ctx.run_dir, name).status() == "done":
+        if StageDir(ctx.run_dir, name).status() == "done" and (ctx.run_dir / name / "model").is_dir():
             found[name] = ctx.run_dir / name / "model"
     for path in ctx.recipe.eval.models:
         found[Path(path).name] = Path(path)

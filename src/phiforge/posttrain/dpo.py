@@ -17,35 +17,20 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from phiforge.data.packing import rows_at
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_with
-from phiforge.recipe import TrainConfig
+from phiforge.recipe import DPOConfig  # noqa: F401  (defined with the recipe's dpo section)
 from phiforge.tokenizer import IM_END
 from phiforge.train.loss import MicroLoss
 
 log = logging.getLogger("phiforge")
-
-
-class DPOConfig(TrainConfig):
-    """The loop's settings with DPO's defaults (a small constant lr, no decay) and its own knobs."""
-
-    lr: float = Field(5e-7, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "constant"
-    batch_size: int = Field(8, gt=0)
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # conservative DPO: the label is wrong with this probability
-    max_length: int = Field(2048, gt=1)  # prompt + response; the prompt is cut from the left
-    checkpoint_every: int = Field(50, gt=0)
 
 
 @dataclass(frozen=True)
@@ -212,7 +197,10 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
 
     model = load_model(model_dir)
     tok = load_tokenizer(model_dir)
-    added = add_chatml(tok, model)
+    # Text pairs are rendered in the Phi-4 chat format; token pairs (PTS) were sampled in the model's own
+    # format, which the trained model must keep.
+    text_pairs = any("prompt_token_ids" not in row for row in read_jsonl(pairs_path))
+    added = add_chatml(tok, model) if text_pairs else []
     if added:
         log.info("dpo: added %s to the vocabulary for the Phi-4 chat format", " ".join(added))
     pairs = read_pairs(pairs_path, tok, cfg.max_length)

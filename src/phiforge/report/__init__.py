@@ -92,13 +92,44 @@ def eval_tables(results: dict) -> list[str]:
     return lines
 
 
+def posttrain_lines(manifests: dict) -> list[str]:
+    """PTS's search figures and pivot plot; DPO's pairs, margins and held-out before/after comparison."""
+    lines: list[str] = []
+    if "pts" in manifests:
+        m = manifests["pts"]["metrics"]
+        lines += ["", "## Post-training", "", f"Pivotal Token Search on `{m['model']}`:", "",
+                  "| problems | questions kept (searched) | pivots | pairs | samples spent |", "|---|---|---|---|---|",
+                  f"| {m['problems']} | {m['searched']} | {m['pivots']} | {m['pairs']} | {m['samples']:,} |", "",
+                  "![pivot positions](pts/pairs.pivots.png)"]
+    if "dpo" in manifests:
+        m = manifests["dpo"]["metrics"]
+        if m.get("skipped"):
+            lines += ["", f"DPO skipped: {m['skipped']}; the model is unchanged."]
+            return lines
+        lines += ["", f"DPO on {m['pairs']} pairs, {m['steps']} steps: log p(chosen) - log p(rejected) "
+                  f"{m['margin_before']:+.3f} -> {m['margin_after']:+.3f}; chosen preferred on "
+                  f"{m['preferred_before']:.0%} -> {m['preferred_after']:.0%} of pairs."]
+        if h := m.get("heldout"):
+            mc = h["mcnemar"]
+            lines += ["", "Held-out problems (greedy, same problems for both models; 95% Wilson intervals):", "",
+                      "| model | correct | accuracy | 95% CI |", "|---|---|---|---|"]
+            for name, row in (("before (init)", h["before"]), ("after DPO", h["after"])):
+                lines.append(f"| {name} | {row['correct']}/{row['n']} | {row['accuracy']:.3f} | "
+                             f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f} |")
+            lines += ["", f"McNemar exact test: {mc['improved']} problems improved, {mc['regressed']} regressed, "
+                      f"p = {mc['p_value']:.3g}" + (" (significant at 0.05)." if mc["p_value"] < 0.05 else " (not significant at 0.05).")]
+    return lines
+
+
 def run(ctx: StageContext) -> StageResult:
     run_dir = ctx.run_dir
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
-    for stage in ("corpus", "synth", "tokenizer", *TRAINING_STAGES, "eval"):
+    for stage in ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"):
         sd = StageDir(run_dir, stage)
+        if sd.status() == "pending" and getattr(ctx.recipe, stage, None) is None:
+            continue  # not part of this recipe
         if sd.status() != "done":
             lines.append(f"| {stage} | {sd.status()} | | |")
             continue
@@ -140,8 +171,9 @@ def run(ctx: StageContext) -> StageResult:
             for name, d in manifests[stage]["metrics"]["mixture"].items():
                 lines.append(f"| {name} | {d['share']:.2f} | {d['tokens']:,} | {d['unique_tokens']:,} | {d['epochs']} |")
 
+    lines += posttrain_lines(manifests)
     plots = ctx.out / "plots"
-    trained = [s for s in TRAINING_STAGES if s in manifests]
+    trained = [s for s in TRAINING_STAGES if s in manifests and (run_dir / s / "model").is_dir()]
     if trained:
         lines += ["", "## Training loss", ""]
         for stage in trained:

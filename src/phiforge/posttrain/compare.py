@@ -1,0 +1,63 @@
+"""Did post-training help? Two models on the same held-out problems: greedy accuracy with Wilson 95%
+intervals, and McNemar's exact test on the problems where they disagree (a paired test: both models
+answer the same questions, so only the discordant ones carry evidence)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from scipy.stats import binomtest
+
+from phiforge.synth.verify import verify
+
+
+def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (sound at small n and near 0 or 1)."""
+    if n == 0:
+        return 0.0, 1.0
+    ci = binomtest(correct, n).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def mcnemar_exact(before: list[bool], after: list[bool]) -> dict:
+    """Two-sided exact McNemar test: under no change, improvements among discordant problems are Binomial(b+c, 1/2)."""
+    improved = sum(a and not b for b, a in zip(before, after))
+    regressed = sum(b and not a for b, a in zip(before, after))
+    p = binomtest(improved, improved + regressed, 0.5).pvalue if improved + regressed else 1.0
+    return {"improved": improved, "regressed": regressed, "p_value": float(p)}
+
+
+def accuracy(outcomes: list[bool]) -> dict:
+    k, n = sum(outcomes), len(outcomes)
+    low, high = wilson(k, n)
+    return {"correct": k, "n": n, "accuracy": k / n if n else 0.0, "ci95": [round(low, 4), round(high, 4)]}
+
+
+@torch.no_grad()
+def greedy_replies(model_dir: Path, problems: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy chat replies of the model in `model_dir` (the same prompt format PTS searched with)."""
+    from phiforge.eval.tasks import EvalInput, _cut, greedy
+    from phiforge.model import load_model
+    from phiforge.posttrain.pts import eos_ids, prompt_ids
+    from phiforge.recipe import EvalConfig
+    from phiforge.tokenizer import load_tokenizer
+    from phiforge.train.loop import pick_device
+
+    model, tok = load_model(model_dir).to(pick_device()).eval(), load_tokenizer(model_dir)
+    inp = EvalInput(model, tok, EvalConfig(batch_size=batch_size), [], problems, 0, 0)
+    stops = sorted(eos_ids(tok))
+    replies = greedy(inp, [prompt_ids(tok, p["prompt"]) for p in problems], max_new_tokens, stops)
+    return [_cut(r, *tok.convert_ids_to_tokens(stops)) for r in replies]
+
+
+def compare(before: Path, after: Path, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
+    """Summary (accuracies, intervals, McNemar) and one row per problem with both replies."""
+    replies = {name: greedy_replies(path, problems, max_new_tokens, batch_size) for name, path in
+               (("before", before), ("after", after))}
+    ok = {name: [verify(p, r).ok for p, r in zip(problems, rs)] for name, rs in replies.items()}
+    summary = {"before": accuracy(ok["before"]), "after": accuracy(ok["after"]),
+               "mcnemar": mcnemar_exact(ok["before"], ok["after"])}
+    rows = [{"prompt": p["prompt"], "answer": p["answer"], "before": rb, "after": ra, "before_ok": ob, "after_ok": oa}
+            for p, rb, ra, ob, oa in zip(problems, replies["before"], replies["after"], ok["before"], ok["after"])]
+    return summary, rows
