@@ -224,7 +224,7 @@ class SFTConfig(TrainConfig):
 
 
 class EvalConfig(Section):
-    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format"]] = [
+    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format", "simpleqa"]] = [
         "perplexity",
         "problems",
         "long_context",
@@ -238,6 +238,9 @@ class EvalConfig(Section):
     max_problems: PositiveInt = 200
     batch_size: PositiveInt = 16
     models: list[Path] = []  # extra HF model dirs to evaluate beside the run's checkpoints
+    # simpleqa: a {question, answer} jsonl (relative to the working directory); default: generated held-out facts
+    qa: Path | None = None
+    bogus_questions: NonNegInt = 20  # simpleqa: made-up-entity questions whose refusal rate is reported
 
 
 class Recipe(Section):
