@@ -208,10 +208,12 @@ def _llm(option: str, model: str, backend: str, url: Optional[str], key_env: Opt
     from phiforge.generation import load_backend
     from phiforge.recipe import TeacherConfig
 
+    if backend == "openai" and not url:
+        raise UserError(f"{option}-backend openai needs {option}-url (e.g. http://localhost:8000/v1)")
     try:
         cfg = TeacherConfig(backend=backend, model=model, base_url=url, api_key_env=key_env, temperature=0.0)
     except ValidationError as e:
-        raise UserError(f"{option}: {e.errors()[0]['msg']}") from None
+        raise UserError(f"{option}-backend: {e.errors()[0]['msg']}") from None
     return load_backend(cfg, cache_dir)
 
 
@@ -282,7 +284,7 @@ def hallucination(
     cache = out / "cache"
     judge = _llm("--grader", grader, grader_backend, grader_url, grader_key_env, cache) if grader else None
     s = run_hallucination(_policy(model, cache), questions, out, cfg, judge)
-    table = Table(title=f"{model}: greedy answers to {s['questions']} questions, {s['bogus_questions']} bogus")
+    table = Table(title=f"greedy answers: {s['questions']} questions, {s['bogus_questions']} bogus")
     table.add_column("rate")
     table.add_column("value", justify="right")
     for name, value in s["greedy"].items():
