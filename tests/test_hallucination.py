@@ -164,3 +164,18 @@ def test_cli_writes_data_and_a_rate_table_and_rejects_a_bad_qa_file(planted, tmp
     assert proc.returncode == 2 and proc.stderr.strip().endswith("row 1 needs a 'question' string and an 'answer' "
                                                                  "(string or number)")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_recipe_turns_on_simpleqa_with_its_own_qa_file(tmp_path):
+    import yaml
+
+    from conftest import SMOKE
+    from phiforge.recipe import load_recipe
+
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "Q", "answer": "7"}) + "\n")
+    data = yaml.safe_load(SMOKE.read_text())
+    data["eval"] = {"tasks": ["perplexity", "simpleqa"], "qa": "qa.jsonl", "bogus_questions": 5}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.eval.qa == tmp_path / "qa.jsonl" and "simpleqa" in recipe.eval.tasks
+    assert "simpleqa" not in EvalConfig().tasks  # recipes opt in
