@@ -198,6 +198,101 @@ def dpo(
                   f"{s['margin_before']:+.3f} -> {s['margin_after']:+.3f}; model in {out / 'model'}")
 
 
+# --- judge-guided DPO pairs and hallucination mitigation -------------------------------------------------------
+
+
+def _llm(option: str, model: str, backend: str, url: Optional[str], key_env: Optional[str], cache_dir: Path):
+    """A judge or grader backend from command-line options (a TeacherConfig), behind the request cache in cache_dir."""
+    from pydantic import ValidationError
+
+    from phiforge.generation import load_backend
+    from phiforge.recipe import TeacherConfig
+
+    if backend == "openai" and not url:
+        raise UserError(f"{option}-backend openai needs {option}-url (e.g. http://localhost:8000/v1)")
+    try:
+        cfg = TeacherConfig(backend=backend, model=model, base_url=url, api_key_env=key_env, temperature=0.0)
+    except ValidationError as e:
+        raise UserError(f"{option}-backend: {e.errors()[0]['msg']}") from None
+    return load_backend(cfg, cache_dir)
+
+
+def _policy(model: Path, cache_dir: Path):
+    """The model being post-trained as a sampling backend, cached under its resolved path (retrained in place:
+    delete the cache)."""
+    from phiforge.generation.cache import CachedBackend
+    from phiforge.generation.hf import HFBackend
+
+    policy = HFBackend(str(model))
+    policy.model = str(model.resolve())
+    return CachedBackend(policy, cache_dir / "requests.sqlite")
+
+
+BackendOpt = Annotated[str, typer.Option(help="hf (a model directory or smollm2), openai or vllm.")]
+
+
+@app.command("judge-pairs")
+def judge_pairs(
+    model: Annotated[Path, typer.Option("--model", help="The policy: HF causal LM directory with a chat template.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="jsonl of {prompt: string or chat messages}.")],
+    out: Annotated[Path, typer.Option("--out", help="Pairs jsonl for `phiforge dpo`; OUT.cache/ makes reruns resume.")],
+    judge: Annotated[str, typer.Option(help="Judge model: smollm2, an HF directory, or the served model name.")] = "smollm2",
+    judge_backend: BackendOpt = "hf",
+    judge_url: Annotated[Optional[str], typer.Option(help="openai: the endpoint, e.g. http://localhost:8000/v1.")] = None,
+    judge_key_env: Annotated[Optional[str], typer.Option(help="openai: environment variable holding the key.")] = None,
+    samples: Annotated[int, typer.Option(help="Responses sampled per prompt.")] = 4,
+    min_gap: Annotated[float, typer.Option(help="Least mean-score gap (0-10) between chosen and rejected.")] = 2.0,
+    temperature: float = 0.8,
+    max_tokens: int = 256,
+    seed: int = 0,
+) -> None:
+    """Judge-guided DPO pairs: sample responses from MODEL, have an LLM judge grade them, pair best with worst."""
+    from phiforge.posttrain.judge import JudgeConfig, run_judge_pairs
+
+    _setup_logging()
+    cfg = JudgeConfig(samples=samples, min_gap=min_gap, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    cache = out.parent / f"{out.name}.cache"
+    s = run_judge_pairs(_policy(model, cache), _llm("--judge", judge, judge_backend, judge_url, judge_key_env, cache),
+                        prompts, out, cfg)
+    console.print(f"[green]done[/]: {s['pairs']} pairs from {s['prompts']} prompts ({s['responses']} responses, "
+                  f"{s['unparseable']} unparseable judge answers) -> {out}")
+
+
+@app.command()
+def hallucination(
+    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory with a chat template.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for sft.jsonl, pairs.jsonl, grades.jsonl, summary.json.")],
+    qa: Annotated[Optional[Path], typer.Option("--qa", help="jsonl of {question, answer, aliases?, verifier?}; default: generated facts.")] = None,
+    facts: Annotated[int, typer.Option(help="Generated facts to ask when there is no --qa.")] = 200,
+    bogus: Annotated[int, typer.Option(help="Made-up-entity questions to add.")] = 50,
+    samples: Annotated[int, typer.Option(help="Sampled answers per question beside the greedy one.")] = 4,
+    known_share: Annotated[float, typer.Option(help="Share of right answers that makes a question known.")] = 0.5,
+    grader: Annotated[Optional[str], typer.Option(help="LLM grader (smollm2, a directory, a served model); default: rules.")] = None,
+    grader_backend: BackendOpt = "hf",
+    grader_url: Optional[str] = None,
+    grader_key_env: Optional[str] = None,
+    seed: int = 0,
+) -> None:
+    """Hallucination mitigation data: refusal SFT targets and DPO pairs from MODEL's graded answers."""
+    from phiforge.posttrain.hallucination import (HallucinationConfig, bogus_questions, generate_facts, read_qa,
+                                                   run_hallucination)
+
+    _setup_logging()
+    cfg = HallucinationConfig(samples=samples, known_share=known_share, seed=seed)
+    questions = read_qa(qa) if qa else generate_facts(facts, seed)
+    questions += bogus_questions(bogus, seed)
+    cache = out / "cache"
+    judge = _llm("--grader", grader, grader_backend, grader_url, grader_key_env, cache) if grader else None
+    s = run_hallucination(_policy(model, cache), questions, out, cfg, judge)
+    table = Table(title=f"greedy answers: {s['questions']} questions, {s['bogus_questions']} bogus")
+    table.add_column("rate")
+    table.add_column("value", justify="right")
+    for name, value in s["greedy"].items():
+        table.add_row(name, f"{value:.1%}")
+    console.print(table)
+    console.print(f"sft {s['sft']}, pairs {s['pairs']} -> {out}")
+
+
 @app.command()
 def status(run_dir: Path) -> None:
     """Show each stage of RUN_DIR as done, partial or pending."""

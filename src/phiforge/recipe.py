@@ -285,7 +285,7 @@ class DPOSection(DPOConfig):
 
 
 class EvalConfig(Section):
-    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format"]] = [
+    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format", "simpleqa"]] = [
         "perplexity",
         "problems",
         "long_context",
@@ -299,6 +299,9 @@ class EvalConfig(Section):
     max_problems: PositiveInt = 200
     batch_size: PositiveInt = 16
     models: list[Path] = []  # extra HF model dirs to evaluate beside the run's checkpoints
+    # simpleqa: a {question, answer} jsonl; default: generated held-out facts
+    qa: Path | None = None
+    bogus_questions: NonNegInt = 20  # simpleqa: made-up-entity questions whose refusal rate is reported
 
 
 class Recipe(Section):
@@ -371,7 +374,7 @@ def _resolve_paths(data: object, base: Path) -> object:
         out = {}
         for k, v in data.items():
             is_file_type = k == "type" and isinstance(v, str) and v.endswith((".yaml", ".yml"))
-            if (k in {"path", "data", "init_from", "pairs", "heldout_data"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
+            if (k in {"path", "data", "init_from", "pairs", "heldout_data", "qa"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
                 candidate = base / v
                 out[k] = str(candidate) if candidate.exists() else v
             elif k == "preset" and isinstance(v, str) and (base / v).exists():

@@ -230,3 +230,20 @@ def chat_format(inp: EvalInput) -> dict[str, float]:
 
 def load_problems(path: Path) -> list[dict]:
     return list(read_jsonl(path))
+
+
+@task("simpleqa")
+def simpleqa(inp: EvalInput) -> dict[str, float]:
+    """SimpleQA's grades of greedy chat answers to held-out questions with known answers (eval.qa, else generated
+    held-out facts), and the share of made-up-entity questions the model declines."""
+    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, grade, rates, read_qa
+
+    tok = inp.tokenizer
+    facts = read_qa(inp.cfg.qa) if inp.cfg.qa else generate_facts(inp.cfg.max_problems, inp.seed, heldout=True)
+    facts = facts[: inp.cfg.max_problems]
+    questions = facts + bogus_questions(inp.cfg.bogus_questions, inp.seed)
+    stops = _stop_ids(tok)
+    replies = greedy(inp, [_chat_ids(tok, q.question) for q in questions], 48, stops)
+    ends = tok.convert_ids_to_tokens(stops)
+    grades = [grade(q, _cut(r, *ends, IM_START)) for q, r in zip(questions, replies)]
+    return rates(grades[: len(facts)], grades[len(facts) :]) | {"n": len(facts), "n_bogus": len(questions) - len(facts)}

@@ -1,0 +1,154 @@
+"""Judge-guided DPO pairs: the policy answers each prompt several times, an LLM judge grades every answer
+for accuracy, style and detail against a rubric, and the best and worst answers become a pair.
+
+Any two backends do: the policy is usually an `HFBackend` over the model being post-trained, the judge the
+recipe's teacher (SmolLM2, a local directory, or an OpenAI-compatible server). Both sit behind the request
+cache, so a rerun pays for no sample or grade twice. A pair keeps its provenance: every response with the
+judge's prompt, raw answer and parsed scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from phiforge.errors import UserError
+from phiforge.files import read_jsonl, write_json, write_jsonl
+from phiforge.generation import Backend, Messages, Sampling
+from phiforge.posttrain.dpo import _messages
+
+log = logging.getLogger("phiforge")
+
+DIMENSIONS = ("accuracy", "style", "detail")
+
+RUBRIC = """You are grading an AI assistant's response to a user. Score it on three dimensions, each an integer from 0 to 10:
+- Accuracy: is everything it says correct, and does it answer what was asked?
+- Style: is it clear, well organised, and in a helpful tone, without padding?
+- Detail: does it give the explanation or steps the question needs, neither too little nor too much?
+
+[Conversation]
+{conversation}
+
+[Response]
+{response}
+
+Write one or two sentences of reasoning, then end with exactly these three lines:
+Accuracy: <0-10>
+Style: <0-10>
+Detail: <0-10>"""
+
+# "Accuracy: 8", "**Style**: 7/10", '"detail": 9' (JSON); the last mention of each dimension counts.
+_SCORE = {d: re.compile(rf"\b{d}\b[*\"'\s]*[:=][*\s]*(\d+(?:\.\d+)?)", re.IGNORECASE) for d in DIMENSIONS}
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    samples: int = 4  # responses sampled per prompt
+    min_gap: float = 2.0  # best and worst mean scores (0-10) must differ by at least this
+    temperature: float = 0.8  # policy sampling; the judge answers greedily
+    top_p: float = 0.95
+    max_tokens: int = 256  # per policy response
+    judge_max_tokens: int = 256
+    batch_prompts: int = 16  # prompts sampled and judged per step (the progress bar's unit)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 2 or self.min_gap < 0 or self.batch_prompts < 1:
+            raise UserError("judge-pairs: need --samples >= 2 and --min-gap >= 0")
+
+
+def judge_messages(conversation: Messages, response: str) -> Messages:
+    shown = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+    return [{"role": "user", "content": RUBRIC.format(conversation=shown, response=response)}]
+
+
+def parse_scores(answer: str) -> dict[str, float] | None:
+    """The three 0-10 scores in a judge's answer, or None when any is missing or out of range."""
+    scores = {}
+    for dim, pattern in _SCORE.items():
+        found = pattern.findall(answer)
+        if not found or not 0 <= float(found[-1]) <= 10:
+            return None
+        scores[dim] = float(found[-1])
+    return scores
+
+
+def pair_from(conversation: Messages, graded: list[dict], min_gap: float) -> dict | None:
+    """Best vs worst of one prompt's graded responses (unparseable ones left out), if their gap is big enough."""
+    scored = [g for g in graded if g["score"] is not None]
+    if len(scored) < 2:
+        return None
+    best = max(scored, key=lambda g: g["score"])
+    worst = min(scored, key=lambda g: g["score"])
+    gap = best["score"] - worst["score"]
+    if gap < min_gap:
+        return None
+    return {
+        "prompt": conversation,
+        "chosen": [{"role": "assistant", "content": best["response"]}],
+        "rejected": [{"role": "assistant", "content": worst["response"]}],
+        "judge": {"chosen_score": best["score"], "rejected_score": worst["score"], "gap": round(gap, 4),
+                  "responses": graded},
+    }
+
+
+def judge_prompts(policy: Backend, judge: Backend, conversations: list[Messages], cfg: JudgeConfig,
+                  seed: int) -> list[list[dict]]:
+    """Sample cfg.samples responses per conversation and grade each; per conversation, one record per response."""
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    responses = policy.chat(conversations, sampling, cfg.samples)
+    asks = [judge_messages(c, r) for c, rs in zip(conversations, responses) for r in rs]
+    answers = iter(a[0] for a in judge.chat(asks, Sampling(temperature=0.0, max_tokens=cfg.judge_max_tokens), 1))
+    asked = iter(asks)
+    graded = []
+    for rs in responses:
+        rows = []
+        for r in rs:
+            answer, ask = next(answers), next(asked)
+            scores = parse_scores(answer)
+            mean = round(sum(scores.values()) / len(scores), 4) if scores else None
+            rows.append({"response": r, "judge_prompt": ask[0]["content"], "judge_answer": answer,
+                         "scores": scores, "score": mean})
+        graded.append(rows)
+    return graded
+
+
+def read_prompts(path: Path) -> list[Messages]:
+    prompts = [_messages(row.get("prompt"), path, i, "prompt") for i, row in enumerate(read_jsonl(path), 1)]
+    if not prompts:
+        raise UserError(f"{path}: no prompts (expected jsonl rows with a 'prompt' string or message list)")
+    return prompts
+
+
+def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Path, cfg: JudgeConfig) -> dict:
+    """Judge-guided pairs for every prompt of `prompts_path` into `out` (jsonl `phiforge dpo` reads), with
+    OUT-stem.summary.json. Wrap both backends in CachedBackend to make a rerun resume."""
+    conversations = read_prompts(prompts_path)
+    pairs: list[dict] = []
+    stats = {"prompts": len(conversations), "responses": 0, "unparseable": 0, "no_pair": 0}
+    columns = (TextColumn("[bold]judge[/]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[pairs]} pairs, {task.fields[bad]} unparseable"), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("judge", total=len(conversations), pairs=0, bad=0)
+        for start in range(0, len(conversations), cfg.batch_prompts):
+            chunk = conversations[start : start + cfg.batch_prompts]
+            # Seeds differ per chunk (and so per prompt), yet stay fixed across reruns: the cache hits.
+            for conversation, graded in zip(chunk, judge_prompts(policy, judge, chunk, cfg, cfg.seed + start * cfg.samples)):
+                stats["responses"] += len(graded)
+                stats["unparseable"] += sum(g["score"] is None for g in graded)
+                pair = pair_from(conversation, graded, cfg.min_gap)
+                if pair is None:
+                    stats["no_pair"] += 1  # gap too small, or fewer than two graded
+                else:
+                    pairs.append(pair | {"judge": pair["judge"] | {"model": judge.model, "policy": policy.model}})
+            bar.update(task, advance=len(chunk), pairs=len(pairs), bad=stats["unparseable"])
+    stats["pairs"] = write_jsonl(out, pairs)
+    if stats["unparseable"]:
+        log.warning("judge: %d of %d judge answers had no readable scores and were skipped",
+                    stats["unparseable"], stats["responses"])
+    write_json(out.parent / f"{out.stem}.summary.json", stats | {"config": vars(cfg), "rubric": RUBRIC})
+    return stats
