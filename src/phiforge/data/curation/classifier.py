@@ -35,12 +35,11 @@ Judge the document below on educational value and reasoning depth together, on t
 3 - clear, informative text that explains something, like a decent encyclopedia or news article.
 4 - teaches well: explanations with reasons, worked examples, step-by-step arguments.
 5 - outstanding teaching material: rigorous reasoning, proofs, derivations or problems with careful solutions.
-Answer with one sentence of justification, then a final line of the form "Score: N" with N from 0 to 5.
+Answer with a first line of the form "Score: N" with N from 0 to 5, then one sentence of justification.
 
 Document:
 {document}"""
 
-MAX_DOC_CHARS = 4000  # the teacher sees the start of long documents
 _SCORE_LINE = re.compile(r"score\s*(?:is|[:=])?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?", re.IGNORECASE)
 _BARE_SCORE = re.compile(r"^\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*\**\.?$")
 
@@ -79,10 +78,12 @@ class Labeler:
 class TeacherLabeler(Labeler):
     """Asks a teacher model (any `Backend`) to rate each document with RUBRIC."""
 
-    def __init__(self, backend: Backend, sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64):
+    def __init__(self, backend: Backend, sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64,
+                 max_chars: int = 4000):
         self.backend = backend
         self.sampling = sampling
         self.batch = batch
+        self.max_chars = max_chars  # the teacher sees the start of long documents
         self.name = f"teacher:{backend.model}"
         self.answers: list[str] = []
 
@@ -94,7 +95,7 @@ class TeacherLabeler(Labeler):
             task = progress.add_task(f"teacher labels ({self.backend.model})", total=len(docs))
             for i in range(0, len(docs), self.batch):
                 chunk = docs[i : i + self.batch]
-                convs = [[{"role": "user", "content": RUBRIC.format(document=d.text[:MAX_DOC_CHARS])}] for d in chunk]
+                convs = [[{"role": "user", "content": RUBRIC.format(document=d.text[: self.max_chars])}] for d in chunk]
                 self.answers += [c[0] for c in self.backend.chat(convs, self.sampling, n=1)]
                 progress.advance(task, len(chunk))
         return [parse_score(a) for a in self.answers]
