@@ -59,7 +59,7 @@ def test_curated_sources_feed_the_corpus_tokenizer_and_mixture(curated_run):
     _, run_dir = curated_run
     corpus = json.loads((run_dir / "corpus" / "manifest.json").read_text())["metrics"]
     cur = corpus["curation"]
-    assert cur["read"] == {"docs": 60, "code": 30, "web": 70}
+    assert cur["read"]["web"] == 70 and cur["read"]["docs"] > 10 and cur["read"]["code"] > 5  # docs, code: chars cap
     removed = {s["step"]: s["removed"] for s in cur["steps"]}
     assert removed["exact_dedup"] >= 10 and removed["quality_classifier"] > 0
     for name in ("docs", "code", "web"):  # what the corpus stage split is what curation kept (less contamination)
@@ -113,7 +113,7 @@ def test_teacher_labels_come_from_the_recipe_teacher(tmp_path, monkeypatch):
         return FakeBackend(lambda m, s, i: "Score: 4\nExplains." if "because" in m[-1]["content"] else "Score: 0", cfg.model)
 
     monkeypatch.setattr("phiforge.generation.load_backend", fake_backend)
-    curation = CURATION | {"classifier": {"label_sample": 40, "label_max_tokens": 8, "label_max_chars": 300}}
+    curation = CURATION | {"classifier": {"label_sample": 40, "label_max_tokens": 8, "label_max_chars": 2000}}
     recipe = load_recipe(write_recipe(tmp_path, curation, teacher={"backend": "hf", "model": "my-teacher"}))
     curated, info = curation_corpus.curate_corpus(recipe, gather(recipe), tmp_path / "out")
     assert seen == ["my-teacher"]
@@ -146,4 +146,4 @@ def test_phiforge_curate_takes_a_recipe_with_corpus_inputs(tmp_path):
     recipe = write_recipe(tmp_path, CURATION)
     phiforge("curate", recipe, "--out", tmp_path / "out")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert stats["inputs"] == {"docs": 60, "code": 30, "web": 70} and stats["classifier"]["labeler"] == "heuristic"
+    assert set(stats["inputs"]) == {"docs", "code", "web"} and stats["classifier"]["labeler"] == "heuristic"

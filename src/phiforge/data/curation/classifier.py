@@ -28,17 +28,30 @@ from phiforge.recipe import CurationClassifier
 log = logging.getLogger("phiforge")
 
 RUBRIC = """You rate documents for training a language model that should learn to reason.
-Judge the document below on educational value and reasoning depth together, on this scale:
+Judge each document on educational value and reasoning depth together, on this scale:
 0 - no educational value: spam, ads, navigation menus, boilerplate, gibberish.
 1 - a little information but mostly noise, promotion or chatter.
 2 - some facts, but superficial, disorganised or without explanation.
 3 - clear, informative text that explains something, like a decent encyclopedia or news article.
 4 - teaches well: explanations with reasons, worked examples, step-by-step arguments.
 5 - outstanding teaching material: rigorous reasoning, proofs, derivations or problems with careful solutions.
-Answer with a first line of the form "Score: N" with N from 0 to 5, then one sentence of justification.
+Answer with a first line of the form "Score: N" with N from 0 to 5; you may add one sentence of justification."""
 
-Document:
-{document}"""
+# Worked examples as earlier turns: small teachers (SmolLM2-135M) answer in the format only when shown it.
+SHOTS = (
+    ("BUY NOW! Best prices on watches. Click here. Free shipping. Subscribe to our newsletter.", "Score: 0"),
+    ("Our company was founded in 1998 and has offices in three cities. Contact us about our services.", "Score: 1"),
+    ("The sum of two even numbers 2a and 2b is 2a + 2b = 2(a + b), twice an integer, so it is even. "
+     "Likewise (2a + 1) + (2b + 1) = 2(a + b + 1): the sum of two odd numbers is even too.", "Score: 5"),
+)
+
+
+def rating_conversation(document: str) -> list[dict[str, str]]:
+    """The rubric, the worked examples, then the document to rate."""
+    shots = [m for doc, score in SHOTS for m in ({"role": "user", "content": f"Document:\n{doc}"},
+                                                  {"role": "assistant", "content": score})]
+    return [{"role": "system", "content": RUBRIC}, *shots, {"role": "user", "content": f"Document:\n{document}"}]
+
 
 _SCORE_LINE = re.compile(r"score\s*(?:is|[:=])?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?", re.IGNORECASE)
 _BARE_SCORE = re.compile(r"^\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*\**\.?$")
@@ -95,7 +108,7 @@ class TeacherLabeler(Labeler):
             task = progress.add_task(f"teacher labels ({self.backend.model})", total=len(docs))
             for i in range(0, len(docs), self.batch):
                 chunk = docs[i : i + self.batch]
-                convs = [[{"role": "user", "content": RUBRIC.format(document=d.text[: self.max_chars])}] for d in chunk]
+                convs = [rating_conversation(d.text[: self.max_chars]) for d in chunk]
                 self.answers += [c[0] for c in self.backend.chat(convs, self.sampling, n=1)]
                 progress.advance(task, len(chunk))
         return [parse_score(a) for a in self.answers]
