@@ -356,6 +356,7 @@ class CurationInput(Section):
     text_key: str = "text"  # jsonl / parquet
     id_key: str = "id"  # jsonl / parquet
     filters: bool = True  # false: no heuristic filters for this input (code); language id, dedup, classifier still apply
+    classifier: bool = True  # false: the quality classifier neither learns from nor filters this input (code)
 
     @model_validator(mode="after")
     def _path(self) -> "CurationInput":

@@ -193,15 +193,18 @@ class TrainQualityClassifier(PipelineStep):
     type = "🧹 - PHIFORGE"
     name = "quality classifier: label and train"
 
-    def __init__(self, labeler: Labeler, cfg: CurationClassifier, out_dir: str, seed: int) -> None:
+    def __init__(self, labeler: Labeler, cfg: CurationClassifier, out_dir: str, seed: int,
+                 unscored: set[str] = frozenset()) -> None:
         super().__init__()
         self.labeler = labeler
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.seed = seed
+        self.unscored = unscored  # sources (inputs) the classifier leaves alone
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        docs = self.labeler.candidates(data, self.cfg.label_sample, self.seed)
+        scored = (d for d in data if d.metadata.get("source") not in self.unscored)
+        docs = self.labeler.candidates(scored, self.cfg.label_sample, self.seed)
         log.info("labelling %d documents with %s", len(docs), self.labeler.name)
         scores = self.labeler.score(docs)
         labelled = [(d, s) for d, s in zip(docs, scores) if s is not None]
@@ -234,11 +237,13 @@ class QualityClassifierFilter(PipelineStep):
     type = "🧹 - PHIFORGE"
     name = "quality classifier: filter"
 
-    def __init__(self, model_path: str, threshold: float, scores_dir: str, batch: int = 256) -> None:
+    def __init__(self, model_path: str, threshold: float, scores_dir: str, unscored: set[str] = frozenset(),
+                 batch: int = 256) -> None:
         super().__init__()
         self.model_path = model_path
         self.threshold = threshold
         self.scores_dir = Path(scores_dir)
+        self.unscored = unscored  # sources passed through unscored
         self.batch = batch
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -260,6 +265,10 @@ class QualityClassifierFilter(PipelineStep):
 
         batch: list[Document] = []
         for doc in data:
+            if doc.metadata.get("source") in self.unscored:
+                self.stat_update("unscored")
+                yield doc
+                continue
             batch.append(doc)
             if len(batch) == self.batch:
                 yield from flush(batch)

@@ -128,11 +128,12 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
                 "curation.classifier.enabled: false"
             )
         model = work / "classifier" / "model.pkl"
+        unscored = {i.name for i in cfg.inputs if not i.classifier}
         stages += [
             Stage("classifier_train", [JsonlReader(str(current)),
-                                       TrainQualityClassifier(labeler, cfg.classifier, str(work / "classifier"), cfg.seed)], 1),
+                                       TrainQualityClassifier(labeler, cfg.classifier, str(work / "classifier"), cfg.seed, unscored)], 1),
             Stage("classifier_filter", [JsonlReader(str(current)),
-                                        QualityClassifierFilter(str(model), cfg.classifier.threshold, str(work / "scores")), route], cfg.tasks),
+                                        QualityClassifierFilter(str(model), cfg.classifier.threshold, str(work / "scores"), unscored), route], cfg.tasks),
         ]
     else:
         stages.append(Stage("route", [JsonlReader(str(current)), route], cfg.tasks))
