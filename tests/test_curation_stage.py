@@ -38,7 +38,7 @@ def write_recipe(tmp_path: Path, curation: dict, **extra) -> Path:
 
 CURATION = {
     "inputs": [{"name": "docs", "kind": "corpus", "filters": False},
-               {"name": "code", "kind": "corpus", "filters": False},
+               {"name": "code", "kind": "corpus", "filters": False, "classifier": False},
                {"name": "web", "kind": "jsonl", "path": "web.jsonl"}],
     "filters": {"gopher_quality": {"max_non_alpha_words_ratio": 0.5}, "c4_quality": False, "fineweb_quality": False},
     "classifier": {"labels": "heuristic", "label_sample": 80, "positive_score": 1, "threshold": 0.3},
@@ -61,10 +61,15 @@ def test_curated_sources_feed_the_corpus_tokenizer_and_mixture(curated_run):
     cur = corpus["curation"]
     assert cur["read"]["web"] == 70 and cur["read"]["docs"] > 10 and cur["read"]["code"] > 5  # docs, code: chars cap
     removed = {s["step"]: s["removed"] for s in cur["steps"]}
-    assert removed["exact_dedup"] >= 10 and removed["quality_classifier"] > 0
+    assert removed["exact_dedup"] >= 10
+    # the classifier scores docs and web, and leaves code (classifier: false) alone
+    assert cur["classifier"]["scored"] == cur["kept"]["docs"] + cur["kept"]["web"] + removed.get("quality_classifier", 0)
     for name in ("docs", "code", "web"):  # what the corpus stage split is what curation kept (less contamination)
         s = corpus["sources"][name]
         assert 0 < s["docs"] + s["heldout_docs"] <= cur["kept"][name] and s["kind"].endswith("curated")
+    curated = [json.loads(x) for f in (run_dir / "corpus" / "curation" / "curated").rglob("*.jsonl")
+               for x in f.read_text().splitlines()]
+    assert all(("quality_score" in r["metadata"]) == (r["metadata"]["source"] != "code") for r in curated)
     web = [json.loads(x)["text"] for x in (run_dir / "corpus" / "train" / "web.jsonl").read_text().splitlines()]
     assert len(web) == len(set(web))  # no duplicate survived
     tokenizer = json.loads((run_dir / "tokenizer" / "manifest.json").read_text())
@@ -76,7 +81,7 @@ def test_curated_sources_feed_the_corpus_tokenizer_and_mixture(curated_run):
 def test_report_shows_curation_steps_classifier_and_plot(curated_run):
     _, run_dir = curated_run
     report = (run_dir / "report.md").read_text()
-    assert "### Curation" in report and "| exact_dedup |" in report and "| quality_classifier |" in report
+    assert "### Curation" in report and "| exact_dedup |" in report and "| minhash_dedup |" in report
     assert "held-out labels precision" in report and "Kept per source: docs" in report
     assert (run_dir / "corpus" / "curation" / "quality_scores.png").read_bytes().startswith(b"\x89PNG")
     assert "![quality scores](corpus/curation/quality_scores.png)" in report
