@@ -81,7 +81,7 @@ def test_curated_sources_feed_the_corpus_tokenizer_and_mixture(curated_run):
 def test_report_shows_curation_steps_classifier_and_plot(curated_run):
     _, run_dir = curated_run
     report = (run_dir / "report.md").read_text()
-    assert "### Curation" in report and "| exact_dedup |" in report and "| minhash_dedup |" in report
+    assert "### Curation" in report and "| read (docs, code, web) |" in report and "| exact_dedup |" in report
     assert "held-out labels precision" in report and "Kept per source: docs" in report
     assert (run_dir / "corpus" / "curation" / "quality_scores.png").read_bytes().startswith(b"\x89PNG")
     assert "![quality scores](corpus/curation/quality_scores.png)" in report
