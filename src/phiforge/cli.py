@@ -129,12 +129,28 @@ def curate(
         bool, typer.Option("--heuristic-labels", help="Label the classifier's sample with a keyword heuristic (no teacher).")
     ] = False,
 ) -> None:
-    """Curate organic data from the 'curation:' section of CONFIG (a recipe or a file with only that section)."""
+    """Curate organic data from the 'curation:' section of CONFIG (a recipe or a file with only that section).
+
+    Without --labels or --heuristic-labels the classifier's teacher is CONFIG's 'teacher:' section."""
     from phiforge.data.curation import curate as run_curate
-    from phiforge.recipe import load_curation
+    from phiforge.recipe import load_curation, load_teacher
 
     _setup_logging()
-    stats = run_curate(load_curation(config), out, labels=labels, heuristic_labels=heuristic_labels)
+    cfg = load_curation(config)
+    if any(i.kind == "corpus" for i in cfg.inputs):  # the recipe's own corpus sources
+        from phiforge.data.corpus import gather
+        from phiforge.data.curation.corpus import materialize
+        from phiforge.recipe import load_recipe
+
+        cfg = materialize(cfg, gather(load_recipe(config), {i.name for i in cfg.inputs}), out / "raw")
+    teacher = None
+    if labels is None and not heuristic_labels and cfg.classifier.enabled and cfg.classifier.labels == "teacher":
+        teacher_cfg = load_teacher(config)
+        if teacher_cfg is not None:
+            from phiforge.generation import load_backend
+
+            teacher = load_backend(teacher_cfg, out / "cache")
+    stats = run_curate(cfg, out, teacher=teacher, labels=labels, heuristic_labels=heuristic_labels)
     if stats is None:
         console.print(f"[green]submitted[/]: {out / 'stats.json'} appears when the Slurm jobs finish")
         return

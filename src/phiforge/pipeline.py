@@ -71,6 +71,8 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
         if s.name in stage.depends_on or s.name == stage.name:
             section = s.section(recipe)
             parts.append(f"{s.name}={section.digest() if section is not None else '-'}")
+    if recipe.curation is not None and "corpus" in (stage.name, *stage.depends_on):  # curation runs in the corpus stage
+        parts.append(f"curation={recipe.curation.digest()}|teacher={recipe.teacher.digest() if recipe.teacher else '-'}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

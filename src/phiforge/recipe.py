@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -322,9 +322,21 @@ class Recipe(Section):
     curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
 
     def data_sources(self) -> list[str]:
-        """Names a mixture can draw from: corpus sources, then synthetic datasets."""
+        """Names a mixture can draw from: corpus sources, curated input files, then synthetic datasets."""
+        curated = [i.name for i in self.curation.inputs if i.kind != "corpus"] if self.curation else []
         corpus = [s.name for s in self.corpus.sources] if self.corpus else []
-        return corpus + (self.synth.dataset_names() if self.synth else [])
+        return corpus + curated + (self.synth.dataset_names() if self.synth else [])
+
+    @model_validator(mode="after")
+    def _curated_corpus_sources(self) -> "Recipe":
+        if self.curation and self.curation.executor == "slurm":
+            raise ValueError("curation.executor slurm submits jobs and returns; a recipe run needs local or ray")
+        corpus_names = {s.name for s in self.corpus.sources} if self.corpus else set()
+        for inp in self.curation.inputs if self.curation else []:
+            if inp.kind == "corpus" and inp.name not in corpus_names:
+                raise ValueError(f"curation input {inp.name!r} has kind corpus but names no corpus source; "
+                                 f"known: {sorted(corpus_names)}")
+        return self
 
     @model_validator(mode="after")
     def _mixture_names(self) -> "Recipe":
@@ -421,27 +433,40 @@ def load_recipe(path: Path | str) -> Recipe:
 
 # --- curation (issue 5): organic data curation on datatrove; `phiforge curate` runs this section ---
 
-CurationInputKind = Literal["jsonl", "parquet", "warc", "text", "html", "pdf", "tex"]
+# `corpus`: in a recipe, the corpus source of the same name, curated in place before the corpus stage splits it
+CurationInputKind = Literal["jsonl", "parquet", "warc", "text", "html", "pdf", "tex", "corpus"]
 
 
 class CurationInput(Section):
-    """One organic source: a file or a folder of files of one kind."""
+    """One organic source: a file or a folder of files of one kind, or (kind corpus) a corpus source of the recipe."""
 
     name: str
     kind: CurationInputKind
-    path: Path
+    path: Path | None = None  # every kind but corpus
     glob: str | None = None  # e.g. "*.jsonl.gz"; default: every file under path
     text_key: str = "text"  # jsonl / parquet
     id_key: str = "id"  # jsonl / parquet
+    filters: bool = True  # false: no heuristic filters for this input (code); language id, dedup, classifier still apply
+    classifier: bool = True  # false: the quality classifier neither learns from nor filters this input (code)
+
+    @model_validator(mode="after")
+    def _path(self) -> "CurationInput":
+        if (self.kind == "corpus") != (self.path is None):
+            raise ValueError(f"curation input '{self.name}': kind {self.kind} "
+                             + ("takes no path (it is the corpus source of that name)" if self.path else "needs a path"))
+        return self
+
+
+FilterSetting = bool | dict[str, Any]  # true: datatrove's published thresholds; a mapping: its keyword arguments
 
 
 class CurationFilters(Section):
     """Heuristic quality filters (datatrove's); they judge documents in `languages` and pass the rest untouched."""
 
-    gopher_quality: bool = True
-    gopher_repetition: bool = True
-    c4_quality: bool = True
-    fineweb_quality: bool = True
+    gopher_quality: FilterSetting = True  # e.g. {max_non_alpha_words_ratio: 0.5}
+    gopher_repetition: FilterSetting = True
+    c4_quality: FilterSetting = True
+    fineweb_quality: FilterSetting = True
     languages: list[str] = ["en"]  # the filters' word lists and thresholds are English ones
     keep_languages: list[str] = []  # route only these languages to the output; empty: every language
     min_language_score: Fraction = 0.0  # drop documents whose language confidence is below this
@@ -459,7 +484,10 @@ class CurationClassifier(Section):
     """The Phi-4 style quality classifier: teacher labels a sample, a hashed n-gram model filters everything."""
 
     enabled: bool = True
+    labels: Literal["teacher", "heuristic"] = "teacher"  # heuristic: reasoning-word density, no model (tests, smoke)
     label_sample: PositiveInt = 2000  # documents the teacher scores
+    label_max_tokens: PositiveInt = 128  # the rubric asks for the score first: a small teacher needs only ~8
+    label_max_chars: PositiveInt = 4000  # the teacher sees the start of long documents (prompt length is CPU time)
     heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # labels kept back to measure precision/recall
     positive_score: Annotated[int, Field(ge=1, le=5)] = 3  # a teacher score at or above this is "high quality"
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # keep documents whose P(high quality) is at least this
@@ -490,6 +518,19 @@ class CurationConfig(Section):
         if self.executor == "slurm" and not self.slurm_partition:
             raise ValueError("executor slurm needs slurm_partition")
         return self
+
+
+def load_teacher(path: Path | str) -> TeacherConfig | None:
+    """The `teacher:` section of a recipe or curation file; None when it has none."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if "teacher" not in data:
+        return None
+    try:
+        return TeacherConfig.model_validate(_resolve_paths(data["teacher"], path.parent.resolve()))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {_format_error(err | {'loc': ('teacher', *err['loc'])})}") from None
 
 
 def load_curation(path: Path | str) -> CurationConfig:

@@ -15,14 +15,20 @@ log = logging.getLogger("phiforge")
 
 
 def source_stage(recipe: Recipe, name: str) -> str:
-    """Which stage holds a data source: the corpus stage, or the synth stage for a synthetic dataset."""
-    return "corpus" if name in {s.name for s in recipe.corpus.sources} else "synth"
+    """Which stage holds a data source: the synth stage for a synthetic dataset, else the corpus stage."""
+    return "synth" if recipe.synth and name in recipe.synth.dataset_names() else "corpus"
 
 
 def source_docs(ctx: StageContext, name: str, split: str = "train") -> list[str]:
     """Documents of one data source from its finished stage."""
     path = ctx.upstream(source_stage(ctx.recipe, name)) / split / f"{name}.jsonl"
     return [row["text"] for row in read_jsonl(path)]
+
+
+def gather(recipe: Recipe, names: set[str] | None = None) -> dict[str, list[str]]:
+    """The documents of the recipe's corpus sources (those in names, when given), capped as configured."""
+    return {s.name: list(iter_documents(s, recipe.seed + i))
+            for i, s in enumerate(recipe.corpus.sources) if names is None or s.name in names}
 
 
 def decontamination_index(benchmarks: list[str], problems: list[dict]):
@@ -42,10 +48,18 @@ def run(ctx: StageContext) -> StageResult:
     index = decontamination_index(cfg.decontaminate, problems) if cfg.decontaminate else None
     items_hit: dict[str, set[str]] = {}
     stats = {}
-    for i, source in enumerate(cfg.sources):
-        docs = list(iter_documents(source, seed + i))
+    docs_by_source = gather(ctx.recipe)
+    kinds = {s.name: s.kind for s in cfg.sources}
+    curation = None
+    if ctx.recipe.curation is not None:  # curated documents replace their source's, curated files join as sources
+        from phiforge.data.curation.corpus import curate_corpus
+
+        curated, curation = curate_corpus(ctx.recipe, docs_by_source, ctx.out / "curation")
+        docs_by_source |= curated
+        kinds |= {i.name: f"{kinds.get(i.name, i.kind)}, curated" for i in ctx.recipe.curation.inputs}
+    for i, (name, docs) in enumerate(docs_by_source.items()):
         if not docs:
-            log.warning("corpus source '%s' yielded no documents", source.name)
+            log.warning("corpus source '%s' yielded no documents", name)
         removed = 0
         if index is not None:
             from phiforge.data.decontam import drop_contaminated
@@ -56,18 +70,18 @@ def run(ctx: StageContext) -> StageResult:
             for bench, item in (pair for h in hits for pair in h.items):
                 items_hit.setdefault(bench, set()).add(item)
             if removed:
-                log.info("corpus %-16s %6d docs removed as benchmark contamination", source.name, removed)
+                log.info("corpus %-16s %6d docs removed as benchmark contamination", name, removed)
         train, held = split_heldout(docs, cfg.heldout_fraction, seed + i)
-        write_jsonl(ctx.out / "train" / f"{source.name}.jsonl", ({"text": d, "source": source.name} for d in train))
-        write_jsonl(ctx.out / "heldout" / f"{source.name}.jsonl", ({"text": d, "source": source.name} for d in held))
-        stats[source.name] = {
-            "kind": source.kind,
+        write_jsonl(ctx.out / "train" / f"{name}.jsonl", ({"text": d, "source": name} for d in train))
+        write_jsonl(ctx.out / "heldout" / f"{name}.jsonl", ({"text": d, "source": name} for d in held))
+        stats[name] = {
+            "kind": kinds[name],
             "docs": len(train),
             "heldout_docs": len(held),
             "chars": sum(map(len, train)),
             **({"contaminated_docs_removed": removed} if index is not None else {}),
         }
-        log.info("corpus %-16s %6d docs %11s chars", source.name, len(train), f"{stats[source.name]['chars']:,}")
+        log.info("corpus %-16s %6d docs %11s chars", name, len(train), f"{stats[name]['chars']:,}")
 
     # Training conversations come from the training split of the problem generators, the eval
     # problems from the held-out split: the two never share a problem.
@@ -75,6 +89,8 @@ def run(ctx: StageContext) -> StageResult:
     write_jsonl(ctx.out / "sft.jsonl", ({"messages": p.as_messages(), "key": p.key} for p in sft))
     write_jsonl(ctx.out / "problems_heldout.jsonl", problems)
     metrics = {"sources": stats, "sft_conversations": len(sft), "eval_problems": len(problems)}
+    if curation is not None:
+        metrics["curation"] = curation
     if index is not None:
         metrics["decontamination"] = {
             "against": [b.name for b in index.benchmarks],
@@ -84,6 +100,7 @@ def run(ctx: StageContext) -> StageResult:
             "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
         }
     return StageResult(
-        outputs={"train": "train/", "heldout": "heldout/", "sft": "sft.jsonl", "problems": "problems_heldout.jsonl"},
+        outputs={"train": "train/", "heldout": "heldout/", "sft": "sft.jsonl", "problems": "problems_heldout.jsonl"}
+        | ({"curation": "curation/"} if curation is not None else {}),
         metrics=metrics,
     )

@@ -121,6 +121,27 @@ def posttrain_lines(manifests: dict) -> list[str]:
     return lines
 
 
+def curation_section(cur: dict) -> list[str]:
+    """Documents left after each curation step, the classifier's held-out precision/recall and its score plot."""
+    left = sum(cur["read"].values())
+    lines = ["### Curation", "", "| step | removed | left |", "|---|---|---|", f"| read ({', '.join(cur['read'])}) | | {left} |"]
+    for step in cur["steps"]:
+        left -= step["removed"]
+        lines.append(f"| {step['step']} | {step['removed']} | {left} |")
+    lines += ["", "Kept per source: " + ", ".join(f"{n} {cur['kept'][n]} of {cur['read'].get(n, '?')}" for n in cur["kept"])
+              + f"; {cur['bad_input']} bad input records."]
+    if c := cur.get("classifier"):
+        def pct(v) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
+        lines += ["", f"Quality classifier: {c['labelled']} documents labelled by {c['labeler']} ({c['unparseable']} answers "
+                  f"without a score), trained on {c['train_labels']}; on {c['heldout_labels']} held-out labels precision "
+                  f"{pct(c.get('precision'))} and recall {pct(c.get('recall'))} (keeping everything: precision "
+                  f"{pct(c.get('heldout_positive_rate'))}); {c['kept']} of {c['scored']} documents scored at least "
+                  f"{c['threshold']}.", "", "![quality scores](corpus/curation/quality_scores.png)"]
+    return lines
+
+
 def run(ctx: StageContext) -> StageResult:
     run_dir = ctx.run_dir
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
@@ -151,6 +172,8 @@ def run(ctx: StageContext) -> StageResult:
             hit = ", ".join(f"{len(items)} of {b}" for b, items in dec["items_hit"].items())
             lines += ["", f"Decontamination ({dec['ngram']}-grams, {dec['short_ngram']}-grams for short fields): "
                       f"{dec['docs_removed']} documents removed; benchmark items hit: {hit}."]
+    if "corpus" in manifests and (cur := manifests["corpus"]["metrics"].get("curation")):
+        lines += ["", *curation_section(cur)]
     if "synth" in manifests:
         sm = manifests["synth"]["metrics"]
         lines += ["", "## Synthetic data", "", f"Teacher: {sm['teacher'] or 'none (programmatic generators only)'}; "

@@ -23,19 +23,25 @@ def curate(
     labels: Path | None = None,
     heuristic_labels: bool = False,
 ) -> dict | None:
-    """Run the curation pipeline; the classifier's labels come from exactly one of teacher, labels, heuristic_labels.
+    """Run the curation pipeline; the classifier's labels come from exactly one of teacher, labels, heuristic_labels
+    (or `classifier.labels: heuristic` in the config when none is given).
 
     Returns the stats written to OUT_DIR/stats.json (None when the Slurm executor only submitted the jobs).
     """
     from phiforge.data.curation.pipeline import run_curation
     from phiforge.errors import UserError
+    from phiforge.generation import Sampling
+
+    if teacher is None and labels is None and config.classifier.labels == "heuristic":
+        heuristic_labels = True
 
     given = [x for x in (teacher, labels, heuristic_labels or None) if x is not None]
     if len(given) > 1:
         raise UserError("give the quality classifier one source of labels: a teacher, a labels file or heuristic labels")
     labeler: Labeler | None = None
     if teacher is not None:
-        labeler = TeacherLabeler(teacher)
+        c = config.classifier
+        labeler = TeacherLabeler(teacher, Sampling(temperature=0.0, max_tokens=c.label_max_tokens), max_chars=c.label_max_chars)
     elif labels is not None:
         labeler = FileLabels(Path(labels))
     elif heuristic_labels:

@@ -28,19 +28,31 @@ from phiforge.recipe import CurationClassifier
 log = logging.getLogger("phiforge")
 
 RUBRIC = """You rate documents for training a language model that should learn to reason.
-Judge the document below on educational value and reasoning depth together, on this scale:
+Judge each document on educational value and reasoning depth together, on this scale:
 0 - no educational value: spam, ads, navigation menus, boilerplate, gibberish.
 1 - a little information but mostly noise, promotion or chatter.
 2 - some facts, but superficial, disorganised or without explanation.
 3 - clear, informative text that explains something, like a decent encyclopedia or news article.
 4 - teaches well: explanations with reasons, worked examples, step-by-step arguments.
 5 - outstanding teaching material: rigorous reasoning, proofs, derivations or problems with careful solutions.
-Answer with one sentence of justification, then a final line of the form "Score: N" with N from 0 to 5.
+Answer with a first line of the form "Score: N" with N from 0 to 5; you may add one sentence of justification."""
 
-Document:
-{document}"""
+# Worked examples as earlier turns: small teachers (SmolLM2-135M) answer in the format only when shown it.
+SHOTS = (
+    ("BUY NOW! Best prices on watches. Click here. Free shipping. Subscribe to our newsletter.", "Score: 0"),
+    ("Our company was founded in 1998 and has offices in three cities. Contact us about our services.", "Score: 1"),
+    ("The sum of two even numbers 2a and 2b is 2a + 2b = 2(a + b), twice an integer, so it is even. "
+     "Likewise (2a + 1) + (2b + 1) = 2(a + b + 1): the sum of two odd numbers is even too.", "Score: 5"),
+)
 
-MAX_DOC_CHARS = 4000  # the teacher sees the start of long documents
+
+def rating_conversation(document: str) -> list[dict[str, str]]:
+    """The rubric, the worked examples, then the document to rate."""
+    shots = [m for doc, score in SHOTS for m in ({"role": "user", "content": f"Document:\n{doc}"},
+                                                  {"role": "assistant", "content": score})]
+    return [{"role": "system", "content": RUBRIC}, *shots, {"role": "user", "content": f"Document:\n{document}"}]
+
+
 _SCORE_LINE = re.compile(r"score\s*(?:is|[:=])?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?", re.IGNORECASE)
 _BARE_SCORE = re.compile(r"^\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*\**\.?$")
 
@@ -79,10 +91,12 @@ class Labeler:
 class TeacherLabeler(Labeler):
     """Asks a teacher model (any `Backend`) to rate each document with RUBRIC."""
 
-    def __init__(self, backend: Backend, sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64):
+    def __init__(self, backend: Backend, sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64,
+                 max_chars: int = 4000):
         self.backend = backend
         self.sampling = sampling
         self.batch = batch
+        self.max_chars = max_chars  # the teacher sees the start of long documents
         self.name = f"teacher:{backend.model}"
         self.answers: list[str] = []
 
@@ -94,7 +108,7 @@ class TeacherLabeler(Labeler):
             task = progress.add_task(f"teacher labels ({self.backend.model})", total=len(docs))
             for i in range(0, len(docs), self.batch):
                 chunk = docs[i : i + self.batch]
-                convs = [[{"role": "user", "content": RUBRIC.format(document=d.text[:MAX_DOC_CHARS])}] for d in chunk]
+                convs = [rating_conversation(d.text[: self.max_chars]) for d in chunk]
                 self.answers += [c[0] for c in self.backend.chat(convs, self.sampling, n=1)]
                 progress.advance(task, len(chunk))
         return [parse_score(a) for a in self.answers]
@@ -179,15 +193,18 @@ class TrainQualityClassifier(PipelineStep):
     type = "🧹 - PHIFORGE"
     name = "quality classifier: label and train"
 
-    def __init__(self, labeler: Labeler, cfg: CurationClassifier, out_dir: str, seed: int) -> None:
+    def __init__(self, labeler: Labeler, cfg: CurationClassifier, out_dir: str, seed: int,
+                 unscored: set[str] = frozenset()) -> None:
         super().__init__()
         self.labeler = labeler
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.seed = seed
+        self.unscored = unscored  # sources (inputs) the classifier leaves alone
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        docs = self.labeler.candidates(data, self.cfg.label_sample, self.seed)
+        scored = (d for d in data if d.metadata.get("source") not in self.unscored)
+        docs = self.labeler.candidates(scored, self.cfg.label_sample, self.seed)
         log.info("labelling %d documents with %s", len(docs), self.labeler.name)
         scores = self.labeler.score(docs)
         labelled = [(d, s) for d, s in zip(docs, scores) if s is not None]
@@ -220,11 +237,13 @@ class QualityClassifierFilter(PipelineStep):
     type = "🧹 - PHIFORGE"
     name = "quality classifier: filter"
 
-    def __init__(self, model_path: str, threshold: float, scores_dir: str, batch: int = 256) -> None:
+    def __init__(self, model_path: str, threshold: float, scores_dir: str, unscored: set[str] = frozenset(),
+                 batch: int = 256) -> None:
         super().__init__()
         self.model_path = model_path
         self.threshold = threshold
         self.scores_dir = Path(scores_dir)
+        self.unscored = unscored  # sources passed through unscored
         self.batch = batch
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -246,6 +265,10 @@ class QualityClassifierFilter(PipelineStep):
 
         batch: list[Document] = []
         for doc in data:
+            if doc.metadata.get("source") in self.unscored:
+                self.stat_update("unscored")
+                yield doc
+                continue
             batch.append(doc)
             if len(batch) == self.batch:
                 yield from flush(batch)

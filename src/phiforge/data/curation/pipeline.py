@@ -68,16 +68,18 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
     stages = []
     filters = heuristic_filters(cfg.filters)
     for inp in cfg.inputs:
+        if inp.kind == "corpus":
+            raise UserError(f"curation input '{inp.name}' has kind corpus: curate it from a recipe "
+                            "(`phiforge curate RECIPE` or the recipe's corpus stage)")
         if not inp.path.exists():
             raise UserError(f"curation input '{inp.name}': {inp.path} not found (a file or a folder of {inp.kind} files)")
         steps: list[PipelineStep] = [make_reader(inp, issues, cfg.on_bad_input == "stop")]
         if inp.kind in ("warc", "html"):
             steps.append(Trafilatura(favour_precision=True, timeout=30.0))
-        steps += [
-            LanguageTagger(cfg.filters.keep_languages, cfg.filters.min_language_score),
-            HeuristicFilters(filters, cfg.filters.languages),
-            JsonlWriter(str(work / "filtered" / inp.name)),
-        ]
+        steps.append(LanguageTagger(cfg.filters.keep_languages, cfg.filters.min_language_score))
+        if inp.filters:
+            steps.append(HeuristicFilters(filters, cfg.filters.languages))
+        steps.append(JsonlWriter(str(work / "filtered" / inp.name)))
         stages.append(Stage(f"read_{inp.name}", steps, cfg.tasks))
     current = stages[-1].output = work / "filtered"
 
@@ -121,15 +123,17 @@ def build_stages(cfg: CurationConfig, out: Path, labeler: Labeler | None) -> lis
     if cfg.classifier.enabled:
         if labeler is None:
             raise UserError(
-                "the quality classifier needs labels: pass a teacher (Python API), --labels LABELS.jsonl or "
-                "--heuristic-labels, or set curation.classifier.enabled: false"
+                "the quality classifier needs labels: a `teacher:` section in the config (or a teacher in Python), "
+                "--labels LABELS.jsonl, --heuristic-labels (or classifier.labels: heuristic), or set "
+                "curation.classifier.enabled: false"
             )
         model = work / "classifier" / "model.pkl"
+        unscored = {i.name for i in cfg.inputs if not i.classifier}
         stages += [
             Stage("classifier_train", [JsonlReader(str(current)),
-                                       TrainQualityClassifier(labeler, cfg.classifier, str(work / "classifier"), cfg.seed)], 1),
+                                       TrainQualityClassifier(labeler, cfg.classifier, str(work / "classifier"), cfg.seed, unscored)], 1),
             Stage("classifier_filter", [JsonlReader(str(current)),
-                                        QualityClassifierFilter(str(model), cfg.classifier.threshold, str(work / "scores")), route], cfg.tasks),
+                                        QualityClassifierFilter(str(model), cfg.classifier.threshold, str(work / "scores"), unscored), route], cfg.tasks),
         ]
     else:
         stages.append(Stage("route", [JsonlReader(str(current)), route], cfg.tasks))

@@ -17,6 +17,7 @@ from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, Go
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.word_tokenizers import WhitespaceTokenizer, strip_strings
 
+from phiforge.errors import UserError
 from phiforge.recipe import CurationFilters
 
 
@@ -68,18 +69,27 @@ class LanguageTagger(PipelineStep):
             yield doc
 
 
+FILTERS = {
+    "gopher_repetition": (GopherRepetitionFilter, {}),
+    "gopher_quality": (GopherQualityFilter, {}),
+    # FineWeb's setting: keep lines without terminal punctuation (code, headings, lists), apply the other C4 rules.
+    "c4_quality": (C4QualityFilter, {"filter_no_terminal_punct": False}),
+    "fineweb_quality": (FineWebQualityFilter, {}),
+}
+
+
 def heuristic_filters(cfg: CurationFilters) -> list[tuple[str, BaseFilter]]:
-    """datatrove's filters with their published defaults, each splitting words offline."""
+    """datatrove's filters, each splitting words offline: published defaults, or the thresholds the config sets."""
     chosen = []
-    if cfg.gopher_repetition:
-        chosen.append(("gopher_repetition", GopherRepetitionFilter(language=WORDS)))
-    if cfg.gopher_quality:
-        chosen.append(("gopher_quality", GopherQualityFilter(language=WORDS)))
-    if cfg.c4_quality:
-        # FineWeb's setting: keep lines without terminal punctuation (code, headings, lists), apply the other C4 rules.
-        chosen.append(("c4_quality", C4QualityFilter(filter_no_terminal_punct=False, language=WORDS)))
-    if cfg.fineweb_quality:
-        chosen.append(("fineweb_quality", FineWebQualityFilter(language=WORDS)))
+    for name, (cls, defaults) in FILTERS.items():
+        setting = getattr(cfg, name)
+        if setting is False:
+            continue
+        args = defaults | (setting if isinstance(setting, dict) else {})
+        try:
+            chosen.append((name, cls(**args, language=WORDS)))
+        except TypeError as e:
+            raise UserError(f"curation.filters.{name}: {e} (the keys are {cls.__name__}'s arguments)") from None
     return chosen
 
 
