@@ -12,15 +12,14 @@ from phiforge.recipe import Recipe, TeacherConfig
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
 from phiforge.synth import seeds as seed_curation
-from phiforge.synth.dataset import load_dataset_type
+from phiforge.synth.dataset import DatasetType, load_dataset_type
 from phiforge.synth.engine import generate_dataset, read_records
 from phiforge.synth.seeds import read_source_texts
 
 log = logging.getLogger("phiforge")
 
 
-def _needs_teacher(recipe: Recipe) -> bool:
-    types = [load_dataset_type(d.type) for d in recipe.synth.datasets]
+def _needs_teacher(recipe: Recipe, types: list[DatasetType]) -> bool:
     return any(t.steps and any(s.kind not in ("parse", "verify") for s in t.steps) for t in types) or (
         recipe.synth.rate_seeds and bool(recipe.synth.seeds)
     )
@@ -69,12 +68,12 @@ def run(ctx: StageContext) -> StageResult:
         index = decontamination_index(recipe.corpus.decontaminate, problems)
     items_hit: dict[str, set[str]] = {}
     teacher = recipe.teacher or TeacherConfig()
-    backend = load_backend(teacher, ctx.out / "cache") if _needs_teacher(recipe) else None
+    types = [load_dataset_type(d.type) for d in cfg.datasets]
+    backend = load_backend(teacher, ctx.out / "cache") if _needs_teacher(recipe, types) else None
     pool = _seed_pool(ctx, backend)
     sampling = replace(default_sampling(teacher), seed=recipe.seed)
     stats, sft = {}, []
-    for i, (dcfg, name) in enumerate(zip(cfg.datasets, cfg.dataset_names())):
-        dtype = load_dataset_type(dcfg.type)
+    for i, (dcfg, dtype, name) in enumerate(zip(cfg.datasets, types, cfg.dataset_names())):
         shard_dir = ctx.out / "datasets" / name
         result = generate_dataset(dtype, dcfg.count, shard_dir, backend, sampling, recipe.seed + i, pool, cfg.shard_size)
         records = list(read_records(shard_dir))
