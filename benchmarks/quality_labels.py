@@ -21,7 +21,7 @@ from pathlib import Path
 
 from datatrove.data import Document
 
-from phiforge.data.curation.classifier import HeuristicLabeler, TeacherLabeler
+from phiforge.data.curation.classifier import RUBRIC, SCORES, SHOTS, HeuristicLabeler, TeacherLabeler, expected_score
 from phiforge.data.sources import _package_readmes, _python_docs
 from phiforge.generation import Sampling
 from phiforge.generation.hf import HFBackend
@@ -75,30 +75,20 @@ def best_cut_accuracy(scores: list[float], labels: list[int]) -> float:
     return max(sum((s >= cut) == bool(y) for s, y in zip(scores, labels)) for cut in set(scores)) / len(scores)
 
 
-DIGIT_RUBRIC = """You rate documents for training a language model that should learn to reason.
-Judge each document on educational value and reasoning depth together, on this scale:
-0 - no educational value: spam, ads, navigation menus, boilerplate, gibberish.
-1 - a little information but mostly noise, promotion or chatter.
-2 - some facts, but superficial, disorganised or without explanation.
-3 - clear, informative text that explains something, like a decent encyclopedia or news article.
-4 - teaches well: explanations with reasons, worked examples, step-by-step arguments.
-5 - outstanding teaching material: rigorous reasoning, proofs, derivations or problems with careful solutions.
-Answer with the score alone: one digit from 0 to 5."""
-SHOTS = (("BUY NOW! Best prices on watches. Click here. Free shipping. Subscribe to our newsletter.", "0"),
-         ("Our company was founded in 1998 and has offices in three cities. Contact us about our services.", "1"),
-         ("The sum of two even numbers 2a and 2b is 2a + 2b = 2(a + b), twice an integer, so it is even. "
-          "Likewise (2a + 1) + (2b + 1) = 2(a + b + 1): the sum of two odd numbers is even too.", "5"))
 QUESTION = "Is this text educational, useful for learning? Answer yes or no."
+# Candidate worked examples: the whole scale, none taken from the reference set's kinds of text.
+MORE_SHOTS = (SHOTS[0], SHOTS[1],
+              ("Paris is the capital of France. It has many museums. The weather there is mild in spring.", "2"),
+              ("To reverse a list in Python, call its reverse() method: it changes the list in place. reversed(x) instead "
+               "returns an iterator and leaves x as it was, which is what you want when the original order is still "
+               "needed.", "4"),
+              SHOTS[2])
 
 
-def digit_conversation(doc: str, shots: bool) -> list[dict]:
-    turns = [m for d, s in SHOTS for m in ({"role": "user", "content": f"Document:\n{d}"},
-                                           {"role": "assistant", "content": s})] if shots else []
-    return [{"role": "system", "content": DIGIT_RUBRIC}, *turns, {"role": "user", "content": f"Document:\n{doc}"}]
-
-
-def expected(p: dict[str, float]) -> float:
-    return sum(int(c) * v for c, v in p.items()) / max(sum(p.values()), 1e-12)
+def conversation(doc: str, shots: tuple) -> list[dict]:
+    turns = [m for d, s in shots for m in ({"role": "user", "content": f"Document:\n{d}"},
+                                           {"role": "assistant", "content": s})]
+    return [{"role": "system", "content": RUBRIC}, *turns, {"role": "user", "content": f"Document:\n{doc}"}]
 
 
 def p_yes(p: dict[str, float]) -> float:
@@ -119,17 +109,26 @@ def main() -> None:
     print(f"reference set: {sum(labels)} high, {len(labels) - sum(labels)} low; "
           + ", ".join(f"{k} {sum(r[0] == k for r in rows)}" for k in dict.fromkeys(r[0] for r in rows)), flush=True)
     teacher = HFBackend("smollm2", batch_size=8)
-    digits = [str(i) for i in range(6)]
+    documents = [Document(text=d, id=str(i)) for i, d in enumerate(docs)]
+
+    def shipped(method: str) -> list[float | None]:  # the labeller a run uses (RUBRIC and SHOTS)
+        return TeacherLabeler(teacher, method, Sampling(temperature=0.0, max_tokens=8), max_chars=args.chars).score(documents)
+
+    def digits(shots: tuple) -> list[float | None]:
+        return [expected_score(p) for p in teacher.choice_probs([conversation(d, shots) for d in docs], SCORES)]
+
+    def yes(question_first: bool) -> list[float]:
+        convs = [[{"role": "user", "content": f"{QUESTION}\n\n{d}" if question_first else f"{d}\n\n{QUESTION}"}] for d in docs]
+        return [p["yes"] / (p["yes"] + p["no"]) for p in teacher.choice_probs(convs, ["yes", "no"])]
+
     labellers = {
-        "heuristic": lambda: HeuristicLabeler().score([Document(text=d, id=str(i)) for i, d in enumerate(docs)]),
-        "generate": lambda: TeacherLabeler(teacher, Sampling(temperature=0.0, max_tokens=8), max_chars=args.chars)
-        .score([Document(text=d, id=str(i)) for i, d in enumerate(docs)]),
-        "digits_shots": lambda: [expected(p) for p in teacher.choice_probs([digit_conversation(d, True) for d in docs], digits)],
-        "digits_zero_shot": lambda: [expected(p) for p in teacher.choice_probs([digit_conversation(d, False) for d in docs], digits)],
-        "yes_no_after": lambda: [p_yes(p) for p in teacher.choice_probs(
-            [[{"role": "user", "content": f"{d}\n\n{QUESTION}"}] for d in docs], ["yes", "no"])],
-        "yes_no_before": lambda: [p_yes(p) for p in teacher.choice_probs(
-            [[{"role": "user", "content": f"{QUESTION}\n\n{d}"}] for d in docs], ["yes", "no"])],
+        "heuristic": lambda: HeuristicLabeler().score(documents),
+        "generate": lambda: shipped("generate"),
+        "probs": lambda: shipped("probs"),
+        "probs_zero_shot": lambda: digits(()),
+        "probs_more_shots": lambda: digits(MORE_SHOTS),
+        "yes_no_after": lambda: yes(False),
+        "yes_no_before": lambda: yes(True),
     }
     kinds = list(dict.fromkeys(r[0] for r in rows))
     for name, run in labellers.items():

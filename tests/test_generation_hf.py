@@ -9,6 +9,7 @@ import pytest
 from phiforge.errors import UserError
 from phiforge.generation import Sampling
 from phiforge.generation.hf import HFBackend, smollm2_dir
+from planted import train_planted_hf
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 3 + 4?"}],
@@ -50,3 +51,16 @@ def test_embedded_smollm2_teacher_converts_once_and_answers(tmp_path, monkeypatc
         Sampling(temperature=0.0, max_tokens=16),
     )
     assert "Paris" in reply and other
+
+
+def test_choice_probabilities_take_one_forward_pass_whatever_the_batch(tmp_path):
+    train_planted_hf(tmp_path / "model")  # answers any chat prompt with `x y 7` or `x y 3`
+    convs = [[{"role": "user", "content": " ".join("Q" * k)}] for k in (1, 6, 2, 9)]  # lengths differ: left padding
+    batched = HFBackend(str(tmp_path / "model"), batch_size=4)
+    out = batched.choice_probs(convs, ["x", "y", "7"])
+    single = HFBackend(str(tmp_path / "model"), batch_size=1).choice_probs(convs, ["x", "y", "7"])
+    for b, s in zip(out, single):
+        assert b.keys() == {"x", "y", "7"} and all(abs(b[c] - s[c]) < 1e-5 for c in b)
+    assert out[0]["x"] > 0.9 and out[0]["x"] + out[0]["y"] + out[0]["7"] <= 1 + 1e-6  # the reply starts with x
+    with pytest.raises(UserError, match=r"no token of the vocabulary stands for the choices \['maybe'\]"):
+        batched.choice_probs(convs, ["x", "maybe"])
