@@ -21,7 +21,8 @@ from pathlib import Path
 
 from datatrove.data import Document
 
-from phiforge.data.curation.classifier import RUBRIC, SCORES, SHOTS, HeuristicLabeler, TeacherLabeler, expected_score
+from phiforge.data.curation.classifier import (SCORES, SHOTS, HeuristicLabeler, TeacherLabeler, expected_score,
+                                              rating_conversation)
 from phiforge.data.sources import _package_readmes, _python_docs
 from phiforge.generation import Sampling
 from phiforge.generation.hf import HFBackend
@@ -85,16 +86,6 @@ MORE_SHOTS = (SHOTS[0], SHOTS[1],
               SHOTS[2])
 
 
-def conversation(doc: str, shots: tuple) -> list[dict]:
-    turns = [m for d, s in shots for m in ({"role": "user", "content": f"Document:\n{d}"},
-                                           {"role": "assistant", "content": s})]
-    return [{"role": "system", "content": RUBRIC}, *turns, {"role": "user", "content": f"Document:\n{doc}"}]
-
-
-def p_yes(p: dict[str, float]) -> float:
-    return p["yes"] / max(p["yes"] + p["no"], 1e-12)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chars", type=int, default=400)
@@ -115,7 +106,7 @@ def main() -> None:
         return TeacherLabeler(teacher, method, Sampling(temperature=0.0, max_tokens=8), max_chars=args.chars).score(documents)
 
     def digits(shots: tuple) -> list[float | None]:
-        return [expected_score(p) for p in teacher.choice_probs([conversation(d, shots) for d in docs], SCORES)]
+        return [expected_score(p) for p in teacher.choice_probs([rating_conversation(d, shots) for d in docs], SCORES)]
 
     def yes(question_first: bool) -> list[float]:
         convs = [[{"role": "user", "content": f"{QUESTION}\n\n{d}" if question_first else f"{d}\n\n{QUESTION}"}] for d in docs]

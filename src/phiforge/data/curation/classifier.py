@@ -49,11 +49,11 @@ SHOTS = (
 SCORES = [str(k) for k in range(6)]  # the answer tokens whose probabilities make a `probs` label
 
 
-def rating_conversation(document: str) -> list[dict[str, str]]:
+def rating_conversation(document: str, shots: tuple[tuple[str, str], ...] = SHOTS) -> list[dict[str, str]]:
     """The rubric, the worked examples, then the document to rate."""
-    shots = [m for doc, score in SHOTS for m in ({"role": "user", "content": f"Document:\n{doc}"},
+    turns = [m for doc, score in shots for m in ({"role": "user", "content": f"Document:\n{doc}"},
                                                   {"role": "assistant", "content": score})]
-    return [{"role": "system", "content": RUBRIC}, *shots, {"role": "user", "content": f"Document:\n{document}"}]
+    return [{"role": "system", "content": RUBRIC}, *turns, {"role": "user", "content": f"Document:\n{document}"}]
 
 
 _SCORE_LINE = re.compile(r"score\s*(?:is|[:=])?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?", re.IGNORECASE)
