@@ -2,7 +2,8 @@
 educational value and reasoning depth, a hashed n-gram logistic regression learns those labels, and the whole
 corpus is filtered by the classifier's probability of "high quality".
 
-Labels come from a teacher `Backend`, from a precomputed jsonl (`{"id" or "text", "score"}`), or, for runs with
+Labels come from a teacher `Backend` (the expected score under its next-token distribution over the digits, or the
+score it writes), from a precomputed jsonl (`{"id" or "text", "score"}`), or, for runs with
 neither, from a crude keyword heuristic (`HeuristicLabeler`) that only exercises the machinery.
 """
 
@@ -17,6 +18,7 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -103,7 +105,7 @@ class TeacherLabeler(Labeler):
     uncertainty, which argmax decoding throws away). `generate`: the score in its written answer (a teacher
     behind an endpoint without logprobs)."""
 
-    def __init__(self, backend: Backend, method: str = "probs",
+    def __init__(self, backend: Backend, method: Literal["probs", "generate"] = "probs",
                  sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64, max_chars: int = 4000):
         self.backend = backend
         self.method = method
