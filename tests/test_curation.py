@@ -305,22 +305,37 @@ def teacher_reply(messages, sampling, i) -> str:
     return "Reasoned explanation.\nScore: 5" if "theorem" in document and "because" in document else "Chatter.\nScore: 1"
 
 
-def test_classifier_learns_planted_signal_from_teacher_labels(tmp_path):
+def teacher_probs(messages, choices) -> dict[str, float]:
+    """The scripted teacher's next-token distribution over the digits: confident on the planted signal, none of its
+    mass on a digit for the confusing documents."""
+    document = messages[-1]["content"].split("Document:\n", 1)[1]
+    if "Unreadable." in document:
+        return dict.fromkeys(choices, 0.0)
+    high = "theorem" in document and "because" in document
+    return dict.fromkeys(choices, 0.0) | ({"3": 0.1, "4": 0.3, "5": 0.4} if high else {"0": 0.2, "1": 0.5, "3": 0.1})
+
+
+@pytest.mark.parametrize("method", ["probs", "generate"])
+def test_classifier_learns_planted_signal_from_teacher_labels(tmp_path, method):
     folder, docs = _teacher_corpus(tmp_path, 240)
     config = write_config(tmp_path / "c.yaml", {
         "inputs": [{"name": "docs", "kind": "jsonl", "path": str(folder)}],
         "filters": {"gopher_quality": False, "gopher_repetition": False, "c4_quality": False, "fineweb_quality": False},
         "dedup": {"exact": False, "minhash": False},
-        "classifier": {"label_sample": 240, "heldout_fraction": 0.3},
+        "classifier": {"label_sample": 240, "heldout_fraction": 0.3, "label_method": method},
     })
-    teacher = FakeBackend(teacher_reply)
+    teacher = FakeBackend(teacher_reply, probs=teacher_probs)
     stats = curate(load_curation(config), tmp_path / "out", teacher=teacher)
     clf = stats["classifier"]
-    assert teacher.calls == 240
+    assert teacher.calls == 240 and clf["labeler"] == f"teacher:fake:{method}"
     assert clf["unparseable"] == 24 and clf["train_labels"] + clf["heldout_labels"] == 216
     assert clf["heldout_labels"] > 40
     assert clf["precision"] > clf["heldout_positive_rate"] + 0.3  # far above keeping everything
     assert clf["recall"] > 0.8
+    # the 120 documents with the signal are the high labels (probs: 4.375 against 1.0), the 96 others low
+    assert clf["label_cut"] == 3 and clf["label_positive_rate"] == 120 / 216
+    assert clf["label_quartiles"][0] == 1 and clf["label_quartiles"][-1] == (4.375 if method == "probs" else 5)
+    assert sum(clf["label_histogram"]) == 216 and clf["label_histogram"][1] == 96 and clf["label_seconds"] >= 0
     kept = read_curated(tmp_path / "out")
     assert kept and sum("theorem" in d["text"] for d in kept.values()) / len(kept) > 0.9
     assert all(d["metadata"]["filters_passed"] == ["quality_classifier"] and d["metadata"]["quality_score"] >= 0.5
@@ -329,6 +344,21 @@ def test_classifier_learns_planted_signal_from_teacher_labels(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     labels = [json.loads(x) for x in (tmp_path / "out" / "classifier" / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == 216 and {r["split"] for r in labels} == {"train", "heldout"}
+    for row in labels:  # each label beside the teacher's own answer (its text, or its distribution over the digits)
+        answer = row["answer"]
+        score = sum(int(c) * p for c, p in answer.items()) / sum(answer.values()) if method == "probs" else parse_score(answer)
+        assert row["score"] == pytest.approx(score)
+        assert (row["score"] >= 3) == ("theorem" in docs[row["id"]])
+
+
+def test_positive_fraction_takes_the_top_share_of_uncalibrated_labels():
+    from phiforge.data.curation.classifier import label_cut
+    from phiforge.recipe import CurationClassifier
+
+    scores = [1.2, 1.9, 1.4, 2.2, 1.3, 1.6, 2.0, 1.1]  # a small teacher's expected scores: none reaches 3
+    assert label_cut(scores, CurationClassifier(positive_fraction=0.25)) == 2.0
+    assert sum(s >= label_cut(scores, CurationClassifier(positive_fraction=0.3)) for s in scores) == 3  # rounds up
+    assert label_cut(scores, CurationClassifier()) == 3  # positive_score
 
 
 def test_classifier_filter_scores_every_document_in_full_batches(tmp_path):

@@ -115,14 +115,16 @@ def test_teacher_labels_come_from_the_recipe_teacher(tmp_path, monkeypatch):
 
     def fake_backend(cfg, cache_dir):
         seen.append(cfg.model)
-        return FakeBackend(lambda m, s, i: "Score: 4\nExplains." if "because" in m[-1]["content"] else "Score: 0", cfg.model)
+        return FakeBackend(lambda m, s, i: "unused", cfg.model,
+                           probs=lambda m, choices: {"4": 0.9, "0": 0.1} if "because" in m[-1]["content"] else {"0": 1.0})
 
     monkeypatch.setattr("phiforge.generation.load_backend", fake_backend)
-    curation = CURATION | {"classifier": {"label_sample": 40, "label_max_tokens": 8, "label_max_chars": 2000}}
+    curation = CURATION | {"classifier": {"label_sample": 40, "label_max_chars": 2000}}
     recipe = load_recipe(write_recipe(tmp_path, curation, teacher={"backend": "hf", "model": "my-teacher"}))
     curated, info = curation_corpus.curate_corpus(recipe, gather(recipe), tmp_path / "out")
     assert seen == ["my-teacher"]
-    assert info["classifier"]["labeler"] == "teacher:my-teacher" and info["classifier"]["labelled"] == 40
+    assert info["classifier"]["labeler"] == "teacher:my-teacher:probs" and info["classifier"]["labelled"] == 40
+    assert info["classifier"]["label_quartiles"][-1] == 3.6 and info["classifier"]["label_seconds"] >= 0
     assert set(curated) == {"docs", "code", "web"}
 
 

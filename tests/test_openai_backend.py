@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import subprocess
 import sys
@@ -165,3 +166,23 @@ def stored(cache: Path) -> int:
     except sqlite3.OperationalError:  # the table is not created yet
         return 0
 
+
+
+def test_choice_probabilities_come_from_the_first_tokens_top_logprobs():
+    def top(body: dict) -> list[tuple[str, float]]:
+        p_yes = 0.9 if "rain is wet" in body["messages"][-1]["content"] else 0.2
+        return [("Yes", math.log(p_yes * 0.75)), (" yes", math.log(p_yes * 0.25)), ("No", math.log(1 - p_yes))]
+
+    with FakeOpenAIServer(top_logprobs=top) as server:
+        out = backend(server).choice_probs([[{"role": "user", "content": "rain is wet?"}],
+                                            [{"role": "user", "content": "fire is wet?"}]], ["yes", "no", "maybe"])
+    assert [round(p["yes"], 6) for p in out] == [0.9, 0.2] and [round(p["no"], 6) for p in out] == [0.1, 0.8]
+    assert out[0]["maybe"] == 0.0  # not among the top tokens
+    body = server.requests[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1 and body["temperature"] == 0
+
+
+def test_a_server_without_logprobs_is_a_one_line_error():
+    with FakeOpenAIServer() as server:
+        with pytest.raises(UserError, match=r"chat/completions: the answer has no top_logprobs.*label_method: generate$"):
+            backend(server).choice_probs(conversations(2), ["yes", "no"])

@@ -63,3 +63,17 @@ def test_a_file_that_is_not_a_cache_is_a_clear_error(tmp_path):
     path.write_text("these are my notes, not a database\n" * 100)
     with pytest.raises(UserError, match=r"c.sqlite: not a usable request cache .* delete it or point the cache elsewhere"):
         CachedBackend(FakeBackend(reply), path).chat(CONVERSATIONS, Sampling())
+
+
+def probs(messages, choices) -> dict[str, float]:
+    return {c: (k + 1) / 10 for k, c in enumerate(choices)} | {"q": float(messages[-1]["content"][1:])}
+
+
+def test_choice_probabilities_are_cached_apart_from_completions(tmp_path):
+    fake = FakeBackend(reply, probs=probs)
+    first = CachedBackend(fake, tmp_path / "c.sqlite").choice_probs(CONVERSATIONS + CONVERSATIONS[:1], ["yes", "no"])
+    assert first == [probs(c, ["yes", "no"]) for c in CONVERSATIONS + CONVERSATIONS[:1]] and fake.calls == 5
+    cached = CachedBackend(fake, tmp_path / "c.sqlite")  # a new process's view
+    assert cached.choice_probs(CONVERSATIONS, ["yes", "no"]) == first[:5] and fake.calls == 5
+    assert cached.choice_probs(CONVERSATIONS[:2], ["no", "yes"])[0] == {"no": 0.1, "yes": 0.2, "q": 0.0}  # other choices miss
+    assert cached.chat(CONVERSATIONS[:1], Sampling()) == [["q0 t=0.7 seed=0"]] and fake.calls == 8

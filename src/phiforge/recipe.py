@@ -485,11 +485,15 @@ class CurationClassifier(Section):
 
     enabled: bool = True
     labels: Literal["teacher", "heuristic"] = "teacher"  # heuristic: reasoning-word density, no model (tests, smoke)
+    # probs: the expected 0-5 score under the teacher's next-token distribution (one forward pass, needs logprobs
+    # from an openai endpoint); generate: the score the teacher writes (label_max_tokens of decoding)
+    label_method: Literal["probs", "generate"] = "probs"
     label_sample: PositiveInt = 2000  # documents the teacher scores
-    label_max_tokens: PositiveInt = 128  # the rubric asks for the score first: a small teacher needs only ~8
+    label_max_tokens: PositiveInt = 128  # generate: the rubric asks for the score alone, so a few tokens suffice
     label_max_chars: PositiveInt = 4000  # the teacher sees the start of long documents (prompt length is CPU time)
     heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # labels kept back to measure precision/recall
-    positive_score: Annotated[int, Field(ge=1, le=5)] = 3  # a teacher score at or above this is "high quality"
+    positive_score: Annotated[float, Field(gt=0, le=5)] = 3  # a teacher score at or above this is "high quality"
+    positive_fraction: Annotated[float, Field(gt=0, lt=1)] | None = None  # instead: the top this share of the labels is "high quality"
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # keep documents whose P(high quality) is at least this
     n_features: Annotated[int, Field(ge=1024)] = 2**18
     max_ngram: Annotated[int, Field(ge=1, le=3)] = 2

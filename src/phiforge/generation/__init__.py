@@ -2,7 +2,8 @@
 
 A backend turns chat conversations into completions. Which backend runs is one YAML line
 (`teacher.backend: hf | openai | vllm | fake`); everything downstream (synthetic data workflows,
-quality labels, judges) only sees `Backend.chat`.
+quality labels, judges) only sees `Backend.chat`, and a judge that reads the teacher's next-token
+distribution instead of its answer (quality labels) `choice_probs`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ class Backend(Protocol):
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         """n completions for each conversation, in order. Sample i of a conversation uses seed sampling.seed + i."""
         ...
+
+    def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
+        """For each conversation, the probability that the reply's first token is each choice (one forward pass, no
+        decoding). A token matches a choice when it equals it up to case and surrounding whitespace ("Yes", " yes"
+        and "yes" all count for "yes"); matching tokens' probabilities add up. Not normalised over the choices."""
+        ...
+
+
+def matches_choice(token: str, choices: Sequence[str]) -> str | None:
+    """The choice a token's text stands for (equal up to case and surrounding whitespace), or None."""
+    text = token.strip().lower()
+    return next((c for c in choices if c.lower() == text), None) if text else None
 
 
 def default_sampling(cfg) -> Sampling:

@@ -1,7 +1,8 @@
 """A disk cache of completions in front of any backend: a rerun or a resumed run pays for nothing twice.
 
 Keys are (model, messages, sampling with the sample's own seed), so sample i of a conversation is the same
-entry as sample 0 at seed + i (the Backend contract). sqlite (stdlib) in WAL mode: each completion is
+entry as sample 0 at seed + i (the Backend contract). Choice probabilities are stored as JSON in the same table,
+keyed by (model, messages, choices). sqlite (stdlib) in WAL mode: each completion is
 committed the moment it arrives, so a killed run keeps every finished request.
 """
 
@@ -77,6 +78,25 @@ class CachedBackend:
             generate(self.inner, [requests[js[0]] for js in slots], store)
         return out  # type: ignore[return-value]  # every slot is filled by now
 
+    def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
+        keys = [choice_key(self.model, messages, choices) for messages in conversations]
+        with self.open() as db:
+            out: list[dict[str, float] | None] = [None if (v := lookup(db, key)) is None else json.loads(v) for key in keys]
+            missing: dict[str, list[int]] = defaultdict(list)
+            for j, (key, probs) in enumerate(zip(keys, out)):
+                if probs is None:
+                    missing[key].append(j)
+            slots = list(missing.values())
+            log.info("%s: %d of %d choice distributions cached, %d to compute", self.model,
+                     len(out) - sum(map(len, slots)), len(out), len(slots))
+            for start in range(0, len(slots), PLAIN_BATCH):  # each batch is stored as it returns
+                batch = slots[start : start + PLAIN_BATCH]
+                for js, probs in zip(batch, self.inner.choice_probs([conversations[js[0]] for js in batch], choices)):
+                    db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (keys[js[0]], json.dumps(probs)))
+                    for j in js:
+                        out[j] = probs
+        return out  # type: ignore[return-value]
+
 
 def lookup(db: sqlite3.Connection, key: str) -> str | None:
     row = db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
@@ -85,6 +105,11 @@ def lookup(db: sqlite3.Connection, key: str) -> str | None:
 
 def request_key(model: str, messages: Messages, sampling: Sampling) -> str:
     blob = json.dumps([model, messages, sampling.as_dict()], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def choice_key(model: str, messages: Messages, choices: Sequence[str]) -> str:
+    blob = json.dumps(["choice_probs", model, messages, list(choices)], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

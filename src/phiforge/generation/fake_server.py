@@ -1,6 +1,8 @@
 """A local OpenAI-compatible chat server for tests and benchmarks, scriptable to misbehave.
 
-It answers POST /v1/chat/completions with "<last user message> #<seed>" after `latency_s`. `fault(body)`
+It answers POST /v1/chat/completions with "<last user message> #<seed>" after `latency_s`, and, when a request
+asks for logprobs, the first token's top_logprobs from `top_logprobs(body)` (None: answers without logprobs,
+as servers that do not support them do). `fault(body)`
 picks, per request, a misbehaviour instead of an answer:
   "429"       Too Many Requests with Retry-After: `retry_after`
   "500", ...  that HTTP status with an error body
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 Fault = Callable[[dict], "str | None"]
+TopLogprobs = Callable[[dict], "list[tuple[str, float]]"]  # (token, logprob) pairs
 
 
 def answer(body: dict) -> str:
@@ -29,8 +32,10 @@ def answer(body: dict) -> str:
 class FakeOpenAIServer:
     """Use as a context manager; `url` is the base_url to give OpenAIBackend. Records every request body."""
 
-    def __init__(self, fault: Fault | None = None, latency_s: float = 0.0, retry_after: str = "0") -> None:
+    def __init__(self, fault: Fault | None = None, latency_s: float = 0.0, retry_after: str = "0",
+                 top_logprobs: TopLogprobs | None = None) -> None:
         self.fault = fault or (lambda body: None)
+        self.top_logprobs = top_logprobs
         self.latency_s = latency_s
         self.retry_after = retry_after
         self.requests: list[dict] = []  # every request body received, in arrival order
@@ -73,6 +78,9 @@ class Handler(BaseHTTPRequestHandler):
             "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(body)}, "finish_reason": "stop"}],
         }
+        if body.get("logprobs") and fake.top_logprobs is not None:
+            top = [{"token": t, "logprob": lp} for t, lp in fake.top_logprobs(body)][: body.get("top_logprobs", 0)]
+            completion["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
         payload = json.dumps(completion).encode()
         if fault == "429":
             self.reply(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": fake.retry_after})

@@ -17,7 +17,7 @@ import torch
 
 from phiforge.errors import UserError
 from phiforge.files import atomic_path
-from phiforge.generation import Messages, Sampling
+from phiforge.generation import Messages, Sampling, matches_choice
 
 log = logging.getLogger("phiforge")
 
@@ -100,6 +100,7 @@ class HFBackend:
         self._lm, self._tok = load_chat_model(model)
         if torch.cuda.is_available():
             self._lm.to("cuda")
+        self._choice_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
 
     @torch.inference_mode()
     def _generate(self, prompts: list[str], sampling: Sampling, seed: int) -> list[str]:
@@ -117,10 +118,13 @@ class HFBackend:
         )
         return self._tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
+    def _prompts(self, conversations: Sequence[Messages]) -> tuple[list[str], list[int]]:
+        """Chat-templated prompts, and their indices longest first (so each batch pads little)."""
         prompts = [self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        # Longest first, so each batch pads little.
-        order = sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
+        return prompts, sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
+
+    def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
+        prompts, order = self._prompts(conversations)
         results: list[list[str]] = [[""] * n for _ in prompts]
         for i in range(n):
             for start in range(0, len(order), self.batch_size):
@@ -128,4 +132,35 @@ class HFBackend:
                 texts = self._generate([prompts[j] for j in rows], sampling, sampling.seed + i + start)
                 for j, text in zip(rows, texts):
                     results[j][i] = text.strip()
+        return results
+
+    def token_ids(self, choices: Sequence[str]) -> dict[str, list[int]]:
+        """Every vocabulary token that stands for each choice (decoded once per set of choices)."""
+        key = tuple(choices)
+        if key not in self._choice_ids:
+            ids: dict[str, list[int]] = {c: [] for c in choices}
+            for i, text in enumerate(self._tok.batch_decode([[i] for i in range(len(self._tok))])):
+                if (c := matches_choice(text, choices)) is not None:
+                    ids[c].append(i)
+            if missing := [c for c, found in ids.items() if not found]:
+                raise UserError(f"{self.model}: no token of the vocabulary stands for the choices {missing}; "
+                                "choices must be single tokens")
+            self._choice_ids[key] = ids
+        return self._choice_ids[key]
+
+    @torch.inference_mode()
+    def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
+        ids = self.token_ids(choices)
+        prompts, order = self._prompts(conversations)
+        results: list[dict[str, float]] = [{} for _ in prompts]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self._tok([prompts[j] for j in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = batch.to(self._lm.device)
+            # left padding: positions count real tokens only, as generate() does, so a row's answer ignores its batch
+            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            logits = self._lm(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
+            probs = logits.softmax(-1).cpu()
+            for row, j in enumerate(rows):
+                results[j] = {c: float(probs[row, t].sum()) for c, t in ids.items()}
         return results

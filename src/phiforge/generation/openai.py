@@ -10,22 +10,26 @@ retry library because it needs the server's Retry-After and one-line errors nami
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import os
 import random
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import httpx2 as httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from phiforge.errors import UserError
-from phiforge.generation import Messages, OnDone, Request, Sampling, expand, regroup
+from phiforge.generation import Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
 
 log = logging.getLogger("phiforge")
 
 SHOW_PROGRESS_FROM = 32  # requests; fewer finish before a bar is worth drawing
+TOP_LOGPROBS = 20  # the most OpenAI's API returns per token
+T = TypeVar("T")
 
 
 class Transient(Exception):
@@ -67,11 +71,35 @@ class OpenAIBackend:
         return regroup(self.complete(expand(conversations, sampling, n)), n)
 
     def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
-        if not requests:
+        bodies = [request_body(self.model, messages, sampling) for messages, sampling in requests]
+        return self.run(bodies, completion_text, on_done)
+
+    def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
+        """The first reply token's top_logprobs (one token generated), summed per choice; a choice that is not among
+        them gets 0."""
+        bodies = [request_body(self.model, messages, Sampling(temperature=0.0, max_tokens=1))
+                  | {"logprobs": True, "top_logprobs": TOP_LOGPROBS} for messages in conversations]
+        return self.run(bodies, lambda answer: self.choice_probabilities(answer, choices))
+
+    def run(self, bodies: list[dict], read: Callable[[dict], T], on_done: Callable[[int, T], None] | None = None) -> list[T]:
+        """POST every body; read(answer) turns each JSON answer into a result (raising Transient when malformed)."""
+        if not bodies:
             return []
         headers = self.headers()
-        log.info("%s: %d requests to %s, %d at a time", self.model, len(requests), self.url, self.concurrency)
-        return asyncio.run(self.complete_all(requests, headers, on_done))
+        log.info("%s: %d requests to %s, %d at a time", self.model, len(bodies), self.url, self.concurrency)
+        return asyncio.run(self.run_all(bodies, read, headers, on_done))
+
+    def choice_probabilities(self, answer: dict, choices: Sequence[str]) -> dict[str, float]:
+        try:
+            top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError):
+            raise UserError(f"{self.url}: the answer has no top_logprobs, so the server cannot give choice "
+                            "probabilities (vLLM and llama.cpp servers can); use label_method: generate") from None
+        probs = dict.fromkeys(choices, 0.0)
+        for entry in top:
+            if (c := matches_choice(entry["token"], choices)) is not None:
+                probs[c] += math.exp(entry["logprob"])
+        return probs
 
     def headers(self) -> dict[str, str]:
         if not self.api_key_env:
@@ -83,9 +111,10 @@ class OpenAIBackend:
             )
         return {"Authorization": f"Bearer {key}"}
 
-    async def complete_all(self, requests: Sequence[Request], headers: dict, on_done: OnDone | None) -> list[str]:
-        out = [""] * len(requests)
-        pending = iter(enumerate(requests))  # shared by the workers: each takes the next request when free
+    async def run_all(self, bodies: list[dict], read: Callable[[dict], T], headers: dict,
+                      on_done: Callable[[int, T], None] | None) -> list[T]:
+        out: list = [None] * len(bodies)
+        pending = iter(enumerate(bodies))  # shared by the workers: each takes the next request when free
         limits = httpx.Limits(max_connections=self.concurrency)
         progress = Progress(
             TextColumn(f"[bold]{self.model}[/]"),
@@ -93,11 +122,11 @@ class OpenAIBackend:
             MofNCompleteColumn(),
             TextColumn("retries {task.fields[retries]}"),
             TimeRemainingColumn(),
-            disable=len(requests) < SHOW_PROGRESS_FROM,
+            disable=len(bodies) < SHOW_PROGRESS_FROM,
         )
         async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits) as client:
             with progress:
-                bar = progress.add_task("requests", total=len(requests), retries=0)
+                bar = progress.add_task("requests", total=len(bodies), retries=0)
                 retries = 0
 
                 def on_retry() -> None:
@@ -106,13 +135,13 @@ class OpenAIBackend:
                     progress.update(bar, retries=retries)
 
                 async def worker() -> None:
-                    for j, (messages, sampling) in pending:
-                        out[j] = await self.request(client, messages, sampling, on_retry)
+                    for j, body in pending:
+                        out[j] = await self.request(client, body, read, on_retry)
                         if on_done is not None:
                             on_done(j, out[j])
                         progress.advance(bar)
 
-                workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
+                workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(bodies)))]
                 try:
                     await asyncio.gather(*workers)
                 finally:  # one request failed for good: stop the others (finished ones were already reported)
@@ -122,13 +151,12 @@ class OpenAIBackend:
         return out
 
     async def request(
-        self, client: httpx.AsyncClient, messages: Messages, sampling: Sampling, on_retry: Callable[[], None]
-    ) -> str:
-        body = request_body(self.model, messages, sampling)
+        self, client: httpx.AsyncClient, body: dict, read: Callable[[dict], T], on_retry: Callable[[], None]
+    ) -> T:
         attempt = 0
         while True:
             try:
-                return await self.post(client, body)
+                return read(await self.post(client, body))
             except Transient as e:
                 if attempt == self.max_retries:
                     raise UserError(
@@ -149,7 +177,7 @@ class OpenAIBackend:
             delay = max(delay, retry_after)
         return min(delay, self.max_backoff_s)
 
-    async def post(self, client: httpx.AsyncClient, body: dict) -> str:
+    async def post(self, client: httpx.AsyncClient, body: dict) -> dict:
         try:
             r = await client.post(self.url, json=body)
         except httpx.TimeoutException:
@@ -161,12 +189,11 @@ class OpenAIBackend:
         if r.status_code != 200:
             raise UserError(f"{self.url}: HTTP {r.status_code}{one_line(r.text)}; {self.hint(r.status_code)}")
         try:
-            content = r.json()["choices"][0]["message"]["content"]
+            answer = r.json()
+            answer["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise Transient(f"answer is not a chat completion{one_line(r.text) or ' (empty body)'}") from None
-        if not isinstance(content, str):
-            raise Transient(f"answer has no text content{one_line(r.text)}")
-        return content
+        return answer
 
     def hint(self, status: int) -> str:
         if status in (401, 403):
@@ -175,6 +202,13 @@ class OpenAIBackend:
         if status == 404:
             return f"check base_url (it usually ends in /v1) and that the server serves model '{self.model}'"
         return "check the model name and sampling parameters against what the server accepts"
+
+
+def completion_text(answer: dict) -> str:
+    content = answer["choices"][0]["message"]["content"]
+    if not isinstance(content, str):
+        raise Transient(f"answer has no text content{one_line(json.dumps(answer))}")
+    return content
 
 
 def request_body(model: str, messages: Messages, sampling: Sampling) -> dict:

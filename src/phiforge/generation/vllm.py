@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from phiforge.errors import UserError
-from phiforge.generation import Messages, Sampling, expand, regroup
+from phiforge.generation import Messages, Sampling, expand, matches_choice, regroup
 
 
 class VLLMBackend:
@@ -38,3 +39,18 @@ class VLLMBackend:
         ]
         outputs = self.llm.chat([messages for messages, _ in requests], params, use_tqdm=True)
         return regroup([o.outputs[0].text for o in outputs], n)
+
+    def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
+        """The first reply token's 20 most likely tokens (one token generated), summed per choice."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=20)
+        outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=True)
+        results = []
+        for o in outputs:
+            probs = dict.fromkeys(choices, 0.0)
+            for lp in o.outputs[0].logprobs[0].values():  # token id -> Logprob(logprob, rank, decoded_token)
+                if (c := matches_choice(lp.decoded_token or "", choices)) is not None:
+                    probs[c] += math.exp(lp.logprob)
+            results.append(probs)
+        return results

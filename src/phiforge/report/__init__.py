@@ -134,8 +134,10 @@ def curation_section(cur: dict) -> list[str]:
         def pct(v) -> str:
             return "n/a" if v is None else f"{v:.2f}"
 
-        lines += ["", f"Quality classifier: {c['labelled']} documents labelled by {c['labeler']} ({c['unparseable']} answers "
-                  f"without a score), trained on {c['train_labels']}; on {c['heldout_labels']} held-out labels precision "
+        lines += ["", f"Quality classifier: {c['labelled']} documents labelled by {c['labeler']} in {c.get('label_seconds')} s "
+                  f"({c['unparseable']} without a score; label quartiles {c.get('label_quartiles')}, high from "
+                  f"{c.get('label_cut')}: {pct(c.get('label_positive_rate'))}), trained on {c['train_labels']}; "
+                  f"on {c['heldout_labels']} held-out labels precision "
                   f"{pct(c.get('precision'))} and recall {pct(c.get('recall'))} (keeping everything: precision "
                   f"{pct(c.get('heldout_positive_rate'))}); {c['kept']} of {c['scored']} documents scored at least "
                   f"{c['threshold']}.", "", "![quality scores](corpus/curation/quality_scores.png)"]

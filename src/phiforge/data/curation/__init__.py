@@ -41,7 +41,8 @@ def curate(
     labeler: Labeler | None = None
     if teacher is not None:
         c = config.classifier
-        labeler = TeacherLabeler(teacher, Sampling(temperature=0.0, max_tokens=c.label_max_tokens), max_chars=c.label_max_chars)
+        labeler = TeacherLabeler(teacher, c.label_method, Sampling(temperature=0.0, max_tokens=c.label_max_tokens),
+                                 max_chars=c.label_max_chars)
     elif labels is not None:
         labeler = FileLabels(Path(labels))
     elif heuristic_labels:

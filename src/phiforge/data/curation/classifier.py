@@ -2,7 +2,8 @@
 educational value and reasoning depth, a hashed n-gram logistic regression learns those labels, and the whole
 corpus is filtered by the classifier's probability of "high quality".
 
-Labels come from a teacher `Backend`, from a precomputed jsonl (`{"id" or "text", "score"}`), or, for runs with
+Labels come from a teacher `Backend` (the expected score under its next-token distribution over the digits, or the
+score it writes), from a precomputed jsonl (`{"id" or "text", "score"}`), or, for runs with
 neither, from a crude keyword heuristic (`HeuristicLabeler`) that only exercises the machinery.
 """
 
@@ -11,10 +12,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
+import math
 import pickle
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -35,22 +39,23 @@ Judge each document on educational value and reasoning depth together, on this s
 3 - clear, informative text that explains something, like a decent encyclopedia or news article.
 4 - teaches well: explanations with reasons, worked examples, step-by-step arguments.
 5 - outstanding teaching material: rigorous reasoning, proofs, derivations or problems with careful solutions.
-Answer with a first line of the form "Score: N" with N from 0 to 5; you may add one sentence of justification."""
+Answer with the score alone: one digit from 0 to 5."""
 
 # Worked examples as earlier turns: small teachers (SmolLM2-135M) answer in the format only when shown it.
 SHOTS = (
-    ("BUY NOW! Best prices on watches. Click here. Free shipping. Subscribe to our newsletter.", "Score: 0"),
-    ("Our company was founded in 1998 and has offices in three cities. Contact us about our services.", "Score: 1"),
+    ("BUY NOW! Best prices on watches. Click here. Free shipping. Subscribe to our newsletter.", "0"),
+    ("Our company was founded in 1998 and has offices in three cities. Contact us about our services.", "1"),
     ("The sum of two even numbers 2a and 2b is 2a + 2b = 2(a + b), twice an integer, so it is even. "
-     "Likewise (2a + 1) + (2b + 1) = 2(a + b + 1): the sum of two odd numbers is even too.", "Score: 5"),
+     "Likewise (2a + 1) + (2b + 1) = 2(a + b + 1): the sum of two odd numbers is even too.", "5"),
 )
+SCORES = [str(k) for k in range(6)]  # the answer tokens whose probabilities make a `probs` label
 
 
-def rating_conversation(document: str) -> list[dict[str, str]]:
+def rating_conversation(document: str, shots: tuple[tuple[str, str], ...] = SHOTS) -> list[dict[str, str]]:
     """The rubric, the worked examples, then the document to rate."""
-    shots = [m for doc, score in SHOTS for m in ({"role": "user", "content": f"Document:\n{doc}"},
+    turns = [m for doc, score in shots for m in ({"role": "user", "content": f"Document:\n{doc}"},
                                                   {"role": "assistant", "content": score})]
-    return [{"role": "system", "content": RUBRIC}, *shots, {"role": "user", "content": f"Document:\n{document}"}]
+    return [{"role": "system", "content": RUBRIC}, *turns, {"role": "user", "content": f"Document:\n{document}"}]
 
 
 _SCORE_LINE = re.compile(r"score\s*(?:is|[:=])?\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*5)?", re.IGNORECASE)
@@ -88,30 +93,43 @@ class Labeler:
         raise NotImplementedError
 
 
-class TeacherLabeler(Labeler):
-    """Asks a teacher model (any `Backend`) to rate each document with RUBRIC."""
+def expected_score(probs: dict[str, float]) -> float | None:
+    """The mean score under the teacher's distribution over the digits 0-5; None when it gives them no mass."""
+    mass = sum(probs.values())
+    return sum(int(c) * p for c, p in probs.items()) / mass if mass > 0 else None
 
-    def __init__(self, backend: Backend, sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64,
-                 max_chars: int = 4000):
+
+class TeacherLabeler(Labeler):
+    """Asks a teacher model (any `Backend`) to rate each document with RUBRIC. `probs`: the expected score under its
+    next-token distribution over the digits 0-5 (one forward pass; a continuous label that keeps the teacher's
+    uncertainty, which argmax decoding throws away). `generate`: the score in its written answer (a teacher
+    behind an endpoint without logprobs)."""
+
+    def __init__(self, backend: Backend, method: Literal["probs", "generate"] = "probs",
+                 sampling: Sampling = Sampling(temperature=0.0, max_tokens=128), batch: int = 64, max_chars: int = 4000):
         self.backend = backend
+        self.method = method
         self.sampling = sampling
         self.batch = batch
         self.max_chars = max_chars  # the teacher sees the start of long documents
-        self.name = f"teacher:{backend.model}"
-        self.answers: list[str] = []
+        self.name = f"teacher:{backend.model}:{method}"
+        self.answers: list[str | dict[str, float]] = []  # the written answer, or the distribution over the digits
 
     def score(self, docs: list[Document]) -> list[float | None]:
         from rich.progress import Progress
 
         self.answers = []
         with Progress(transient=True) as progress:
-            task = progress.add_task(f"teacher labels ({self.backend.model})", total=len(docs))
+            task = progress.add_task(f"teacher labels ({self.backend.model}, {self.method})", total=len(docs))
             for i in range(0, len(docs), self.batch):
                 chunk = docs[i : i + self.batch]
                 convs = [rating_conversation(d.text[: self.max_chars]) for d in chunk]
-                self.answers += [c[0] for c in self.backend.chat(convs, self.sampling, n=1)]
+                if self.method == "probs":
+                    self.answers += self.backend.choice_probs(convs, SCORES)
+                else:
+                    self.answers += [c[0] for c in self.backend.chat(convs, self.sampling, n=1)]
                 progress.advance(task, len(chunk))
-        return [parse_score(a) for a in self.answers]
+        return [expected_score(a) if isinstance(a, dict) else parse_score(a) for a in self.answers]
 
 
 class FileLabels(Labeler):
@@ -151,6 +169,26 @@ class HeuristicLabeler(Labeler):
                 for d in docs]
 
 
+def label_cut(scores: list[float], cfg: CurationClassifier) -> float:
+    """The score at or above which a label is "high quality": `positive_score`, or with `positive_fraction` the
+    score of the label at that rank (the top fraction; a teacher's scores need not be calibrated)."""
+    if cfg.positive_fraction is None:
+        return cfg.positive_score
+    ranked = sorted(scores, reverse=True)
+    return ranked[max(0, math.ceil(cfg.positive_fraction * len(ranked)) - 1)]
+
+
+def label_distribution(scores: list[float], cut: float) -> dict:
+    """What stats.json records of the labels: quartiles, counts per unit of score, the cut and the positive share."""
+    ranked = sorted(scores)
+    return {
+        "label_cut": round(cut, 4),
+        "label_positive_rate": sum(s >= cut for s in scores) / len(scores),
+        "label_quartiles": [round(ranked[min(len(ranked) - 1, int(q * len(ranked)))], 4) for q in (0, 0.25, 0.5, 0.75, 1)],
+        "label_histogram": [sum(min(int(s), 4) == k for s in scores) for k in range(5)],  # [0, 1), ..., [4, 5]
+    }
+
+
 def train(texts: list[str], scores: list[float], cfg: CurationClassifier, seed: int):
     """Fit the hashed n-gram classifier on the training split; precision/recall on the held-out split."""
     from sklearn.feature_extraction.text import HashingVectorizer
@@ -159,14 +197,15 @@ def train(texts: list[str], scores: list[float], cfg: CurationClassifier, seed: 
     from sklearn.pipeline import make_pipeline
 
     heldout = [_hash01(t, seed + 1) < cfg.heldout_fraction for t in texts]
-    y = [s >= cfg.positive_score for s in scores]
+    cut = label_cut(scores, cfg)
+    y = [s >= cut for s in scores]
     train_x = [t for t, h in zip(texts, heldout) if not h]
     train_y = [v for v, h in zip(y, heldout) if not h]
     if len(set(train_y)) < 2:
         raise UserError(
             f"quality classifier: the {len(train_y)} training labels are all "
-            f"{'high' if train_y and train_y[0] else 'low'} (score >= {cfg.positive_score} is high); "
-            "label more documents (classifier.label_sample) or change classifier.positive_score"
+            f"{'high' if train_y and train_y[0] else 'low'} (score >= {cut:g} is high); label more documents "
+            "(classifier.label_sample) or change classifier.positive_score / positive_fraction"
         )
     model = make_pipeline(
         HashingVectorizer(n_features=cfg.n_features, ngram_range=(1, cfg.max_ngram), alternate_sign=False),
@@ -175,7 +214,8 @@ def train(texts: list[str], scores: list[float], cfg: CurationClassifier, seed: 
     model.fit(train_x, train_y)
     test_x = [t for t, h in zip(texts, heldout) if h]
     test_y = [v for v, h in zip(y, heldout) if h]
-    metrics: dict = {"train_labels": len(train_x), "heldout_labels": len(test_x), "threshold": cfg.threshold}
+    metrics: dict = {"train_labels": len(train_x), "heldout_labels": len(test_x), "threshold": cfg.threshold,
+                     **label_distribution(scores, cut)}
     if test_x:
         pred = [p >= cfg.threshold for p in model.predict_proba(test_x)[:, 1]]
         metrics |= {
@@ -206,8 +246,11 @@ class TrainQualityClassifier(PipelineStep):
         scored = (d for d in data if d.metadata.get("source") not in self.unscored)
         docs = self.labeler.candidates(scored, self.cfg.label_sample, self.seed)
         log.info("labelling %d documents with %s", len(docs), self.labeler.name)
+        start = time.perf_counter()
         scores = self.labeler.score(docs)
-        labelled = [(d, s) for d, s in zip(docs, scores) if s is not None]
+        seconds = time.perf_counter() - start
+        answers = getattr(self.labeler, "answers", None) or [None] * len(docs)  # what the teacher said, if any
+        labelled = [(d, s, a) for d, s, a in zip(docs, scores, answers) if s is not None]
         unparseable = len(docs) - len(labelled)
         self.stat_update("labels", value=len(labelled))
         self.stat_update("unparseable_labels", value=unparseable)
@@ -216,13 +259,11 @@ class TrainQualityClassifier(PipelineStep):
                             f"({len(docs)} documents to label, {unparseable} answers without a 0-5 score)")
         if unparseable:
             log.warning("%d of %d teacher answers had no 0-5 score; dropped", unparseable, len(docs))
-        model, metrics, heldout = train([d.text for d, _ in labelled], [s for _, s in labelled], self.cfg, self.seed)
-        metrics |= {"labeler": self.labeler.name, "labelled": len(docs), "unparseable": unparseable}
-        answers = getattr(self.labeler, "answers", None)
-        rows = (
-            {"id": d.id, "score": s, "split": "heldout" if h else "train"} | ({"answer": answers[i]} if answers else {})
-            for i, ((d, s), h) in enumerate(zip(labelled, heldout))
-        )
+        model, metrics, heldout = train([d.text for d, _, _ in labelled], [s for _, s, _ in labelled], self.cfg, self.seed)
+        metrics |= {"labeler": self.labeler.name, "labelled": len(docs), "unparseable": unparseable,
+                    "label_seconds": round(seconds, 1)}
+        rows = ({"id": d.id, "score": s, "split": "heldout" if h else "train"} | ({"answer": a} if a is not None else {})
+                for (d, s, a), h in zip(labelled, heldout))
         write_jsonl(self.out_dir / "labels.jsonl", rows)
         write_with(self.out_dir / "model.pkl", lambda p: p.write_bytes(pickle.dumps(model)))
         write_json(self.out_dir / "metrics.json", metrics)
@@ -278,19 +319,25 @@ class QualityClassifierFilter(PipelineStep):
         write_json(self.scores_dir / f"{rank:05d}.json", all_scores)
 
 
-def plot_scores(scores: list[float], threshold: float, path: Path) -> None:
-    """Histogram of classifier scores with the threshold marked."""
+def plot_scores(scores: list[float], threshold: float, labels: list[float], cut: float, path: Path) -> None:
+    """Histograms of the teacher's labels with their high-quality cut, and of the classifier's scores with the
+    threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(scores, bins=40, range=(0, 1), color="#4c72b0")
-    ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.hist(labels, bins=25, range=(0, 5), color="#55a868")
+    left.axvline(cut, color="#c44e52", linestyle="--", label=f"high from {cut:.2f}")
+    high = sum(s >= cut for s in labels)
+    left.set(xlabel="teacher score (0-5)", ylabel="documents", title=f"labels: {high} of {len(labels)} high")
+    left.legend()
+    right.hist(scores, bins=40, range=(0, 1), color="#4c72b0")
+    right.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
     kept = sum(s >= threshold for s in scores)
-    ax.set(xlabel="P(high quality)", ylabel="documents", title=f"quality classifier: {kept} of {len(scores)} kept")
-    ax.legend()
+    right.set(xlabel="P(high quality)", ylabel="documents", title=f"quality classifier: {kept} of {len(scores)} kept")
+    right.legend()
     fig.tight_layout()
     write_with(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)

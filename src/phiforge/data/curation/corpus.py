@@ -58,8 +58,9 @@ def summary(stats: dict, kept: dict[str, int]) -> dict:
         "kept": kept,
     }
     if c := stats.get("classifier"):
-        keys = ("labeler", "labelled", "unparseable", "train_labels", "heldout_labels", "heldout_positive_rate",
-                "precision", "recall", "threshold", "scored", "kept")
+        keys = ("labeler", "labelled", "unparseable", "label_seconds", "label_quartiles", "label_cut",
+                "label_positive_rate", "train_labels", "heldout_labels", "heldout_positive_rate", "precision", "recall",
+                "threshold", "scored", "kept")
         out["classifier"] = {k: c.get(k) for k in keys}
     return out
 

@@ -39,7 +39,7 @@ from phiforge.data.curation.classifier import (
 from phiforge.data.curation.readers import BadInput, make_reader
 from phiforge.data.curation.steps import WORDS, HeuristicFilters, LanguageTagger, MarkPassed, heuristic_filters
 from phiforge.errors import UserError
-from phiforge.files import write_json
+from phiforge.files import read_jsonl, write_json
 from phiforge.recipe import CurationConfig
 
 log = logging.getLogger("phiforge")
@@ -293,7 +293,8 @@ class Finalize(PipelineStep):
             stats["classifier"] = json.loads((work / "classifier" / "metrics.json").read_text())
             scores = [s for p in sorted(scores_dir.glob("*.json")) for s in json.loads(p.read_text())]
             stats["classifier"] |= {"scored": len(scores), "kept": sum(s >= self.threshold for s in scores)}
-            plot_scores(scores, self.threshold, self.out / "quality_scores.png")
+            labels = [row["score"] for row in read_jsonl(work / "classifier" / "labels.jsonl")]
+            plot_scores(scores, self.threshold, labels, stats["classifier"]["label_cut"], self.out / "quality_scores.png")
             _replace(work / "classifier", self.out / "classifier", copy=True)
         curated = self.out / "curated"
         _replace(work / "curated", curated)
