@@ -105,8 +105,9 @@ class Documents:
         """In-memory documents (eval, tests)."""
         offsets = np.cumsum([0, *map(len, docs)], dtype=np.int64)
         flat = np.fromiter((t for d in docs for t in d), dtype=np.uint32, count=int(offsets[-1]))
-        flat_labels = None if labels is None else np.fromiter((t for d in labels for t in d), np.int32, int(offsets[-1]))
-        return cls(flat, offsets, flat_labels)
+        if labels is None:
+            return cls(flat, offsets)
+        return cls(flat, offsets, np.fromiter((t for d in labels for t in d), np.int32, int(offsets[-1])))
 
     @classmethod
     def load(cls, directory: Path) -> "Documents":
@@ -132,11 +133,12 @@ def write_documents(directory: Path, batches: Iterable[tuple[list[list[int]], li
             offsets = [0]
             with open(tmp / "tokens.bin", "wb") as tokens, open(tmp / "labels.bin", "wb") as labels:
                 for docs, doc_labels in batches:
-                    for d in docs:
-                        np.asarray(d, dtype=np.uint32).tofile(tokens)
-                        offsets.append(offsets[-1] + len(d))
-                    for d in doc_labels or []:
-                        np.asarray(d, dtype=np.int32).tofile(labels)
+                    start = offsets[-1]
+                    offsets += (start + np.cumsum([len(d) for d in docs], dtype=np.int64)).tolist()
+                    flat = (t for d in docs for t in d)
+                    np.fromiter(flat, dtype=np.uint32, count=offsets[-1] - start).tofile(tokens)
+                    if doc_labels is not None:
+                        np.fromiter((t for d in doc_labels for t in d), dtype=np.int32).tofile(labels)
             if (tmp / "labels.bin").stat().st_size == 0:
                 (tmp / "labels.bin").unlink()
             np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
@@ -161,7 +163,8 @@ class DocRefs:
 
     @classmethod
     def concat(cls, refs: list["DocRefs"]) -> "DocRefs":
-        return cls(*(np.concatenate([getattr(r, f) for r in refs]).astype(np.int64) for f in ("source", "doc", "length")))
+        fields = ("source", "doc", "length")
+        return cls(*(np.concatenate([getattr(r, f) for r in refs]).astype(np.int64) for f in fields))
 
     def __getitem__(self, idx: np.ndarray) -> "DocRefs":
         return DocRefs(self.source[idx], self.doc[idx], self.length[idx])
@@ -370,7 +373,9 @@ def write_shards(directory: Path, layout: Stream | Examples, shard_tokens: int, 
     shards = []
     for k, start in enumerate(range(0, max(1, layout.n_rows), shard_rows)):  # an empty pack still has one shard
         stop = min(layout.n_rows, start + shard_rows)
-        names = {"tokens": f"shard_{k:05d}.npy"} | ({"labels": f"labels_{k:05d}.npy"} if isinstance(layout, Examples) else {})
+        names = {"tokens": f"shard_{k:05d}.npy"}
+        if isinstance(layout, Examples):
+            names["labels"] = f"labels_{k:05d}.npy"
         shards.append(names | {"rows": stop - start})
         if (directory / names["tokens"]).is_file():  # written last of the pair: the shard is whole
             continue

@@ -167,7 +167,8 @@ def long_context(inp: EvalInput) -> dict[str, float]:
     out: dict[str, float] = {}
     rows = 0
     for length in inp.cfg.passkey_lengths:
-        tokens = pack_stream(ids, length, document_separator_id(tok)).tokens[0][: max(1, inp.cfg.perplexity_tokens // length)]
+        tokens = pack_stream(ids, length, document_separator_id(tok)).tokens[0]  # in memory: one shard
+        tokens = tokens[: max(1, inp.cfg.perplexity_tokens // length)]
         labels = tokens.astype(np.int64)
         labels[:, : length // 2 + 1] = IGNORE  # score only positions in the second half of the window
         out[f"loss@{length}"] = mean_loss(inp.model, Packed([tokens], [labels]), inp.cfg.batch_size)

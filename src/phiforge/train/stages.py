@@ -116,7 +116,8 @@ def run_midtrain(ctx: StageContext) -> StageResult:
         write_shards(directory, stream, cfg.shard_tokens, {"seed": seed + 1, "mixture": mixture_table(draws)})
 
     data = cached_packed(ctx.out / "data" / "train", build_train)
-    val = cached_packed(ctx.out / "data" / "val", lambda d: _pack_heldout(ctx, tok, names, context, cfg.shard_tokens, d))
+    val = cached_packed(ctx.out / "data" / "val",
+                        lambda d: _pack_heldout(ctx, tok, names, context, cfg.shard_tokens, d))
     log.info("midtrain: context %d, rope base %g, lr %.2e, %d rows in %d shards", context, cfg.rope_theta, lr,
              len(data), len(data.tokens))
     objective = NextTokenLoss(data, val, cfg.batch_size, seed + 1, cfg.compile)
