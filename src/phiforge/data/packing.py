@@ -384,7 +384,12 @@ def write_shards(directory: Path, layout: Stream | Examples, shard_tokens: int, 
             write_with(directory / names["labels"], lambda tmp: _save(tmp, labels))
         write_with(directory / names["tokens"], lambda tmp: _save(tmp, tokens))
     write_json(directory / INDEX, plan | {"dtype": "uint32", "labels": isinstance(layout, Examples), "shards": shards})
-    (directory / PLAN).unlink()
+    remove_build_files(directory)
+
+
+def remove_build_files(directory: Path) -> None:
+    """Drop what only a pack in progress needs (its plan, the tokenised sources); idempotent once the index is there."""
+    (directory / PLAN).unlink(missing_ok=True)
     shutil.rmtree(directory / "documents", ignore_errors=True)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from phiforge.data.packing import INDEX, Documents, Packed, write_documents
+from phiforge.data.packing import INDEX, Documents, Packed, remove_build_files, write_documents
 from phiforge.files import write_with
 from phiforge.tokenizer import ENDOFTEXT, IM_END
 
@@ -19,6 +19,7 @@ def cached_packed(directory: Path, build: Callable[[Path], None]) -> Packed:
     """The packed shards in `directory`, memory-mapped; `build(directory)` writes them (resumably) the first time."""
     if not (directory / INDEX).is_file():
         build(directory)
+    remove_build_files(directory)  # left behind by a pack killed just after writing its index
     return Packed.load(directory)
 
 
