@@ -54,7 +54,7 @@ def ours(model, rows: np.ndarray, steps: int, batch: int, precision: str, compil
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-3, precision=precision, compile=compile_,
                       checkpoint_every=10**6, log_every=10**6)
     with tempfile.TemporaryDirectory() as tmp:
-        train(model, cfg, cfg.lr, NextTokenLoss(Packed(rows), None, batch, 0, compile_), Path(tmp), label="phiforge")
+        train(model, cfg, cfg.lr, NextTokenLoss(Packed([rows]), None, batch, 0, compile_), Path(tmp), label="phiforge")
         return [batch * (rows.shape[1] - 1) / r["tokens_per_s"] for r in read_metrics(Path(tmp) / "metrics.jsonl")]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, SMOKE, phiforge
 
 from phiforge.data.mixture import plan
-from phiforge.data.packing import mix_documents
+from phiforge.data.packing import DocRefs, mix_documents
 from phiforge.errors import UserError
 from phiforge.recipe import load_recipe
 
@@ -62,7 +63,8 @@ def test_plan_counts_unique_tokens_in_the_run_like_the_packer(tmp_path):
     tok = load_tokenizer(run_dir / "tokenizer" / "tokenizer")
     docs = {n: tokenize(tok, [r["text"] for r in read_jsonl(run_dir / source_stage(recipe, n) / "train" / f"{n}.jsonl")])
             for n in cfg.shares}
-    _, draws = mix_documents(docs, cfg.shares, cfg.token_budget, seed=0)
+    pools = {n: DocRefs.whole(i, np.array([len(d) for d in docs[n]])) for i, n in enumerate(cfg.shares)}
+    _, draws = mix_documents(pools, cfg.shares, cfg.token_budget, seed=0)
     for name, planned in p.draws.items():
         assert planned.unique_tokens == draws[name].unique_tokens
         longest = max(map(len, docs[name])) + 1

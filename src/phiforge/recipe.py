@@ -181,7 +181,14 @@ class MixtureSource(Section):
     unique_tokens: PositiveFloat | None = None  # e.g. 1.3e12; default: counted from the run's corpus
 
 
-class PretrainConfig(TrainConfig):
+class PackedConfig(TrainConfig):
+    """A training stage that packs its data into shards on disk (pretrain, midtrain, sft)."""
+
+    # Tokens per shard file (uint32: 4 bytes each): a shard is the unit a killed pack keeps and training maps.
+    shard_tokens: Annotated[int, Field(ge=1024)] = 2**26
+
+
+class PretrainConfig(PackedConfig):
     seq_len: PositiveInt = 256
     # Token share per corpus source (normalised); sources not listed are left out.
     # A value is a share, or {share: 0.15, unique_tokens: 1.3e12} for `phiforge mixture plan`.
@@ -209,7 +216,7 @@ class PretrainConfig(TrainConfig):
         return self.steps * self.grad_accum * self.batch_size * (self.seq_len + 1)
 
 
-class MidtrainConfig(TrainConfig):
+class MidtrainConfig(PackedConfig):
     lr: PositiveFloat | None = None  # type: ignore[assignment]  # default: pretrain lr x lr_scale
     lr_scale: PositiveFloat = 0.1  # the report divides the pretraining lr by 10
     rope_theta: PositiveFloat = 250_000.0
@@ -218,7 +225,7 @@ class MidtrainConfig(TrainConfig):
     long_min_tokens: PositiveInt | None = None  # default: half the new context
 
 
-class SFTConfig(TrainConfig):
+class SFTConfig(PackedConfig):
     seq_len: PositiveInt = 256
     data: Path | None = None  # jsonl of {"messages": [...]}; default: the corpus stage's generated set
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from phiforge.data import synthetic_math
 from phiforge.data.sources import iter_documents, split_heldout
@@ -19,10 +20,10 @@ def source_stage(recipe: Recipe, name: str) -> str:
     return "synth" if recipe.synth and name in recipe.synth.dataset_names() else "corpus"
 
 
-def source_docs(ctx: StageContext, name: str, split: str = "train") -> list[str]:
-    """Documents of one data source from its finished stage."""
+def source_docs(ctx: StageContext, name: str, split: str = "train") -> Iterator[str]:
+    """Documents of one data source from its finished stage, read one at a time."""
     path = ctx.upstream(source_stage(ctx.recipe, name)) / split / f"{name}.jsonl"
-    return [row["text"] for row in read_jsonl(path)]
+    return (row["text"] for row in read_jsonl(path))
 
 
 def gather(recipe: Recipe, names: set[str] | None = None) -> dict[str, list[str]]:

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge.data import passkey, synthetic_math
-from phiforge.data.packing import IGNORE, pack_examples, pack_stream
+from phiforge.data.packing import IGNORE, Packed, pack_examples, pack_stream
 from phiforge.files import read_jsonl
 from phiforge.recipe import EvalConfig
 from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_START, document_separator_id, token_id
@@ -105,7 +105,7 @@ def perplexity(inp: EvalInput) -> dict[str, float]:
             break
     data = pack_stream(ids, inp.seq_len, document_separator_id(tok))
     loss = mean_loss(inp.model, data, inp.cfg.batch_size)
-    targets = data.tokens[:, 1:].ravel()
+    targets = data.tokens[0][:, 1:].ravel()  # in memory: one shard
     n = len(targets)
     # A unigram fitted on the very text it is scored on: a floor no real unigram model gets under.
     freq = np.bincount(targets) / n
@@ -167,13 +167,12 @@ def long_context(inp: EvalInput) -> dict[str, float]:
     out: dict[str, float] = {}
     rows = 0
     for length in inp.cfg.passkey_lengths:
-        data = pack_stream(ids, length, document_separator_id(tok))
-        data.tokens = data.tokens[: max(1, inp.cfg.perplexity_tokens // length)]
-        labels = data.tokens.copy()
+        tokens = pack_stream(ids, length, document_separator_id(tok)).tokens[0]  # in memory: one shard
+        tokens = tokens[: max(1, inp.cfg.perplexity_tokens // length)]
+        labels = tokens.astype(np.int64)
         labels[:, : length // 2 + 1] = IGNORE  # score only positions in the second half of the window
-        data.labels = labels
-        out[f"loss@{length}"] = mean_loss(inp.model, data, inp.cfg.batch_size)
-        rows += len(data.tokens)
+        out[f"loss@{length}"] = mean_loss(inp.model, Packed([tokens], [labels]), inp.cfg.batch_size)
+        rows += len(tokens)
     out["n"] = rows
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from phiforge.data.packing import IGNORE, pack_examples
+from phiforge.data.packing import IGNORE, Examples, write_documents, write_shards
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
 from phiforge.model import load_model
@@ -73,13 +73,15 @@ def run(ctx: StageContext) -> StageResult:
     random.Random(seed).shuffle(conversations)
     n_val = max(1, len(conversations) // 20)
 
-    def pack(convs):
-        return pack_examples([encode_chat(tok, c) for c in convs], cfg.seq_len, tok.pad_token_id)
+    def pack(convs: list[list[dict[str, str]]], directory: Path) -> None:
+        encoded = (encode_chat(tok, c) for c in convs)
+        docs = write_documents(directory / "documents" / "sft", (([ids], [labels]) for ids, labels in encoded))
+        write_shards(directory, Examples(docs, cfg.seq_len, tok.pad_token_id), cfg.shard_tokens, {"seed": seed})
 
-    data = cached_packed(ctx.out / "data" / "train", lambda: pack(conversations[n_val:]))
-    val = cached_packed(ctx.out / "data" / "val", lambda: pack(conversations[:n_val]))
+    data = cached_packed(ctx.out / "data" / "train", lambda d: pack(conversations[n_val:], d))
+    val = cached_packed(ctx.out / "data" / "val", lambda d: pack(conversations[:n_val], d))
     log.info("sft: %d conversations in %d rows of %d tokens, from %s", len(conversations) - n_val,
-             len(data.tokens), cfg.seq_len, source)
+             len(data), cfg.seq_len, source)
     result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), ctx.out, "sft")
     export_model(model, tok, ctx.out / "model")
     return StageResult(

@@ -62,12 +62,12 @@ def mean_loss(model: torch.nn.Module, data: Packed, batch_size: int, max_rows: i
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    rows = min(len(data.tokens), max_rows or len(data.tokens))
+    rows = min(len(data), max_rows or len(data))
     total, count = 0.0, 0
     for start in range(0, rows, batch_size):
-        x = torch.from_numpy(data.tokens[start : min(rows, start + batch_size), :-1].copy()).to(device)
-        labels = data.labels if data.labels is not None else data.tokens
-        y = torch.from_numpy(labels[start : min(rows, start + batch_size), 1:].copy()).to(device)
+        tokens, labels = data.rows(range(start, min(rows, start + batch_size)))
+        x = torch.from_numpy(tokens[:, :-1].copy()).to(device)
+        y = torch.from_numpy(labels[:, 1:].copy()).to(device)
         loss, n = token_loss_sum(model, x, y)
         total += loss.item()
         count += int(n)

@@ -1,32 +1,37 @@
-"""Pretraining and midtraining stages: build their data mix, then run the shared training loop."""
+"""Pretraining and midtraining stages: pack their data mix into shards, then run the shared training loop."""
 
 from __future__ import annotations
 
-import json
 import logging
+from pathlib import Path
+
+import numpy as np
 
 from phiforge.data.corpus import source_docs
-from phiforge.data.packing import mix_documents, over_epoch_limit, pack_stream
+from phiforge.data.packing import (DocRefs, Documents, Stream, mix_documents, mixture_table, over_epoch_limit,
+                                   read_index, write_shards)
 from phiforge.errors import UserError
-from phiforge.files import write_json
 from phiforge.model import build_model, config_for_tokenizer, extend_context, load_config, load_model
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
 from phiforge.tokenizer import document_separator_id, load_tokenizer
-from phiforge.train.export import cached_packed, export_model, tokenize, unigram_loss
+from phiforge.train.export import cached_packed, export_model, tokenized, unigram_loss
 from phiforge.train.loop import train
 from phiforge.train.loss import NextTokenLoss
 
 log = logging.getLogger("phiforge")
 
 
-def _tokenized_sources(ctx: StageContext, tok, names: list[str], split: str) -> dict[str, list[list[int]]]:
-    return {name: tokenize(tok, source_docs(ctx, name, split)) for name in names}
+def _tokenized_sources(ctx: StageContext, tok, names: list[str], split: str, directory: Path) -> list[Documents]:
+    """Each source tokenised into `directory/documents/NAME/`, one source at a time."""
+    return [tokenized(directory / "documents" / name, tok, source_docs(ctx, name, split)) for name in names]
 
 
-def _heldout(ctx: StageContext, tok, names: list[str], seq_len: int):
-    docs = [d for ds in _tokenized_sources(ctx, tok, names, "heldout").values() for d in ds]
-    return pack_stream(docs, seq_len, document_separator_id(tok))
+def _pack_heldout(ctx: StageContext, tok, names: list[str], seq_len: int, shard_tokens: int, directory: Path) -> None:
+    """Every held-out document once, in corpus order."""
+    sources = _tokenized_sources(ctx, tok, names, "heldout", directory)
+    refs = DocRefs.concat([DocRefs.whole(i, s.lengths) for i, s in enumerate(sources)])
+    write_shards(directory, Stream(sources, refs, seq_len, document_separator_id(tok)), shard_tokens, {})
 
 
 def run_pretrain(ctx: StageContext) -> StageResult:
@@ -36,15 +41,18 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     names = list(cfg.shares)
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size
 
-    def build_train():
-        docs, draws = mix_documents(_tokenized_sources(ctx, tok, names, "train"), cfg.shares, cfg.token_budget, seed)
+    def build_train(directory: Path) -> None:
+        sources = _tokenized_sources(ctx, tok, names, "train", directory)
+        pools = {name: DocRefs.whole(i, s.lengths) for i, (name, s) in enumerate(zip(names, sources))}
+        refs, draws = mix_documents(pools, cfg.shares, cfg.token_budget, seed)
         for warning in over_epoch_limit(draws, cfg.max_epochs):
             log.warning("pretrain mixture: %s", warning)
-        write_json(ctx.out / "data" / "mixture.json", {n: vars(d) | {"epochs": round(d.epochs, 2)} for n, d in draws.items()})
-        return pack_stream(docs, cfg.seq_len, eos, min_rows=rows_needed)
+        stream = Stream(sources, refs, cfg.seq_len, eos, min_rows=rows_needed)
+        write_shards(directory, stream, cfg.shard_tokens, {"seed": seed, "mixture": mixture_table(draws)})
 
     data = cached_packed(ctx.out / "data" / "train", build_train)
-    val = cached_packed(ctx.out / "data" / "val", lambda: _heldout(ctx, tok, names, cfg.seq_len))
+    val = cached_packed(ctx.out / "data" / "val",
+                        lambda d: _pack_heldout(ctx, tok, names, cfg.seq_len, cfg.shard_tokens, d))
 
     if cfg.init_from is not None:
         model = load_model(cfg.init_from)
@@ -53,7 +61,8 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     if model.config.vocab_size < len(tok):
         raise UserError(f"model vocab ({model.config.vocab_size}) is smaller than the tokenizer ({len(tok)})")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("pretrain: %s parameters, %d rows of %d tokens", f"{n_params:,}", len(data.tokens), cfg.seq_len)
+    log.info("pretrain: %s parameters, %d rows of %d tokens in %d shards", f"{n_params:,}", len(data), cfg.seq_len,
+             len(data.tokens))
 
     objective = NextTokenLoss(data, val, cfg.batch_size, seed, cfg.compile)
     result = train(model, cfg, cfg.lr, objective, ctx.out, "pretrain")
@@ -64,7 +73,7 @@ def run_pretrain(ctx: StageContext) -> StageResult:
             "parameters": n_params,
             **result.metrics(),
             "unigram_val_loss": unigram_loss(data, val, model.config.vocab_size),
-            "mixture": json.loads((ctx.out / "data" / "mixture.json").read_text()),
+            "mixture": read_index(ctx.out / "data" / "train")["mixture"],
         },
     )
 
@@ -86,27 +95,31 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     long_min = cfg.long_min_tokens or context // 2
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size
 
-    def build_train():
-        by_source = _tokenized_sources(ctx, tok, names, "train")
-        long_docs = [d[: context + 1] for ds in by_source.values() for d in ds if len(d) >= long_min]
-        recall = [d for n in recall_names for d in by_source[n]]
-        if not long_docs:
+    def build_train(directory: Path) -> None:
+        sources = _tokenized_sources(ctx, tok, names, "train", directory)
+        every = DocRefs.concat([DocRefs.whole(i, s.lengths) for i, s in enumerate(sources)])
+        long_docs = every[every.length >= long_min]
+        long_docs.length = long_docs.length.clip(max=context + 1)  # a long document fills at most a row
+        recall = every[np.isin(every.source, [names.index(n) for n in recall_names])]
+        if not len(long_docs):
             raise UserError(
                 f"midtrain: no corpus document has {long_min} tokens or more; lower midtrain.long_min_tokens "
                 "or add long documents to the corpus"
             )
-        docs, draws = mix_documents(
+        refs, draws = mix_documents(
             {"long": long_docs, "recall": recall},
             {"long": cfg.long_share, "recall": 1 - cfg.long_share},
             rows_needed * (context + 1),
             seed + 1,
         )
-        write_json(ctx.out / "data" / "mixture.json", {n: vars(d) | {"epochs": round(d.epochs, 2)} for n, d in draws.items()})
-        return pack_stream(docs, context, eos, min_rows=rows_needed)
+        stream = Stream(sources, refs, context, eos, min_rows=rows_needed)
+        write_shards(directory, stream, cfg.shard_tokens, {"seed": seed + 1, "mixture": mixture_table(draws)})
 
     data = cached_packed(ctx.out / "data" / "train", build_train)
-    val = cached_packed(ctx.out / "data" / "val", lambda: _heldout(ctx, tok, names, context))
-    log.info("midtrain: context %d, rope base %g, lr %.2e, %d rows", context, cfg.rope_theta, lr, len(data.tokens))
+    val = cached_packed(ctx.out / "data" / "val",
+                        lambda d: _pack_heldout(ctx, tok, names, context, cfg.shard_tokens, d))
+    log.info("midtrain: context %d, rope base %g, lr %.2e, %d rows in %d shards", context, cfg.rope_theta, lr,
+             len(data), len(data.tokens))
     objective = NextTokenLoss(data, val, cfg.batch_size, seed + 1, cfg.compile)
     result = train(model, cfg, lr, objective, ctx.out, "midtrain")
     export_model(model, tok, ctx.out / "model")
@@ -117,6 +130,6 @@ def run_midtrain(ctx: StageContext) -> StageResult:
             "rope_theta": cfg.rope_theta,
             "lr": lr,
             **result.metrics(),
-            "mixture": json.loads((ctx.out / "data" / "mixture.json").read_text()),
+            "mixture": read_index(ctx.out / "data" / "train")["mixture"],
         },
     )
