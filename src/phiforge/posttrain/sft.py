@@ -53,6 +53,13 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) ->
     return ids, labels
 
 
+def data_path(ctx: StageContext) -> Path:
+    """sft.data, else the synthetic data engine's conversations when the recipe has one, else the corpus stage's."""
+    cfg = ctx.recipe.sft
+    assert cfg is not None
+    return Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if ctx.recipe.synth else "corpus") / "sft.jsonl"
+
+
 def run(ctx: StageContext) -> StageResult:
     recipe = ctx.recipe
     cfg, seed = recipe.sft, recipe.seed
@@ -67,9 +74,7 @@ def run(ctx: StageContext) -> StageResult:
     added = add_chatml(tok, model)
     if added:
         log.info("sft: added %s to %s's vocabulary for the Phi-4 chat format", " ".join(added), source)
-    # Default conversations: the synthetic data engine's when the recipe has one, else the corpus stage's.
-    data_path = Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if recipe.synth else "corpus") / "sft.jsonl"
-    conversations = read_conversations(data_path)
+    conversations = read_conversations(data_path(ctx))
     random.Random(seed).shuffle(conversations)
     n_val = max(1, len(conversations) // 20)
 
