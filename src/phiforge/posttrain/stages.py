@@ -169,7 +169,7 @@ def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
     outputs = {"pairs": "pairs.jsonl", "judge_summary": "pairs.summary.json"}
     if not judged["pairs"]:
         log.warning("judge_dpo: the judge kept no pair (%d prompts, %d of %d answers without readable scores, %d "
-                    "prompts whose best and worst answers differ by less than min_gap %g); skipping training: the "
+                    "prompts with fewer than two readable grades or a gap under min_gap %g); skipping training: the "
                     "model is unchanged. Try more max_prompts or samples, a lower min_gap, or a stronger judge.",
                     judged["prompts"], judged["unparseable"], judged["responses"], judged["no_pair"], cfg.min_gap)
         return StageResult(outputs=outputs, metrics={"skipped": "no pairs", "init_from": str(source), "judging": judged})

@@ -125,7 +125,7 @@ def posttrain_lines(manifests: dict) -> list[str]:
         lines += ["", "### DPO round 2: judge-guided pairs", "",
                   f"`{m['init_from']}` answered {j['prompts']} prompts {j['responses'] // max(j['prompts'], 1)} times each; "
                   f"{j['judge']} graded every answer for accuracy, style and detail (0-10).", "",
-                  "| prompts | answers | unparseable grades | scores | no pair (gap too small) | pairs kept | mean gap |",
+                  "| prompts | answers | unparseable grades | scores | prompts without a pair | pairs kept | mean gap |",
                   "|---|---|---|---|---|---|---|",
                   f"| {j['prompts']} | {j['responses']} | {j['unparseable']} | {scale} | {j['no_pair']} | {j['pairs']} | "
                   f"{_fmt(j['gap_mean']) if j['gap_mean'] is not None else '-'} |", "", dpo_line("DPO round 2", m)]
@@ -137,12 +137,12 @@ def posttrain_lines(manifests: dict) -> list[str]:
                   f"about made-up entities (graded by {d['grader']}): SFT targets {_counts(d['sft'])}; "
                   f"pairs {_counts(d['pairs'])}.", "", dpo_line("DPO", m), "",
                   "SimpleQA grades of greedy answers to held-out questions (bogus: other made-up entities than the "
-                  "training ones):", "", "| model | correct | incorrect | not attempted | correct given attempted | "
-                  "F | bogus declined |", "|---|---|---|---|---|---|---|"]
+                  "training ones; a blank reply counts as not attempted, and its share of all replies is shown apart):", "", "| model | correct | incorrect | not attempted | correct given attempted | "
+                  "F | bogus declined | blank replies |", "|---|---|---|---|---|---|---|---|"]
         for name, r in (("before", m["rates"]["before"]), ("after", m["rates"].get("after"))):
             if r is not None:
                 lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k, "-")) for k in (
-                    "correct", "incorrect", "not_attempted", "correct_given_attempted", "f_score", "bogus_refusal")) + " |")
+                    "correct", "incorrect", "not_attempted", "correct_given_attempted", "f_score", "bogus_refusal", "empty")) + " |")
     return lines
 
 
