@@ -55,7 +55,8 @@ def recipe(tmp_path: Path, model: Path, **changes) -> Path:
         "judge_dpo": {"init_from": str(model), "prompts": str(prompts), "samples": 6, "max_tokens": 8, "steps": 4,
                       "batch_size": 2, "lr": 3e-3, "checkpoint_every": 2, "log_every": 2},
         "hallucination": {"qa": str(qa), "heldout_qa": str(qa), "bogus": 4, "heldout_bogus": 3, "samples": 2,
-                          "max_tokens": 8, "steps": 4, "batch_size": 2, "lr": 3e-3, "checkpoint_every": 2, "log_every": 2},
+                          "max_tokens": 8, "steps": 4, "batch_size": 2, "lr": 3e-3, "checkpoint_every": 2, "log_every": 2,
+                          "sft_steps": 2, "sft_seq_len": 48},
     }
     for section, values in changes.items():
         data[section] |= values
@@ -100,6 +101,8 @@ def test_stages_run_report_and_rerun_skips(planted, tmp_path, scripted_teacher, 
         assert r["n"] == 3 and r["n_bogus"] == 3
         assert r["correct"] + r["incorrect"] + r["not_attempted"] == pytest.approx(1.0)
     assert rates["before"]["bogus_refusal"] == 0.0 and hal["margin_after"] > hal["margin_before"]
+    assert hal["sft"]["init_from"] == hal["init_from"] and hal["sft"]["conversations"] >= 1  # SFT on its data, then DPO
+    assert (run_dir / "hallucination" / "sft" / "model").is_dir()
     bogus_train = {json.loads(line)["question"] for line in (run_dir / "hallucination" / "data" / "grades.jsonl").open()}
     from phiforge.posttrain.hallucination import bogus_questions
     assert not bogus_train & {q.question for q in bogus_questions(3, 3)}  # rates are measured on other bogus questions
@@ -107,6 +110,7 @@ def test_stages_run_report_and_rerun_skips(planted, tmp_path, scripted_teacher, 
     report = (run_dir / "report.md").read_text()
     assert "DPO round 2: judge-guided pairs" in report and "scripted-judge graded every answer" in report
     assert "Hallucination mitigation" in report and "| before |" in report and "| after |" in report
+    assert "SFT on" in report
     assert "is the hallucination model" in report
     final = (run_dir / "final" / "model.safetensors").read_bytes()
     assert final == (run_dir / "hallucination" / "model" / "model.safetensors").read_bytes()

@@ -6,12 +6,13 @@ import logging
 import random
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge.data.packing import IGNORE, pack_examples
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
 from phiforge.model import load_model
+from phiforge.recipe import SFTConfig
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
 from phiforge.tokenizer import IM_END, IM_SEP, IM_START, add_chatml, load_tokenizer
@@ -60,9 +61,31 @@ def data_path(ctx: StageContext) -> Path:
     return Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if ctx.recipe.synth else "corpus") / "sft.jsonl"
 
 
+def train_sft(model: PreTrainedModel, tok: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]],
+              out: Path, cfg: SFTConfig, seed: int) -> dict:
+    """SFT of `model` on `conversations` (Phi-4 chat format, loss on the answers) into OUT/model; OUT keeps the
+    packed rows, checkpoints and metrics.jsonl, so a killed run resumes."""
+    added = add_chatml(tok, model)
+    if added:
+        log.info("sft: added %s to the model's vocabulary for the Phi-4 chat format", " ".join(added))
+    conversations = list(conversations)
+    random.Random(seed).shuffle(conversations)
+    n_val = max(1, len(conversations) // 20)
+
+    def pack(convs):
+        return pack_examples([encode_chat(tok, c) for c in convs], cfg.seq_len, tok.pad_token_id)
+
+    data = cached_packed(out / "data" / "train", lambda: pack(conversations[n_val:]))
+    val = cached_packed(out / "data" / "val", lambda: pack(conversations[:n_val]))
+    log.info("sft: %d conversations in %d rows of %d tokens", len(conversations) - n_val, len(data.tokens), cfg.seq_len)
+    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), out, "sft")
+    export_model(model, tok, out / "model")
+    return {"conversations": len(conversations) - n_val, "added_tokens": added, **result.metrics()}
+
+
 def run(ctx: StageContext) -> StageResult:
     recipe = ctx.recipe
-    cfg, seed = recipe.sft, recipe.seed
+    cfg = recipe.sft
     assert cfg is not None
     if cfg.init_from is not None:
         source = Path(cfg.init_from)
@@ -71,28 +94,6 @@ def run(ctx: StageContext) -> StageResult:
     model = load_model(source)
     # A model directory that carries its tokenizer (any HF causal LM) brings it; else the run's.
     tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.upstream("tokenizer") / "tokenizer")
-    added = add_chatml(tok, model)
-    if added:
-        log.info("sft: added %s to %s's vocabulary for the Phi-4 chat format", " ".join(added), source)
-    conversations = read_conversations(data_path(ctx))
-    random.Random(seed).shuffle(conversations)
-    n_val = max(1, len(conversations) // 20)
-
-    def pack(convs):
-        return pack_examples([encode_chat(tok, c) for c in convs], cfg.seq_len, tok.pad_token_id)
-
-    data = cached_packed(ctx.out / "data" / "train", lambda: pack(conversations[n_val:]))
-    val = cached_packed(ctx.out / "data" / "val", lambda: pack(conversations[:n_val]))
-    log.info("sft: %d conversations in %d rows of %d tokens, from %s", len(conversations) - n_val,
-             len(data.tokens), cfg.seq_len, source)
-    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), ctx.out, "sft")
-    export_model(model, tok, ctx.out / "model")
-    return StageResult(
-        outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
-        metrics={
-            "init_from": str(source),
-            "conversations": len(conversations) - n_val,
-            "added_tokens": added,
-            **result.metrics(),
-        },
-    )
+    metrics = train_sft(model, tok, read_conversations(data_path(ctx)), ctx.out, cfg, recipe.seed)
+    return StageResult(outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
+                       metrics={"init_from": str(source), **metrics})

@@ -224,7 +224,7 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
     assert cfg is not None
     source = start_model(ctx, "hallucination", cfg.init_from)
     built = hallucination_data(ctx, source)
-    outputs = {"sft": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
+    outputs = {"sft_data": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
                "data_summary": "data/summary.json", "rates": "rates.json"}
     rates = {"before": simpleqa_rates(source, cfg, recipe.seed)}
     metrics: dict = {"init_from": str(source), "data": built}
@@ -233,12 +233,26 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
                     "nothing to correct); skipping training: the model is unchanged.")
         write_json(ctx.out / "rates.json", rates)
         return StageResult(outputs=outputs, metrics=metrics | {"skipped": "no pairs", "rates": rates})
-    metrics |= run_dpo(source, ctx.out / "data" / "pairs.jsonl", ctx.out, cfg, recipe.seed)
+    start = source
+    if cfg.sft_steps:
+        from phiforge.model import load_model
+        from phiforge.posttrain.sft import read_conversations, train_sft
+        from phiforge.recipe import SFTConfig
+        from phiforge.tokenizer import load_tokenizer
+
+        tuning = SFTConfig(steps=cfg.sft_steps, lr=cfg.sft_lr, seq_len=cfg.sft_seq_len, batch_size=cfg.batch_size,
+                           checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+        conversations = read_conversations(ctx.out / "data" / "sft.jsonl")
+        tuned = train_sft(load_model(source), load_tokenizer(source), conversations, ctx.out / "sft", tuning, recipe.seed)
+        metrics["sft"] = {"init_from": str(source), **tuned}
+        start = ctx.out / "sft" / "model"
+    metrics |= run_dpo(start, ctx.out / "data" / "pairs.jsonl", ctx.out, cfg, recipe.seed)
     rates["after"] = simpleqa_rates(ctx.out / "model", cfg, recipe.seed)
     write_json(ctx.out / "rates.json", rates)
     b, a = rates["before"], rates["after"]
     log.info("hallucination: held-out correct %.3f -> %.3f, incorrect %.3f -> %.3f, not attempted %.3f -> %.3f%s",
              b["correct"], a["correct"], b["incorrect"], a["incorrect"], b["not_attempted"], a["not_attempted"],
              f", bogus declined {b['bogus_refusal']:.3f} -> {a['bogus_refusal']:.3f}" if "bogus_refusal" in b else "")
+    outputs |= {"sft_model": "sft/model/"} if cfg.sft_steps else {}
     return StageResult(outputs=outputs | {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"},
                        metrics=metrics | {"rates": rates})

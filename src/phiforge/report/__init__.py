@@ -135,10 +135,15 @@ def posttrain_lines(manifests: dict) -> list[str]:
         lines += ["", "### Hallucination mitigation", "",
                   f"`{m['init_from']}` answered {d['questions']} questions with known answers and {d['bogus_questions']} "
                   f"about made-up entities (graded by {d['grader']}): SFT targets {_counts(d['sft'])}; "
-                  f"pairs {_counts(d['pairs'])}.", "", dpo_line("DPO", m), "",
+                  f"pairs {_counts(d['pairs'])}.", ""]
+        if t := m.get("sft"):
+            lines += [f"SFT on {t['conversations']} of those targets first: loss {_fmt(t['final_loss'])}, held-out "
+                      f"loss {_fmt(t['val_loss'])}.", ""]
+        lines += [dpo_line("DPO", m), "",
                   "SimpleQA grades of greedy answers to held-out questions (bogus: other made-up entities than the "
-                  "training ones; a blank reply counts as not attempted, and its share of all replies is shown apart):", "", "| model | correct | incorrect | not attempted | correct given attempted | "
-                  "F | bogus declined | blank replies |", "|---|---|---|---|---|---|---|---|"]
+                  "training ones; a blank reply counts as not attempted, and its share of all replies is shown apart):",
+                  "", "| model | correct | incorrect | not attempted | correct given attempted | F | bogus declined | "
+                  "blank replies |", "|---|---|---|---|---|---|---|---|"]
         for name, r in (("before", m["rates"]["before"]), ("after", m["rates"].get("after"))):
             if r is not None:
                 lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k, "-")) for k in (
@@ -185,7 +190,7 @@ def run(ctx: StageContext) -> StageResult:
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
-    for stage in STAGE_NAMES[:-1]:
+    for stage in STAGE_NAMES[:-1]:  # every stage but this one
         sd = StageDir(run_dir, stage)
         if sd.status() == "pending" and getattr(ctx.recipe, stage, None) is None:
             continue  # not part of this recipe
