@@ -333,8 +333,8 @@ class HallucinationSection(DPOConfig):
     max_tokens: PositiveInt = 64
     known_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     grader: str | None = None  # an LLM grader of fact answers, named like judge_dpo.judge; default: the rules
-    # SFT on the stage's refusal data (data/sft.jsonl) before the DPO, at the section's batch_size: it teaches a
-    # model the Phi-4 chat format and the refusal texts, which DPO alone did not (docs/posttrain.md); 0: none
+    # SFT on the stage's refusal data (data/sft.jsonl) before the DPO, at the section's batch_size, to teach the
+    # Phi-4 chat format and the refusal texts first (docs/posttrain.md has what it did on SmolLM2); 0: none
     sft_steps: NonNegInt = 0
     sft_lr: PositiveFloat = 1e-5
     sft_seq_len: PositiveInt = 256
