@@ -142,7 +142,7 @@ def test_simpleqa_eval_task_on_a_tiny_model(planted, tmp_path):
     got = TASKS["simpleqa"](EvalInput(model, tok, cfg, [], [], 64, 0))
     # Both questions get the same greedy reply: one of them is right, the other wrong; bogus ones are answered.
     assert got == {"correct": 0.5, "incorrect": 0.5, "not_attempted": 0.0, "correct_given_attempted": 0.5,
-                   "f_score": 0.5, "bogus_refusal": 0.0, "n": 2, "n_bogus": 4}
+                   "f_score": 0.5, "bogus_refusal": 0.0, "empty": 0.0, "n": 2, "n_bogus": 4}
     default = TASKS["simpleqa"](EvalInput(model, tok, EvalConfig(max_problems=5, bogus_questions=0), [], [], 64, 0))
     assert default["n"] == 5 and "bogus_refusal" not in default
     assert default["correct"] + default["incorrect"] + default["not_attempted"] == pytest.approx(1.0)

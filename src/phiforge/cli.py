@@ -233,17 +233,6 @@ def _llm(option: str, model: str, backend: str, url: Optional[str], key_env: Opt
     return load_backend(cfg, cache_dir)
 
 
-def _policy(model: Path, cache_dir: Path):
-    """The model being post-trained as a sampling backend, cached under its resolved path (retrained in place:
-    delete the cache)."""
-    from phiforge.generation.cache import CachedBackend
-    from phiforge.generation.hf import HFBackend
-
-    policy = HFBackend(str(model))
-    policy.model = str(model.resolve())
-    return CachedBackend(policy, cache_dir / "requests.sqlite")
-
-
 BackendOpt = Annotated[str, typer.Option(help="hf (a model directory or smollm2), openai or vllm.")]
 
 
@@ -263,12 +252,13 @@ def judge_pairs(
     seed: int = 0,
 ) -> None:
     """Judge-guided DPO pairs: sample responses from MODEL, have an LLM judge grade them, pair best with worst."""
+    from phiforge.generation import load_policy
     from phiforge.posttrain.judge import JudgeConfig, run_judge_pairs
 
     _setup_logging()
     cfg = JudgeConfig(samples=samples, min_gap=min_gap, temperature=temperature, max_tokens=max_tokens, seed=seed)
     cache = out.parent / f"{out.name}.cache"
-    s = run_judge_pairs(_policy(model, cache), _llm("--judge", judge, judge_backend, judge_url, judge_key_env, cache),
+    s = run_judge_pairs(load_policy(model, cache), _llm("--judge", judge, judge_backend, judge_url, judge_key_env, cache),
                         prompts, out, cfg)
     console.print(f"[green]done[/]: {s['pairs']} pairs from {s['prompts']} prompts ({s['responses']} responses, "
                   f"{s['unparseable']} unparseable judge answers) -> {out}")
@@ -290,6 +280,7 @@ def hallucination(
     seed: int = 0,
 ) -> None:
     """Hallucination mitigation data: refusal SFT targets and DPO pairs from MODEL's graded answers."""
+    from phiforge.generation import load_policy
     from phiforge.posttrain.hallucination import (HallucinationConfig, bogus_questions, generate_facts, read_qa,
                                                    run_hallucination)
 
@@ -299,7 +290,7 @@ def hallucination(
     questions += bogus_questions(bogus, seed)
     cache = out / "cache"
     judge = _llm("--grader", grader, grader_backend, grader_url, grader_key_env, cache) if grader else None
-    s = run_hallucination(_policy(model, cache), questions, out, cfg, judge)
+    s = run_hallucination(load_policy(model, cache), questions, out, cfg, judge)
     table = Table(title=f"greedy answers: {s['questions']} questions, {s['bogus_questions']} bogus")
     table.add_column("rate")
     table.add_column("value", justify="right")

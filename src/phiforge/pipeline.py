@@ -48,16 +48,24 @@ def _stages() -> list[Stage]:
         Stage("pts", lambda r: r.pts, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft"), posttrain_stages.run_pts_stage),
         Stage("dpo", lambda r: r.dpo, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts"),
               posttrain_stages.run_dpo_stage),
+        Stage("judge_dpo", lambda r: r.judge_dpo, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo"),
+              posttrain_stages.run_judge_dpo_stage),
+        Stage("hallucination", lambda r: r.hallucination,
+              ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge_dpo"),
+              posttrain_stages.run_hallucination_stage),
         # eval scores the corpus's held-out text and problems: a post-training-only recipe has none
-        # (its dpo stage compares the models on held-out problems itself)
-        Stage("eval", lambda r: r.eval if r.corpus else None, ("corpus", "synth", "pretrain", "midtrain", "sft", "pts", "dpo"),
-              eval_stage.run),
-        Stage("report", lambda r: r.eval, ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"),
+        # (its dpo and hallucination stages compare the models before and after themselves)
+        Stage("eval", lambda r: r.eval if r.corpus else None,
+              ("corpus", "synth", "pretrain", "midtrain", "sft", "pts", "dpo", "judge_dpo", "hallucination"), eval_stage.run),
+        Stage("report", lambda r: r.eval,
+              ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge_dpo", "hallucination", "eval"),
               report.run),
     ]
 
 
-STAGE_NAMES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval", "report")
+STAGE_NAMES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge_dpo", "hallucination",
+               "eval", "report")
+TEACHER_STAGES = ("judge_dpo", "hallucination")  # a judge or grader may be the recipe's teacher
 
 
 def stages_of(recipe: Recipe) -> list[Stage]:
@@ -73,6 +81,8 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
             parts.append(f"{s.name}={section.digest() if section is not None else '-'}")
     if recipe.curation is not None and "corpus" in (stage.name, *stage.depends_on):  # curation runs in the corpus stage
         parts.append(f"curation={recipe.curation.digest()}|teacher={recipe.teacher.digest() if recipe.teacher else '-'}")
+    if any(getattr(recipe, n) is not None for n in TEACHER_STAGES if n in (stage.name, *stage.depends_on)):
+        parts.append(f"judge_teacher={recipe.teacher.digest() if recipe.teacher else '-'}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -291,6 +291,68 @@ class DPOSection(DPOConfig):
     # previous training stage's
 
 
+def _llm_spec(value: str, key: str) -> str:
+    """A judge or grader is the recipe's teacher, the embedded SmolLM2, or a local model: checked before any stage runs."""
+    path = Path(value)
+    if value in ("teacher", "smollm2") or (path / "config.json").is_file() or (path.suffix == ".gguf" and path.is_file()):
+        return value
+    raise ValueError(f"{key} {value!r} is not a model: give `teacher` (the recipe's teacher section), `smollm2`, "
+                     "an HF model directory (with config.json) or a .gguf file")
+
+
+class JudgeDPOSection(DPOConfig):
+    """The `judge_dpo:` stage, DPO round 2: the previous post-training model answers prompts `samples` times, an LLM
+    judge grades the answers (posttrain/judge.py's JudgeConfig keys, a test keeps them in step), best and worst
+    become a pair, and DPO (every DPOConfig key) trains on the pairs."""
+
+    prompts: Path | None = None  # jsonl of {prompt: string or messages}; default: user turns of the run's SFT data
+    max_prompts: PositiveInt = 64  # prompts drawn from the SFT conversations (a `prompts` file is used whole)
+    # `teacher` (the recipe's teacher section: hf, openai or vllm), `smollm2`, or an HF model directory / .gguf file
+    judge: str = "teacher"
+    samples: Annotated[int, Field(ge=2)] = 4
+    min_gap: Annotated[float, Field(ge=0)] = 2.0
+    temperature: PositiveFloat = 0.8
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_tokens: PositiveInt = 256  # per policy answer
+    judge_max_tokens: PositiveInt = 256
+    batch_prompts: PositiveInt = 16
+    # init_from (TrainConfig's) `smollm2` or a directory; default: the previous post-training stage's model
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_is_a_model(cls, value: str) -> str:
+        return _llm_spec(value, "judge")
+
+
+class HallucinationSection(DPOConfig):
+    """The `hallucination:` stage: refusal data and DPO pairs from the previous post-training model's SimpleQA-graded
+    answers (posttrain/hallucination.py; HallucinationConfig's keys), DPO on the pairs (every DPOConfig key), and
+    SimpleQA rates of the model before and after on held-out facts and bogus questions."""
+
+    qa: Path | None = None  # jsonl of {question, answer, aliases?, verifier?}; default: generated training facts
+    facts: PositiveInt = 200  # generated facts (training split) when there is no `qa`
+    bogus: NonNegInt = 50  # made-up-entity questions in the training data
+    heldout_qa: Path | None = None  # held-out questions for the before/after rates; default: generated held-out facts
+    heldout_facts: PositiveInt = 100
+    heldout_bogus: NonNegInt = 50  # other made-up-entity questions than the training ones
+    samples: NonNegInt = 4  # sampled answers per question beside the greedy one
+    temperature: PositiveFloat = 0.8
+    max_tokens: PositiveInt = 64
+    known_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    grader: str | None = None  # an LLM grader of fact answers, named like judge_dpo.judge; default: the rules
+    # SFT on the stage's refusal data (data/sft.jsonl) before the DPO, at the section's batch_size, to teach the
+    # Phi-4 chat format and the refusal texts first (docs/posttrain.md has what it did on SmolLM2); 0: none
+    sft_steps: NonNegInt = 0
+    sft_lr: PositiveFloat = 1e-5
+    sft_seq_len: PositiveInt = 256
+    # init_from (TrainConfig's) `smollm2` or a directory; default: the previous post-training stage's model
+
+    @field_validator("grader")
+    @classmethod
+    def _grader_is_a_model(cls, value: str | None) -> str | None:
+        return None if value is None else _llm_spec(value, "grader")
+
+
 class EvalConfig(Section):
     tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format", "simpleqa"]] = [
         "perplexity",
@@ -325,6 +387,8 @@ class Recipe(Section):
     sft: SFTConfig | None = None
     pts: PTSSection | None = None
     dpo: DPOSection | None = None
+    judge_dpo: JudgeDPOSection | None = None
+    hallucination: HallucinationSection | None = None
     eval: EvalConfig = EvalConfig()
     curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
 
@@ -384,6 +448,15 @@ class Recipe(Section):
                 raise ValueError("dpo needs pairs: a pts section or dpo.pairs (a jsonl file)")
             if self.dpo.init_from is None and self.pts is None and not trained:
                 raise ValueError("dpo needs a model: an earlier training stage, a pts section or dpo.init_from")
+        has_model = trained or self.pts is not None or self.dpo is not None
+        for name in ("judge_dpo", "hallucination"):
+            section = getattr(self, name)
+            if section is not None:
+                if section.init_from is None and not has_model:
+                    raise ValueError(f"{name} needs a model: an earlier training or post-training stage or {name}.init_from")
+                has_model = True
+        if self.judge_dpo is not None and self.judge_dpo.prompts is None and self.sft is None:
+            raise ValueError("judge_dpo needs prompts: an sft section (its conversations' user turns) or judge_dpo.prompts")
         return self
 
 
@@ -393,7 +466,7 @@ def _resolve_paths(data: object, base: Path) -> object:
         out = {}
         for k, v in data.items():
             is_file_type = k == "type" and isinstance(v, str) and v.endswith((".yaml", ".yml"))
-            if (k in {"path", "data", "init_from", "pairs", "heldout_data", "qa"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
+            if (k in {"path", "data", "init_from", "pairs", "heldout_data", "qa", "prompts", "heldout_qa", "judge", "grader"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
                 candidate = base / v
                 out[k] = str(candidate) if candidate.exists() else v
             elif k == "preset" and isinstance(v, str) and (base / v).exists():

@@ -20,7 +20,8 @@ from phiforge.files import write_json, write_text
 
 Status = Literal["done", "partial", "pending"]
 
-TRAINING_STAGES = ("pretrain", "midtrain", "sft", "dpo")  # stages that leave STAGE/model (a dpo without pairs leaves none)
+# stages that leave STAGE/model, in run order (a post-training stage without pairs leaves none)
+TRAINING_STAGES = ("pretrain", "midtrain", "sft", "dpo", "judge_dpo", "hallucination")
 
 
 @dataclass

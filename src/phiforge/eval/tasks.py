@@ -244,5 +244,9 @@ def simpleqa(inp: EvalInput) -> dict[str, float]:
     stops = _stop_ids(tok)
     replies = greedy(inp, [_chat_ids(tok, q.question) for q in questions], 48, stops)
     ends = tok.convert_ids_to_tokens(stops)
-    grades = [grade(q, _cut(r, *ends, IM_START)) for q, r in zip(questions, replies)]
-    return rates(grades[: len(facts)], grades[len(facts) :]) | {"n": len(facts), "n_bogus": len(questions) - len(facts)}
+    texts = [_cut(r, *ends, IM_START) for r in replies]
+    grades = [grade(q, t) for q, t in zip(questions, texts)]
+    # A blank reply grades as not attempted, but it is a broken model rather than a cautious one: count it apart.
+    empty = sum(not t.strip() for t in texts) / len(texts)
+    return rates(grades[: len(facts)], grades[len(facts) :]) | {"empty": empty, "n": len(facts),
+                                                                "n_bogus": len(questions) - len(facts)}

@@ -88,6 +88,17 @@ def load_backend(cfg, cache_dir: Path | None = None) -> Backend:
     return backend
 
 
+def load_policy(model: Path, cache_dir: Path) -> Backend:
+    """A model being post-trained as a sampling backend, behind the request cache in cache_dir under its resolved
+    path (a model retrained in place needs a fresh cache)."""
+    from phiforge.generation.cache import CachedBackend
+    from phiforge.generation.hf import HFBackend
+
+    policy = HFBackend(str(model))
+    policy.model = str(Path(model).resolve())
+    return CachedBackend(policy, Path(cache_dir) / "requests.sqlite")
+
+
 # One completion request: a conversation and the exact sampling (seed included) of that one sample.
 Request = tuple[Messages, Sampling]
 OnDone = Callable[[int, str], None]  # (request index, completion), called as each completion arrives

@@ -129,7 +129,8 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
     OUT-stem.summary.json. Wrap both backends in CachedBackend to make a rerun resume."""
     conversations = read_prompts(prompts_path)
     pairs: list[dict] = []
-    stats = {"prompts": len(conversations), "responses": 0, "unparseable": 0, "no_pair": 0}
+    scores: list[float] = []  # every readable mean score
+    stats: dict = {"prompts": len(conversations), "responses": 0, "unparseable": 0, "no_pair": 0}
     columns = (TextColumn("[bold]judge[/]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[pairs]} pairs, {task.fields[bad]} unparseable"), TimeRemainingColumn())
     with Progress(*columns) as bar:
@@ -140,6 +141,7 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
             for conversation, graded in zip(chunk, judge_prompts(policy, judge, chunk, cfg, cfg.seed + start * cfg.samples)):
                 stats["responses"] += len(graded)
                 stats["unparseable"] += sum(g["score"] is None for g in graded)
+                scores += [g["score"] for g in graded if g["score"] is not None]
                 pair = pair_from(conversation, graded, cfg.min_gap)
                 if pair is None:
                     stats["no_pair"] += 1  # gap too small, or fewer than two graded
@@ -147,6 +149,11 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
                     pairs.append(pair | {"judge": pair["judge"] | {"model": judge.model, "policy": policy.model}})
             bar.update(task, advance=len(chunk), pairs=len(pairs), bad=stats["unparseable"])
     stats["pairs"] = write_jsonl(out, pairs)
+    # How the judge used its 0-10 scale, and how far apart the kept pairs are: a judge that gives everything
+    # the same score yields no pairs.
+    stats["score"] = ({"mean": round(sum(scores) / len(scores), 3), "min": min(scores), "max": max(scores)}
+                      if scores else None)
+    stats["gap_mean"] = round(sum(p["judge"]["gap"] for p in pairs) / len(pairs), 3) if pairs else None
     if stats["unparseable"]:
         log.warning("judge: %d of %d judge answers had no readable scores and were skipped",
                     stats["unparseable"], stats["responses"])

@@ -6,12 +6,13 @@ import logging
 import random
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge.data.packing import IGNORE, Examples, write_documents, write_shards
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
 from phiforge.model import load_model
+from phiforge.recipe import SFTConfig
 from phiforge.rundir import StageResult
 from phiforge.stage import StageContext
 from phiforge.tokenizer import IM_END, IM_SEP, IM_START, add_chatml, load_tokenizer
@@ -53,23 +54,21 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) ->
     return ids, labels
 
 
-def run(ctx: StageContext) -> StageResult:
-    recipe = ctx.recipe
-    cfg, seed = recipe.sft, recipe.seed
+def data_path(ctx: StageContext) -> Path:
+    """sft.data, else the synthetic data engine's conversations when the recipe has one, else the corpus stage's."""
+    cfg = ctx.recipe.sft
     assert cfg is not None
-    if cfg.init_from is not None:
-        source = Path(cfg.init_from)
-    else:
-        source = ctx.upstream("midtrain" if recipe.midtrain is not None else "pretrain") / "model"
-    model = load_model(source)
-    # A model directory that carries its tokenizer (any HF causal LM) brings it; else the run's.
-    tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.upstream("tokenizer") / "tokenizer")
+    return Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if ctx.recipe.synth else "corpus") / "sft.jsonl"
+
+
+def train_sft(model: PreTrainedModel, tok: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]],
+              out: Path, cfg: SFTConfig, seed: int) -> dict:
+    """SFT of `model` on `conversations` (Phi-4 chat format, loss on the answers) into OUT/model; OUT keeps the
+    packed shards, checkpoints and metrics.jsonl, so a killed run resumes."""
     added = add_chatml(tok, model)
     if added:
-        log.info("sft: added %s to %s's vocabulary for the Phi-4 chat format", " ".join(added), source)
-    # Default conversations: the synthetic data engine's when the recipe has one, else the corpus stage's.
-    data_path = Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if recipe.synth else "corpus") / "sft.jsonl"
-    conversations = read_conversations(data_path)
+        log.info("sft: added %s to the model's vocabulary for the Phi-4 chat format", " ".join(added))
+    conversations = list(conversations)
     random.Random(seed).shuffle(conversations)
     n_val = max(1, len(conversations) // 20)
 
@@ -78,18 +77,25 @@ def run(ctx: StageContext) -> StageResult:
         docs = write_documents(directory / "documents" / "sft", (([ids], [labels]) for ids, labels in encoded))
         write_shards(directory, Examples(docs, cfg.seq_len, tok.pad_token_id), cfg.shard_tokens, {"seed": seed})
 
-    data = cached_packed(ctx.out / "data" / "train", lambda d: pack(conversations[n_val:], d))
-    val = cached_packed(ctx.out / "data" / "val", lambda d: pack(conversations[:n_val], d))
-    log.info("sft: %d conversations in %d rows of %d tokens, from %s", len(conversations) - n_val,
-             len(data), cfg.seq_len, source)
-    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), ctx.out, "sft")
-    export_model(model, tok, ctx.out / "model")
-    return StageResult(
-        outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
-        metrics={
-            "init_from": str(source),
-            "conversations": len(conversations) - n_val,
-            "added_tokens": added,
-            **result.metrics(),
-        },
-    )
+    data = cached_packed(out / "data" / "train", lambda d: pack(conversations[n_val:], d))
+    val = cached_packed(out / "data" / "val", lambda d: pack(conversations[:n_val], d))
+    log.info("sft: %d conversations in %d rows of %d tokens", len(conversations) - n_val, len(data), cfg.seq_len)
+    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), out, "sft")
+    export_model(model, tok, out / "model")
+    return {"conversations": len(conversations) - n_val, "added_tokens": added, **result.metrics()}
+
+
+def run(ctx: StageContext) -> StageResult:
+    recipe = ctx.recipe
+    cfg = recipe.sft
+    assert cfg is not None
+    if cfg.init_from is not None:
+        source = Path(cfg.init_from)
+    else:
+        source = ctx.upstream("midtrain" if recipe.midtrain is not None else "pretrain") / "model"
+    model = load_model(source)
+    # A model directory that carries its tokenizer (any HF causal LM) brings it; else the run's.
+    tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.upstream("tokenizer") / "tokenizer")
+    metrics = train_sft(model, tok, read_conversations(data_path(ctx)), ctx.out, cfg, recipe.seed)
+    return StageResult(outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
+                       metrics={"init_from": str(source), **metrics})

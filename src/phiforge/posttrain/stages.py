@@ -1,17 +1,22 @@
 """The recipe's post-training stages: `pts` searches the previous stage's model (or init_from) for
 pivotal tokens on verifiable training problems; `dpo` trains that model on the pairs and compares it
-with the model it started from on held-out problems of the same kind."""
+with the model it started from on held-out problems of the same kind; `judge_dpo` (DPO round 2) trains the
+model dpo left on pairs an LLM judge picked from its own answers; `hallucination` trains the model left so far
+to decline what it does not know and measures SimpleQA's rates before and after."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import random
 from pathlib import Path
 
 from phiforge.data import synthetic_math
 from phiforge.files import read_jsonl, write_json, write_jsonl
-from phiforge.recipe import PTSSection, Recipe
-from phiforge.rundir import StageResult
+from phiforge.generation import Backend, Messages
+from phiforge.recipe import HallucinationSection, PTSSection, Recipe
+from phiforge.rundir import StageDir, StageResult
 from phiforge.stage import StageContext
 
 log = logging.getLogger("phiforge")
@@ -60,15 +65,22 @@ def run_pts_stage(ctx: StageContext) -> StageResult:
     )
 
 
-def dpo_start(ctx: StageContext) -> Path:
-    """dpo.init_from, else the model the pts stage searched (its pairs are that model's), else the last stage's."""
-    recipe = ctx.recipe
-    assert recipe.dpo is not None
-    if recipe.dpo.init_from is None and recipe.pts is not None:
-        from phiforge.rundir import StageDir
+POSTTRAIN_STAGES = ("pts", "dpo", "judge_dpo", "hallucination")  # in run order
 
-        return Path(StageDir(ctx.run_dir, "pts").manifest()["metrics"]["model"])
-    return model_dir(ctx, recipe.dpo.init_from)
+
+def start_model(ctx: StageContext, stage: str, init_from: str | Path | None) -> Path:
+    """init_from, else the model the post-training stages before `stage` leave: the last one's trained model, or
+    the model it worked on when it trained nothing (pts searches; a stage without pairs skips training), else the
+    last training stage's."""
+    if init_from is not None:
+        return model_dir(ctx, init_from)
+    for name in reversed(POSTTRAIN_STAGES[: POSTTRAIN_STAGES.index(stage)]):
+        if getattr(ctx.recipe, name) is None:
+            continue
+        if (ctx.upstream(name) / "model").is_dir():
+            return ctx.run_dir / name / "model"
+        return Path(StageDir(ctx.run_dir, name).manifest()["metrics"]["model" if name == "pts" else "init_from"])
+    return model_dir(ctx, None)
 
 
 def run_dpo_stage(ctx: StageContext) -> StageResult:
@@ -79,7 +91,7 @@ def run_dpo_stage(ctx: StageContext) -> StageResult:
     cfg = recipe.dpo
     assert cfg is not None
     pairs = Path(cfg.pairs) if cfg.pairs is not None else ctx.upstream("pts") / "pairs.jsonl"
-    source = dpo_start(ctx)
+    source = start_model(ctx, "dpo", cfg.init_from)
     if not any(True for _ in read_jsonl(pairs)):
         # A weak model or a strict search can leave nothing to learn from: say so, train nothing.
         log.warning("dpo: %s holds no pairs (PTS found no pivotal token that passed its checks); "
@@ -101,3 +113,146 @@ def run_dpo_stage(ctx: StageContext) -> StageResult:
         log.info("dpo: held-out accuracy %.3f -> %.3f on %d problems (McNemar exact p = %.3g: %d improved, %d regressed)",
                  b["accuracy"], a["accuracy"], b["n"], m["p_value"], m["improved"], m["regressed"])
     return StageResult(outputs=outputs, metrics=metrics)
+
+
+def llm(ctx: StageContext, spec: str, cache_dir: Path) -> Backend:
+    """A judge or grader: the recipe's teacher (`teacher`), or the hf backend over `smollm2` or a model directory."""
+    from phiforge.generation import load_backend
+    from phiforge.recipe import TeacherConfig
+
+    teacher = ctx.recipe.teacher or TeacherConfig()
+    return load_backend(teacher if spec == "teacher" else TeacherConfig(model=spec, batch_size=teacher.batch_size),
+                        cache_dir)
+
+
+def sft_prompts(ctx: StageContext, count: int, seed: int) -> list[Messages]:
+    """The turns before the first answer of `count` distinct conversations of the run's SFT data, drawn at random."""
+    from phiforge.posttrain import sft
+
+    unique: dict[str, Messages] = {}
+    for conversation in sft.read_conversations(sft.data_path(ctx)):
+        turns = conversation[: next(i for i, m in enumerate(conversation) if m["role"] == "assistant")]
+        if turns:
+            unique.setdefault(json.dumps(turns), turns)
+    prompts = sorted(unique.values(), key=json.dumps)
+    random.Random(seed).shuffle(prompts)
+    return prompts[:count]
+
+
+def judge_pairs(ctx: StageContext, policy: Path) -> dict:
+    """Judge-guided pairs of `policy`'s answers in OUT/pairs.jsonl (OUT/pairs.summary.json); both models are cached
+    in OUT/cache/requests.sqlite, so a killed stage pays for no answer or grade twice."""
+    from phiforge.generation import load_policy
+    from phiforge.posttrain.judge import JudgeConfig, run_judge_pairs
+
+    recipe, cfg = ctx.recipe, ctx.recipe.judge_dpo
+    assert cfg is not None
+    prompts = cfg.prompts
+    if prompts is None:
+        prompts = ctx.out / "prompts.jsonl"
+        write_jsonl(prompts, ({"prompt": p} for p in sft_prompts(ctx, cfg.max_prompts, recipe.seed)))
+    fields = {f.name for f in dataclasses.fields(JudgeConfig)} - {"seed"}
+    judging = JudgeConfig(**cfg.model_dump(include=fields), seed=recipe.seed)
+    judge = llm(ctx, cfg.judge, ctx.out / "cache")
+    log.info("judge_dpo: %s answers %s, %s judges", policy, prompts, judge.model)
+    stats = run_judge_pairs(load_policy(policy, ctx.out / "cache"), judge, Path(prompts), ctx.out / "pairs.jsonl", judging)
+    return stats | {"judge": judge.model, "prompts_file": str(prompts)}
+
+
+def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
+    from phiforge.posttrain.dpo import run_dpo
+
+    cfg = ctx.recipe.judge_dpo
+    assert cfg is not None
+    source = start_model(ctx, "judge_dpo", cfg.init_from)
+    judged = judge_pairs(ctx, source)
+    outputs = {"pairs": "pairs.jsonl", "judge_summary": "pairs.summary.json"}
+    if not judged["pairs"]:
+        log.warning("judge_dpo: the judge kept no pair (%d prompts, %d of %d answers without readable scores, %d "
+                    "prompts with fewer than two readable grades or a gap under min_gap %g); skipping training: the "
+                    "model is unchanged. Try more max_prompts or samples, a lower min_gap, or a stronger judge.",
+                    judged["prompts"], judged["unparseable"], judged["responses"], judged["no_pair"], cfg.min_gap)
+        return StageResult(outputs=outputs, metrics={"skipped": "no pairs", "init_from": str(source), "judging": judged})
+    summary = run_dpo(source, ctx.out / "pairs.jsonl", ctx.out, cfg, ctx.recipe.seed)
+    return StageResult(outputs=outputs | {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"},
+                       metrics={"init_from": str(source), "judging": judged, **summary})
+
+
+def simpleqa_rates(model: Path, cfg: HallucinationSection, seed: int) -> dict:
+    """The simpleqa eval task on `model`: held-out facts (heldout_qa, else generated) and the held-out bogus questions."""
+    import torch
+
+    from phiforge.eval.tasks import TASKS, EvalInput
+    from phiforge.model import load_model
+    from phiforge.recipe import EvalConfig
+    from phiforge.tokenizer import load_tokenizer
+    from phiforge.train.loop import autocast, pick_device
+
+    scoring = EvalConfig(tasks=["simpleqa"], qa=cfg.heldout_qa, max_problems=cfg.heldout_facts,
+                         bogus_questions=cfg.heldout_bogus, batch_size=cfg.batch_size)
+    lm = load_model(model).to(pick_device()).eval()
+    with torch.no_grad(), autocast("auto", pick_device()):
+        return TASKS["simpleqa"](EvalInput(lm, load_tokenizer(model), scoring, [], [], 0, seed))
+
+
+def hallucination_data(ctx: StageContext, policy: Path) -> dict:
+    """Refusal SFT data and DPO pairs from `policy`'s graded answers in OUT/data/ (answers cached in OUT/data/cache/).
+
+    The bogus questions avoid the held-out ones the rates are measured on (the simpleqa task's, seed recipe.seed).
+    """
+    from phiforge.generation import load_policy
+    from phiforge.posttrain.hallucination import (HallucinationConfig, bogus_questions, generate_facts, read_qa,
+                                                   run_hallucination)
+
+    recipe, cfg = ctx.recipe, ctx.recipe.hallucination
+    assert cfg is not None
+    heldout = {q.question for q in bogus_questions(cfg.heldout_bogus, recipe.seed)}
+    bogus = [q for q in bogus_questions(cfg.bogus + len(heldout), recipe.seed + 1) if q.question not in heldout]
+    questions = (read_qa(cfg.qa) if cfg.qa is not None else generate_facts(cfg.facts, recipe.seed)) + bogus[: cfg.bogus]
+    data = ctx.out / "data"
+    grader = llm(ctx, cfg.grader, data / "cache") if cfg.grader is not None else None
+    asking = HallucinationConfig(samples=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                                 known_share=cfg.known_share, seed=recipe.seed)
+    log.info("hallucination: %s answers %d questions (%d bogus)", policy, len(questions), cfg.bogus)
+    return run_hallucination(load_policy(policy, data / "cache"), questions, data, asking, grader)
+
+
+def run_hallucination_stage(ctx: StageContext) -> StageResult:
+    from phiforge.posttrain.dpo import run_dpo
+
+    recipe, cfg = ctx.recipe, ctx.recipe.hallucination
+    assert cfg is not None
+    source = start_model(ctx, "hallucination", cfg.init_from)
+    built = hallucination_data(ctx, source)
+    outputs = {"sft_data": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
+               "data_summary": "data/summary.json", "rates": "rates.json"}
+    rates = {"before": simpleqa_rates(source, cfg, recipe.seed)}
+    metrics: dict = {"init_from": str(source), "data": built}
+    if not sum(built["pairs"].values()):
+        log.warning("hallucination: no pairs (the model knew none of the questions and declined all of them: "
+                    "nothing to correct); skipping training: the model is unchanged.")
+        write_json(ctx.out / "rates.json", rates)
+        return StageResult(outputs=outputs, metrics=metrics | {"skipped": "no pairs", "rates": rates})
+    start = source
+    if cfg.sft_steps:
+        from phiforge.model import load_model
+        from phiforge.posttrain.sft import read_conversations, train_sft
+        from phiforge.recipe import SFTConfig
+        from phiforge.tokenizer import load_tokenizer
+
+        tuning = SFTConfig(steps=cfg.sft_steps, lr=cfg.sft_lr, seq_len=cfg.sft_seq_len, batch_size=cfg.batch_size,
+                           checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+        conversations = read_conversations(ctx.out / "data" / "sft.jsonl")
+        tuned = train_sft(load_model(source), load_tokenizer(source), conversations, ctx.out / "sft", tuning, recipe.seed)
+        metrics["sft"] = {"init_from": str(source), **tuned}
+        start = ctx.out / "sft" / "model"
+    metrics |= run_dpo(start, ctx.out / "data" / "pairs.jsonl", ctx.out, cfg, recipe.seed)
+    rates["after"] = simpleqa_rates(ctx.out / "model", cfg, recipe.seed)
+    write_json(ctx.out / "rates.json", rates)
+    b, a = rates["before"], rates["after"]
+    log.info("hallucination: held-out correct %.3f -> %.3f, incorrect %.3f -> %.3f, not attempted %.3f -> %.3f%s",
+             b["correct"], a["correct"], b["incorrect"], a["incorrect"], b["not_attempted"], a["not_attempted"],
+             f", bogus declined {b['bogus_refusal']:.3f} -> {a['bogus_refusal']:.3f}" if "bogus_refusal" in b else "")
+    outputs |= {"sft_model": "sft/model/"} if cfg.sft_steps else {}
+    return StageResult(outputs=outputs | {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"},
+                       metrics=metrics | {"rates": rates})

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phiforge.files import write_text, write_with  # noqa: E402
+from phiforge.pipeline import STAGE_NAMES  # noqa: E402
 from phiforge.rundir import TRAINING_STAGES, StageDir, StageResult, read_metrics  # noqa: E402
 from phiforge.stage import StageContext  # noqa: E402
 
@@ -93,22 +94,20 @@ def eval_tables(results: dict) -> list[str]:
 
 
 def posttrain_lines(manifests: dict) -> list[str]:
-    """PTS's search figures and pivot plot; DPO's pairs, margins and held-out before/after comparison."""
-    lines: list[str] = []
+    """PTS's search figures and pivot plot; DPO's pairs, margins and held-out before/after comparison; the judge's
+    grades and pairs of DPO round 2; the hallucination stage's data and SimpleQA rates before and after."""
+    from phiforge.posttrain.stages import POSTTRAIN_STAGES
+
+    lines: list[str] = ["", "## Post-training"] if any(s in manifests for s in POSTTRAIN_STAGES) else []
     if "pts" in manifests:
         m = manifests["pts"]["metrics"]
-        lines += ["", "## Post-training", "", f"Pivotal Token Search on `{m['model']}`:", "",
+        lines += ["", f"Pivotal Token Search on `{m['model']}`:", "",
                   "| problems | questions kept (searched) | pivots | pairs | samples spent |", "|---|---|---|---|---|",
                   f"| {m['problems']} | {m['searched']} | {m['pivots']} | {m['pairs']} | {m['samples']:,} |", "",
                   "![pivot positions](pts/pairs.pivots.png)"]
     if "dpo" in manifests:
         m = manifests["dpo"]["metrics"]
-        if m.get("skipped"):
-            lines += ["", f"DPO skipped: {m['skipped']}; the model is unchanged."]
-            return lines
-        lines += ["", f"DPO on {m['pairs']} pairs, {m['steps']} steps: log p(chosen) - log p(rejected) "
-                  f"{m['margin_before']:+.3f} -> {m['margin_after']:+.3f}; chosen preferred on "
-                  f"{m['preferred_before']:.0%} -> {m['preferred_after']:.0%} of pairs."]
+        lines += ["", dpo_line("DPO", m)]
         if h := m.get("heldout"):
             mc = h["mcnemar"]
             lines += ["", "Held-out problems (greedy, same problems for both models; 95% Wilson intervals):", "",
@@ -118,7 +117,51 @@ def posttrain_lines(manifests: dict) -> list[str]:
                              f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f} |")
             lines += ["", f"McNemar exact test: {mc['improved']} problems improved, {mc['regressed']} regressed, "
                       f"p = {mc['p_value']:.3g}" + (" (significant at 0.05)." if mc["p_value"] < 0.05 else " (not significant at 0.05).")]
+    if "judge_dpo" in manifests:
+        m = manifests["judge_dpo"]["metrics"]
+        j = m["judging"]
+        score = j["score"]
+        scale = f"mean {score['mean']:.2f} (min {score['min']:.2f}, max {score['max']:.2f})" if score else "none readable"
+        lines += ["", "### DPO round 2: judge-guided pairs", "",
+                  f"`{m['init_from']}` answered {j['prompts']} prompts {j['responses'] // max(j['prompts'], 1)} times each; "
+                  f"{j['judge']} graded every answer for accuracy, style and detail (0-10).", "",
+                  "| prompts | answers | unparseable grades | scores | prompts without a pair | pairs kept | mean gap |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {j['prompts']} | {j['responses']} | {j['unparseable']} | {scale} | {j['no_pair']} | {j['pairs']} | "
+                  f"{_fmt(j['gap_mean']) if j['gap_mean'] is not None else '-'} |", "", dpo_line("DPO round 2", m)]
+    if "hallucination" in manifests:
+        m = manifests["hallucination"]["metrics"]
+        d = m["data"]
+        lines += ["", "### Hallucination mitigation", "",
+                  f"`{m['init_from']}` answered {d['questions']} questions with known answers and {d['bogus_questions']} "
+                  f"about made-up entities (graded by {d['grader']}): SFT targets {_counts(d['sft'])}; "
+                  f"pairs {_counts(d['pairs'])}.", ""]
+        if t := m.get("sft"):
+            lines += [f"SFT on {t['conversations']} of those targets first: loss {_fmt(t['final_loss'])}, held-out "
+                      f"loss {_fmt(t['val_loss'])}.", ""]
+        lines += [dpo_line("DPO", m), "",
+                  "SimpleQA grades of greedy answers to held-out questions (bogus: other made-up entities than the "
+                  "training ones; a blank reply counts as not attempted, and its share of all replies is shown apart):",
+                  "", "| model | correct | incorrect | not attempted | correct given attempted | F | bogus declined | "
+                  "blank replies |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in (("before", m["rates"]["before"]), ("after", m["rates"].get("after"))):
+            if r is not None:
+                lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k, "-")) for k in (
+                    "correct", "incorrect", "not_attempted", "correct_given_attempted", "f_score", "bogus_refusal", "empty")) + " |")
     return lines
+
+
+def dpo_line(what: str, m: dict) -> str:
+    """One DPO stage's pairs, steps and margins, or why it trained nothing."""
+    if m.get("skipped"):
+        return f"{what} skipped: {m['skipped']}; the model is unchanged."
+    return (f"{what} on {m['pairs']} pairs, {m['steps']} steps: log p(chosen) - log p(rejected) "
+            f"{m['margin_before']:+.3f} -> {m['margin_after']:+.3f}; chosen preferred on "
+            f"{m['preferred_before']:.0%} -> {m['preferred_after']:.0%} of pairs.")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()) or "none"
 
 
 def curation_section(cur: dict) -> list[str]:
@@ -149,7 +192,7 @@ def run(ctx: StageContext) -> StageResult:
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
-    for stage in ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "eval"):
+    for stage in STAGE_NAMES[:-1]:  # every stage but this one
         sd = StageDir(run_dir, stage)
         if sd.status() == "pending" and getattr(ctx.recipe, stage, None) is None:
             continue  # not part of this recipe
@@ -157,7 +200,7 @@ def run(ctx: StageContext) -> StageResult:
             lines.append(f"| {stage} | {sd.status()} | | |")
             continue
         m = manifests[stage] = sd.manifest()
-        keys = ("final_loss", "val_loss", "unigram_val_loss", "tokens", "tokens_per_s", "context", "vocab_size")
+        keys = ("final_loss", "val_loss", "unigram_val_loss", "tokens", "tokens_per_s", "context", "vocab_size", "pairs")
         figures = ", ".join(f"{k} {_fmt(m['metrics'][k])}" for k in keys if m["metrics"].get(k) is not None)
         lines.append(f"| {stage} | done | {m['wall_time_s']} | {figures} |")
 
