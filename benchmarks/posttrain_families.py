@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from phiforge.data import synthetic_math
 from phiforge.posttrain.compare import accuracy, greedy_replies
 from phiforge.posttrain.stages import generated_problems
 from phiforge.recipe import PTSSection
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=30)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--families", nargs="+", default=list(synthetic_math.BY_NAME), choices=list(synthetic_math.BY_NAME))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.model == "smollm2":
@@ -32,7 +34,7 @@ def main() -> None:
         model = smollm2_dir()
     else:
         model = Path(args.model)
-    for family in ("add", "sub", "mul", "linear", "successor"):
+    for family in args.families:
         cfg = PTSSection(families=[family])
         train = generated_problems(cfg, args.problems, 0, heldout=False)
         heldout = generated_problems(cfg, 10_000, 0, heldout=True)

@@ -105,6 +105,29 @@ def test_sampler_with_kv_cache_equals_full_recompute_with_left_padding():
     assert cached == recomputed and all(len(c) == 6 for c in cached)
 
 
+def test_sampler_shares_prefixes_and_drops_finished_rows_without_changing_what_it_draws():
+    # With top_k 1 sampling is greedy decoding: the batched sampler (duplicated prefixes, rows ending at EOS at
+    # different steps, a prefix that is already finished) must give each prefix exactly its own greedy reply.
+    config = phi3_config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=0, eos_token_id=63, pad_token_id=0)
+    model = build_model(config, seed=3).eval()
+    cfg = PTSConfig(top_k=1, max_new_tokens=8)
+    prefixes = [[5, 6, 7, 8, 9], [10], [11, 12, 13], [20, 21], [30]]
+
+    def alone(prefix, eos):  # one prefix, no padding, no batch
+        return sample(model, [prefix], cfg, eos, 0, torch.Generator().manual_seed(0))[0]
+
+    free = [alone(p, {63}) for p in prefixes]
+    stop = free[0][2]  # a token the first reply draws third: as EOS it ends rows at different steps
+    replies = [alone(p, {stop}) for p in prefixes]
+    assert len({len(r) for r in replies}) > 1 and any(len(r) < cfg.max_new_tokens for r in replies)
+    batch = prefixes + prefixes[:2] * 3 + [[4, stop]]
+    got = sample(model, batch, PTSConfig(top_k=1, max_new_tokens=8, batch_size=8), {stop}, 0,
+                 torch.Generator().manual_seed(1))
+    assert got == replies + replies[:2] * 3 + [[]]
+
+
 def test_pts_cli_on_a_trained_model_resumes_and_plots(tmp_path):
     train_planted_hf(tmp_path / "model")
     problems = tmp_path / "problems.jsonl"

@@ -111,6 +111,20 @@ def test_synthetic_math_is_verified_and_heldout_disjoint():
     assert not synthetic_math.verify(wrong)
 
 
+def test_groups_word_problems_verify_and_leave_hundreds_held_out():
+    groups = (synthetic_math.BY_NAME["groups"],)
+    train = synthetic_math.generate(3000, seed=1, heldout=False, families=groups)
+    held = synthetic_math.generate(3000, seed=1, heldout=True, families=groups)
+    assert len(train) == 3000 and len(held) >= 1000  # the post-training demo compares on hundreds of them
+    assert all(synthetic_math.verify(p) for p in train + held)
+    assert not {p.key for p in train} & {p.key for p in held}
+    assert not {p.question for p in train} & {p.question for p in held}  # a key is one wording
+    p = held[0]
+    _, who, where, what, a, b = p.key.split(":")
+    assert p.answer == str(int(a) * int(b)) and p.question.startswith(synthetic_math.NAMES[int(who)])
+    assert not synthetic_math.verify(synthetic_math.Problem(p.key, "groups", p.question, p.steps, str(int(p.answer) + 1)))
+
+
 def test_lr_schedules():
     lin = TrainConfig(steps=100, warmup_steps=10, schedule="linear")
     assert lr_factor(0, lin) == pytest.approx(0.1) and lr_factor(9, lin) == pytest.approx(1.0)

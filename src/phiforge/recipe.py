@@ -232,7 +232,7 @@ class SFTConfig(PackedConfig):
 
 # --- post-training (issue 6): Pivotal Token Search and DPO as recipe stages after sft ---
 
-ProblemFamily = Literal["add", "sub", "mul", "linear", "successor"]  # data/synthetic_math.py's generators
+ProblemFamily = Literal["add", "sub", "mul", "linear", "successor", "groups"]  # data/synthetic_math.py's generators
 
 
 class PTSSection(Section):

@@ -67,10 +67,27 @@ def _next(rng: random.Random) -> Problem:
     return Problem(f"next:{n}", "successor", f"What number comes after {n}?", f"{n} + 1 = {n + 1}.", str(n + 1))
 
 
+NAMES = ("Tom", "Anna", "Sam", "Lily", "Ben", "Maria", "Jack", "Emma", "Leo", "Sara", "Max", "Nina")
+CONTAINERS = (("bag", "bags"), ("box", "boxes"), ("jar", "jars"), ("basket", "baskets"))
+OBJECTS = ("apples", "pencils", "stickers", "marbles", "cookies", "books", "coins", "cards")
+
+
+def _groups(rng: random.Random) -> Problem:
+    """A one-step word problem: equal groups, multiplied. Names x containers x objects x factors make ~25k keys,
+    so the held-out split has thousands of problems (the bare `mul` family has 121 keys, 7 held out)."""
+    who, where, what = rng.randrange(len(NAMES)), rng.randrange(len(CONTAINERS)), rng.randrange(len(OBJECTS))
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    name, (one, many), obj = NAMES[who], CONTAINERS[where], OBJECTS[what]
+    question = f"{name} has {a} {many} with {b} {obj} in each {one}. How many {obj} does {name} have?"
+    steps = f"{a} {many} with {b} {obj} each: {a} * {b} = {a * b}."
+    return Problem(f"groups:{who}:{where}:{what}:{a}:{b}", "groups", question, steps, str(a * b))
+
+
 ARITHMETIC = (_add, _sub, _mul, _next)
 ALGEBRA = (_linear,)
 FAMILIES = (_add, _sub, _mul, _linear, _next)
-BY_NAME = {"add": _add, "sub": _sub, "mul": _mul, "linear": _linear, "successor": _next}  # by Problem.family
+BY_NAME = {"add": _add, "sub": _sub, "mul": _mul, "linear": _linear, "successor": _next,
+           "groups": _groups}  # by Problem.family
 
 
 def verify(problem: Problem) -> bool:
@@ -89,6 +106,8 @@ def verify(problem: Problem) -> bool:
         return a * answer + b == c  # substitute the solution back into the equation
     if kind == "next":
         return answer == nums[0] + 1
+    if kind == "groups":
+        return answer == nums[3] * nums[4]  # the key's last two numbers: groups and items per group
     raise ValueError(f"unknown problem family {kind!r}")
 
 

@@ -78,11 +78,20 @@ def filtered_probs(logits: torch.Tensor, cfg: PTSConfig) -> torch.Tensor:
     return probs
 
 
+def _kv_cache(res) -> tuple[str, object | None]:
+    """The KV cache a forward pass returned, and the keyword that hands it back (transformers >= 5.2x calls it
+    `cache`, earlier versions `past_key_values`); None for a model without one."""
+    name = "cache" if getattr(res, "cache", None) is not None else "past_key_values"
+    return name, getattr(res, name, None)
+
+
 @torch.no_grad()
 def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig, eos: set[int], pad: int,
            generator: torch.Generator) -> list[list[int]]:
     """One sampled continuation (new tokens, EOS included) per prefix, in batches of cfg.batch_size.
 
+    PTS samples each prefix many times: a batch reads every distinct prefix once and shares its KV cache
+    among the rows that continue it, and rows leave the batch at EOS, so each step costs only the open rows.
     Works with any module taking HF causal-LM arguments and returning `.logits`: it uses the KV cache the
     model returns, or feeds the whole sequence again when there is none.
     """
@@ -90,35 +99,48 @@ def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig
     device = next(model.parameters()).device
     eos_t = torch.tensor(sorted(eos), device=device)
     for start in range(0, len(prefixes), cfg.batch_size):
-        chunk = prefixes[start : start + cfg.batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
-        mask = (torch.arange(width, device=device) >= torch.tensor([width - len(p) for p in chunk],
-                                                                    device=device)[:, None]).long()
-        done = torch.tensor([bool(p) and p[-1] in eos for p in chunk], device=device)
-        new = torch.full((len(chunk), 0), pad, device=device, dtype=torch.long)
-        lengths = torch.zeros(len(chunk), device=device, dtype=torch.long)  # tokens drawn before EOS, EOS included
-        res = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True)
-        for _ in range(cfg.max_new_tokens):
-            if bool(done.all()):
-                break
-            nxt = torch.multinomial(filtered_probs(res.logits[:, -1], cfg), 1, generator=generator).squeeze(-1)
-            nxt = nxt.masked_fill(done, pad)
-            new = torch.cat([new, nxt[:, None]], dim=1)
-            lengths += (~done).long()
-            done = done | torch.isin(nxt, eos_t)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            # transformers >= 5.2x calls the KV cache `cache`, earlier versions `past_key_values`.
-            name = "cache" if getattr(res, "cache", None) is not None else "past_key_values"
-            cache = getattr(res, name, None)
-            if cache is None:
-                res = model(input_ids=torch.cat([ids, new], dim=1), attention_mask=mask, position_ids=positions)
-            else:
-                res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions[:, -1:],
-                            use_cache=True, **{name: cache})
-        out += [row[:n] for row, n in zip(new.tolist(), lengths.tolist())]
+        chunk = [list(p) for p in prefixes[start : start + cfg.batch_size]]
+        drawn: list[list[int]] = [[] for _ in chunk]
+        # Rows whose prefix is already a finished solution draw nothing.
+        rows = [i for i, p in enumerate(chunk) if not (p and p[-1] in eos)]
+        distinct = list(dict.fromkeys(tuple(chunk[i]) for i in rows))
+        if rows:
+            width = max(len(p) for p in distinct)
+            ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in distinct], device=device)  # left padding
+            mask = (torch.arange(width, device=device) >= torch.tensor([width - len(p) for p in distinct],
+                                                                        device=device)[:, None]).long()
+            res = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        use_cache=True)
+            copy = torch.tensor([distinct.index(tuple(chunk[i])) for i in rows], device=device)
+            ids, mask, logits = ids[copy], mask[copy], res.logits[copy, -1]
+            name, cache = _kv_cache(res)
+            if cache is not None:
+                cache.batch_select_indices(copy)
+            new = torch.full((len(rows), 0), pad, device=device, dtype=torch.long)
+            open_ = torch.tensor(rows, device=device)  # chunk index of each row still in the batch
+            for step in range(cfg.max_new_tokens):
+                nxt = torch.multinomial(filtered_probs(logits, cfg), 1, generator=generator).squeeze(-1)
+                for i, t in zip(open_.tolist(), nxt.tolist()):
+                    drawn[i].append(t)
+                new = torch.cat([new, nxt[:, None]], dim=1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                going = ~torch.isin(nxt, eos_t)
+                if not bool(going.all()):
+                    keep = going.nonzero().squeeze(1)
+                    open_, nxt, ids, new, mask = open_[keep], nxt[keep], ids[keep], new[keep], mask[keep]
+                    if cache is not None:
+                        cache.batch_select_indices(keep)
+                if not open_.numel() or step == cfg.max_new_tokens - 1:
+                    break
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                if cache is None:
+                    res = model(input_ids=torch.cat([ids, new], dim=1), attention_mask=mask, position_ids=positions)
+                else:
+                    res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions[:, -1:],
+                                use_cache=True, **{name: cache})
+                    name, cache = _kv_cache(res)
+                logits = res.logits[:, -1]
+        out += drawn
     return out
 
 
