@@ -106,3 +106,27 @@ def test_dpo_cli_trains_and_rejects_bad_pairs(planted, tmp_path):
     proc = phiforge("dpo", "--model", planted, "--pairs", tmp_path / "pairs.jsonl", "--out", tmp_path / "o3",
                     "--beta", "-1", check=False)
     assert proc.returncode == 2 and "--beta" in proc.stderr
+
+
+# A chat format that is not Phi-4's: turns end with <|endoftext|>, and there is no <|im_sep|> anywhere.
+OWN_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }}<|endoftext|>{% endfor %}"
+                "{% if add_generation_prompt %}assistant {% endif %}")
+
+
+def test_text_pairs_keep_the_models_own_chat_format(planted, tmp_path):
+    """DPO must not change how a model chats: text pairs are rendered with its own template, which it keeps."""
+    import shutil
+
+    own = tmp_path / "own"
+    shutil.copytree(planted, own)
+    tok = load_tokenizer(own)
+    tok.chat_template = OWN_TEMPLATE
+    tok.save_pretrained(own)
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "x y 7", "rejected": "x 3"}) + "\n")
+    pair = read_pairs(tmp_path / "pairs.jsonl", load_tokenizer(own), max_length=64)[0]
+    ids = tok.convert_tokens_to_ids
+    assert pair.chosen == ids(["x", "y", "7", "<|endoftext|>"]) and pair.rejected == ids(["x", "3", "<|endoftext|>"])
+    assert pair.prompt[-1] == ids("assistant") and ids("<|im_sep|>") not in pair.prompt
+    run_dpo(own, tmp_path / "pairs.jsonl", tmp_path / "out", DPOConfig(steps=2, lr=1e-3, batch_size=1))
+    trained = load_tokenizer(tmp_path / "out" / "model")
+    assert trained.chat_template == OWN_TEMPLATE and len(trained) == len(tok)

@@ -27,7 +27,6 @@ from phiforge.data.packing import rows_at
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_with
 from phiforge.recipe import DPOConfig  # noqa: F401  (defined with the recipe's dpo section)
-from phiforge.tokenizer import IM_END
 from phiforge.train.loss import MicroLoss
 
 log = logging.getLogger("phiforge")
@@ -53,6 +52,16 @@ def _messages(value, path: Path, row: int, what: str) -> list[dict]:
     raise UserError(f"{path}: row {row}: '{what}' must be a string or a list of {{role, content}} messages")
 
 
+def _reply_text(tok: PreTrainedTokenizerBase, prompt: list[dict], prompt_text: str, reply: dict) -> str:
+    """The reply as the model's own chat template renders it after the prompt: its content and whatever closes a
+    turn in that format (<|im_end|> in ChatML, <|eot_id|> in Llama 3, ...)."""
+    full = tok.apply_chat_template([*prompt, reply], tokenize=False)
+    if full.startswith(prompt_text):
+        return full[len(prompt_text):].rstrip("\n")
+    # A template that renders a finished turn differently from a generation prompt: content and end of sequence.
+    return reply["content"] + (tok.eos_token or "")
+
+
 def encode_pair(tok: PreTrainedTokenizerBase, row: dict, path: Path, i: int, max_length: int) -> Pair:
     if "prompt_token_ids" in row:
         ids = [row.get("prompt_token_ids"), row.get("chosen_token_id"), row.get("rejected_token_id")]
@@ -68,13 +77,12 @@ def encode_pair(tok: PreTrainedTokenizerBase, row: dict, path: Path, i: int, max
     prompt = _messages(row["prompt"], path, i, "prompt")
     text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     prompt_ids = tok.encode(text, add_special_tokens=False)
-    end = tok.convert_tokens_to_ids(IM_END)
     sides = []
     for what in ("chosen", "rejected"):
         reply = _messages(row[what], path, i, what)[-1]
         if reply["role"] != "assistant":
             raise UserError(f"{path}: row {i}: '{what}' must end with an assistant message")
-        sides.append((tok.encode(reply["content"], add_special_tokens=False) + [end])[: max_length - 1])
+        sides.append(tok.encode(_reply_text(tok, prompt, text, reply), add_special_tokens=False)[: max_length - 1])
     keep = max_length - max(map(len, sides))
     return Pair(prompt_ids[-keep:], sides[0], sides[1])
 
@@ -197,10 +205,10 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
 
     model = load_model(model_dir)
     tok = load_tokenizer(model_dir)
-    # Text pairs are rendered in the Phi-4 chat format; token pairs (PTS) were sampled in the model's own
-    # format, which the trained model must keep.
+    # Pairs keep the model's own chat format (DPO must not change how it chats): token pairs (PTS) were sampled in
+    # it, text pairs are rendered with its template. Only a tokenizer without a template gets the Phi-4 format.
     text_pairs = any("prompt_token_ids" not in row for row in read_jsonl(pairs_path))
-    added = add_chatml(tok, model) if text_pairs else []
+    added = add_chatml(tok, model) if text_pairs and tok.chat_template is None else []
     if added:
         log.info("dpo: added %s to the vocabulary for the Phi-4 chat format", " ".join(added))
     pairs = read_pairs(pairs_path, tok, cfg.max_length)
