@@ -21,10 +21,9 @@ from pathlib import Path
 
 from datatrove.data import Document
 
-from phiforge.data.curation.classifier import (SCORES, SHOTS, HeuristicLabeler, TeacherLabeler, expected_score,
-                                              rating_conversation)
+from phiforge.data.curation.classifier import SCORES, SHOTS, HeuristicLabeler, TeacherLabeler, rating_conversation
 from phiforge.data.sources import _package_readmes, _python_docs
-from phiforge.generation import Sampling
+from phiforge.generation import Sampling, expected_score
 from phiforge.generation.hf import HFBackend
 
 # Where a README's explanatory prose starts (hand-picked: the first paragraph that explains what the package does).

@@ -59,14 +59,14 @@ def train_planted_hf(out_dir, steps: int = 80, seed: int = 0):
     Saved with the planted tokenizer in `out_dir`; its one pivot is the answer token (position 2).
     """
     from phiforge.model import build_model, phi3_config
-    from phiforge.posttrain.pts import prompt_ids
+    from phiforge.tokenizer import chat_prompt_ids
 
     tok = planted_tokenizer()
     config = phi3_config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = build_model(config, seed)
-    prompt = prompt_ids(tok, "Q")
+    prompt = chat_prompt_ids(tok, "Q")
     rows = [prompt + tok.convert_tokens_to_ids(["x", "y", answer, IM_END]) for answer in ("7", "3")] * 16
     ids = torch.tensor(rows)
     labels = ids.clone()

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from phiforge.posttrain.dpo import DPOConfig, dpo_loss, pair_logps, read_pairs, run_dpo
-from phiforge.posttrain.pts import prompt_ids
+from phiforge.tokenizer import chat_prompt_ids
 from phiforge.tokenizer import load_tokenizer
 
 from conftest import phiforge
@@ -45,7 +45,7 @@ def planted(tmp_path_factory):
 
 
 def write_pairs(path, tok):
-    prompt = prompt_ids(tok, "Q") + tok.convert_tokens_to_ids(["x", "y"])
+    prompt = chat_prompt_ids(tok, "Q") + tok.convert_tokens_to_ids(["x", "y"])
     seven, three = tok.convert_tokens_to_ids(["7", "3"])
     rows = [{"prompt_token_ids": prompt, "chosen_token_id": seven, "rejected_token_id": three},
             {"prompt": "Q", "chosen": "x y 7", "rejected": "x y 3"},
@@ -83,7 +83,7 @@ def test_dpo_raises_the_chosen_margin_and_exports_an_hf_model(planted, tmp_path)
     assert abs(rows[0]["reward_margin"]) < 0.01  # the first micro-batch runs at the reference weights
     assert rows[-1]["reward_margin"] > rows[0]["reward_margin"] and rows[-1]["reward_accuracy"] == 1.0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
-    ids = prompt_ids(tok, "Q") + tok.convert_tokens_to_ids(["x", "y"])
+    ids = chat_prompt_ids(tok, "Q") + tok.convert_tokens_to_ids(["x", "y"])
     probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
     assert probs[tok.convert_tokens_to_ids("7")] > 0.6
     # The reference was computed once from the initial model and is what a longer rerun reuses.

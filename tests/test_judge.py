@@ -92,6 +92,33 @@ def test_pairs_are_best_vs_worst_with_provenance_and_train_with_dpo(planted, tmp
     assert summary["margin_after"] > summary["margin_before"]
 
 
+def test_probs_judge_scores_by_digit_probabilities_per_dimension(planted, tmp_path):
+    """`method: probs`: the judge answers nothing; each dimension's expected digit (0-5, doubled) is the score."""
+    def probs(messages, choices):
+        asked = messages[-1]["content"]
+        response = asked.split("[Response]\n")[1].rsplit("\n\n", 1)[0]
+        assert asked.endswith("(0-5):") and messages[0]["role"] == "system" and len(messages) == 6  # rubric, 2 shots
+        if "Q Q Q" in asked:
+            return {}  # no probability on any digit: unreadable
+        return {"5": 0.6, "4": 0.2} if "7" in response else {"1": 0.3, "0": 0.1}
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Q", "Q Q", "Q Q Q", "x Q")))
+    judge = FakeBackend(lambda *a: pytest.fail("a probs judge is never asked to write"), probs=probs)
+    stats = run_judge_pairs(HFBackend(str(planted)), judge, prompts, tmp_path / "pairs.jsonl",
+                            JudgeConfig(method="probs", samples=6, min_gap=2, max_tokens=8))
+    assert judge.calls == 4 * 6 * 3 and stats["unparseable"] == 6  # one distribution per response and dimension
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and stats["pairs"] == len(pairs)
+    for p in pairs:
+        assert "7" in p["chosen"][0]["content"] and "3" in p["rejected"][0]["content"]
+        # 2 * (5 * 0.6 + 4 * 0.2) / 0.8 = 9.5 against 2 * (1 * 0.3) / 0.4 = 1.5, in every dimension
+        assert p["judge"]["chosen_score"] == pytest.approx(9.5) and p["judge"]["rejected_score"] == pytest.approx(1.5)
+        assert set(p["judge"]["responses"][0]["judge_answer"]) == {"accuracy", "style", "detail"}
+    summary = json.loads((tmp_path / "pairs.summary.json").read_text())
+    assert summary["config"]["method"] == "probs" and set(summary["rubric"]) == {"accuracy", "style", "detail"}
+
+
 def test_cli_reports_unparseable_judge_answers_and_bad_prompts(planted, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Q"}) + "\n")

@@ -96,8 +96,16 @@ def test_stages_run_report_and_rerun_skips(planted, tmp_path, scripted_teacher, 
     assert hal["data"]["questions"] == 3 and hal["data"]["bogus_questions"] == 4
     assert hal["data"]["pairs"]["refusal_over_bogus_answer"] == 4  # the planted model answers everything
     rates = json.loads((run_dir / "hallucination" / "rates.json").read_text())
-    assert set(rates) == {"before", "after"} and rates == hal["rates"]
-    for r in rates.values():
+    assert set(rates) == {"before", "after", "paired"} and rates == hal["rates"]
+    grades = [json.loads(line) for line in (run_dir / "hallucination" / "heldout_grades.jsonl").open()]
+    assert len(grades) == 6 and sum(g["bogus"] for g in grades) == 3
+    for when in ("before", "after"):  # the rates are those of the per-question grades
+        facts = [g[f"{when}_grade"] for g in grades if not g["bogus"]]
+        assert rates[when]["incorrect"] == pytest.approx(facts.count("incorrect") / 3)
+    not_wrong = [[g[f"{w}_grade"] != "incorrect" for g in grades] for w in ("before", "after")]
+    assert rates["paired"]["not_wrong"]["improved"] == sum(a and not b for b, a in zip(*not_wrong))
+    assert rates["paired"]["not_wrong"]["regressed"] == sum(b and not a for b, a in zip(*not_wrong))
+    for r in (rates["before"], rates["after"]):
         assert r["n"] == 3 and r["n_bogus"] == 3
         assert r["correct"] + r["incorrect"] + r["not_attempted"] == pytest.approx(1.0)
     assert rates["before"]["bogus_refusal"] == 0.0 and hal["margin_after"] > hal["margin_before"]
@@ -110,6 +118,7 @@ def test_stages_run_report_and_rerun_skips(planted, tmp_path, scripted_teacher, 
     report = (run_dir / "report.md").read_text()
     assert "DPO round 2: judge-guided pairs" in report and "scripted-judge graded every answer" in report
     assert "Hallucination mitigation" in report and "| before |" in report and "| after |" in report
+    assert "Paired on the same questions" in report
     assert "SFT on" in report
     assert "is the hallucination model" in report
     final = (run_dir / "final" / "model.safetensors").read_bytes()

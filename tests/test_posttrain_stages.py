@@ -97,7 +97,7 @@ def test_pts_and_dpo_stages_run_resume_and_report(planted_model, tmp_path):
     phiforge("run", recipe, "--run-dir", run_dir)
 
     pts = json.loads((run_dir / "pts" / "manifest.json").read_text())["metrics"]
-    assert pts["model"] == str(planted_model) and pts["searched"] == 1 and pts["pairs"] >= 1
+    assert pts["init_from"] == str(planted_model) and pts["searched"] == 1 and pts["pairs"] >= 1
     assert (run_dir / "pts" / "pairs.pivots.png").is_file()
     dpo = json.loads((run_dir / "dpo" / "manifest.json").read_text())["metrics"]
     assert dpo["steps"] == 6 and dpo["margin_after"] > dpo["margin_before"]  # 7 over 3 became likelier

@@ -245,6 +245,8 @@ def judge_pairs(
     judge_backend: BackendOpt = "hf",
     judge_url: Annotated[Optional[str], typer.Option(help="openai: the endpoint, e.g. http://localhost:8000/v1.")] = None,
     judge_key_env: Annotated[Optional[str], typer.Option(help="openai: environment variable holding the key.")] = None,
+    method: Annotated[str, typer.Option(help="generate: the judge writes score lines; probs: its digit probabilities "
+                                         "per dimension (for small judges such as smollm2).")] = "generate",
     samples: Annotated[int, typer.Option(help="Responses sampled per prompt.")] = 4,
     min_gap: Annotated[float, typer.Option(help="Least mean-score gap (0-10) between chosen and rejected.")] = 2.0,
     temperature: float = 0.8,
@@ -256,7 +258,10 @@ def judge_pairs(
     from phiforge.posttrain.judge import JudgeConfig, run_judge_pairs
 
     _setup_logging()
-    cfg = JudgeConfig(samples=samples, min_gap=min_gap, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    if method not in ("generate", "probs"):
+        raise UserError(f"--method {method!r}: use generate or probs")
+    cfg = JudgeConfig(method=method, samples=samples, min_gap=min_gap, temperature=temperature,  # type: ignore[arg-type]
+                      max_tokens=max_tokens, seed=seed)
     cache = out.parent / f"{out.name}.cache"
     s = run_judge_pairs(load_policy(model, cache), _llm("--judge", judge, judge_backend, judge_url, judge_key_env, cache),
                         prompts, out, cfg)

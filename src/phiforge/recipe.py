@@ -309,6 +309,8 @@ class JudgeDPOSection(DPOConfig):
     max_prompts: PositiveInt = 64  # prompts drawn from the SFT conversations (a `prompts` file is used whole)
     # `teacher` (the recipe's teacher section: hf, openai or vllm), `smollm2`, or an HF model directory / .gguf file
     judge: str = "teacher"
+    # generate: the judge writes three score lines; probs: its digit probabilities per dimension (small judges)
+    method: Literal["generate", "probs"] = "generate"
     samples: Annotated[int, Field(ge=2)] = 4
     min_gap: Annotated[float, Field(ge=0)] = 2.0
     temperature: PositiveFloat = 0.8

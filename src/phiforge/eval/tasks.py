@@ -21,7 +21,7 @@ from phiforge.data import passkey, synthetic_math
 from phiforge.data.packing import IGNORE, Packed, pack_examples, pack_stream
 from phiforge.files import read_jsonl
 from phiforge.recipe import EvalConfig
-from phiforge.tokenizer import ENDOFTEXT, IM_END, IM_START, document_separator_id, token_id
+from phiforge.tokenizer import IM_END, IM_START, chat_prompt_ids, document_separator_id, stop_ids
 from phiforge.train.loss import mean_loss
 
 
@@ -54,10 +54,10 @@ def task(name: str) -> Callable[[TaskFn], TaskFn]:
 
 
 @torch.no_grad()
-def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[str]:
+def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stops: list[int]) -> list[str]:
     """Greedy continuations of token-id prompts, batched with left padding."""
     tok, model = inp.tokenizer, inp.model
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     outs: list[str] = []
     for start in range(0, len(prompts), inp.cfg.batch_size):
         chunk = prompts[start : start + inp.cfg.batch_size]
@@ -69,21 +69,20 @@ def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stop_i
             attention_mask=mask.to(model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=stop_ids,
+            eos_token_id=stops,
             pad_token_id=pad,
         )
         outs += tok.batch_decode(gen[:, width:], skip_special_tokens=False)
     return outs
 
 
-def _stop_ids(tok: PreTrainedTokenizerBase) -> list[int]:
-    ids = [token_id(tok, IM_END), token_id(tok, ENDOFTEXT), tok.eos_token_id]
-    return list(dict.fromkeys(i for i in ids if i is not None))
-
-
-def _chat_ids(tok: PreTrainedTokenizerBase, user: str) -> list[int]:
-    rendered = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    return tok.encode(rendered, add_special_tokens=False)
+def chat_replies(inp: EvalInput, questions: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy replies to single user turns in the model's chat format, cut where the reply ends (a stop token, or
+    the model opening a new turn)."""
+    tok = inp.tokenizer
+    stops = stop_ids(tok)
+    replies = greedy(inp, [chat_prompt_ids(tok, q) for q in questions], max_new_tokens, stops)
+    return [_cut(r, *tok.convert_ids_to_tokens(stops), IM_START) for r in replies]
 
 
 def _cut(text: str, *markers: str) -> str:
@@ -125,10 +124,10 @@ def problems(inp: EvalInput) -> dict[str, float]:
     """Greedy accuracy on held-out verified problems, in the pretraining format and as a chat turn."""
     tok = inp.tokenizer
     items = inp.problems[: inp.cfg.max_problems]
-    stops = _stop_ids(tok)
+    stops = stop_ids(tok)
     completion = greedy(inp, [tok.encode(f"Problem: {p['question']}\nSolution:", add_special_tokens=False) for p in items],
                         40, stops)
-    chat = greedy(inp, [_chat_ids(tok, p["question"]) for p in items], 40, stops)
+    chat = greedy(inp, [chat_prompt_ids(tok, p["question"]) for p in items], 40, stops)
 
     def correct(reply: str, answer: str, completion_format: bool) -> bool:
         reply = _cut(reply, "\n\n", "Problem:", IM_END, IM_START)
@@ -193,7 +192,7 @@ def passkey_retrieval(inp: EvalInput) -> dict[str, float]:
             before = rng.randint(0, fillers)
             prompts.append(tok.encode(passkey.passkey_text(key, before, fillers - before), add_special_tokens=False))
             keys.append(str(key))
-        replies = greedy(inp, prompts, 6, _stop_ids(tok))
+        replies = greedy(inp, prompts, 6, stop_ids(tok))
         hits = sum(synthetic_math.extract_answer(r.split(".")[0] or "x") == k for r, k in zip(replies, keys))
         out[f"acc@{length}"] = hits / len(keys)
     out["n"] = inp.cfg.passkey_trials * len(inp.cfg.passkey_lengths)
@@ -216,9 +215,9 @@ CHAT_PROBES = [
 def chat_format(inp: EvalInput) -> dict[str, float]:
     """Share of chat replies that are non-empty, end with a stop token (<|im_end|>) and open no new turn."""
     tok = inp.tokenizer
-    stops = _stop_ids(tok)
+    stops = stop_ids(tok)
     ends = tok.convert_ids_to_tokens(stops)
-    replies = greedy(inp, [_chat_ids(tok, q) for q in CHAT_PROBES], 64, stops)
+    replies = greedy(inp, [chat_prompt_ids(tok, q) for q in CHAT_PROBES], 64, stops)
 
     def well_formed(reply: str) -> bool:
         body = _cut(reply, *ends)
@@ -231,22 +230,31 @@ def load_problems(path: Path) -> list[dict]:
     return list(read_jsonl(path))
 
 
+def simpleqa_items(inp: EvalInput) -> list[dict]:
+    """Greedy chat answers to held-out questions with known answers (eval.qa, else generated held-out facts) and
+    to made-up-entity questions, each with SimpleQA's grade: one row per question, facts first."""
+    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, grade, read_qa
+
+    facts = read_qa(inp.cfg.qa) if inp.cfg.qa else generate_facts(inp.cfg.max_problems, inp.seed, heldout=True)
+    questions = facts[: inp.cfg.max_problems] + bogus_questions(inp.cfg.bogus_questions, inp.seed)
+    texts = chat_replies(inp, [q.question for q in questions], 48)
+    return [{"question": q.question, "answer": q.answer, "bogus": q.bogus, "reply": t, "grade": grade(q, t)}
+            for q, t in zip(questions, texts)]
+
+
+def simpleqa_rates(items: list[dict]) -> dict[str, float]:
+    """SimpleQA's rates of simpleqa_items' rows, and the share of blank replies."""
+    from phiforge.posttrain.hallucination import rates
+
+    facts, bogus = [r for r in items if not r["bogus"]], [r for r in items if r["bogus"]]
+    # A blank reply grades as not attempted, but it is a broken model rather than a cautious one: count it apart.
+    empty = sum(not r["reply"].strip() for r in items) / len(items)
+    return rates([r["grade"] for r in facts], [r["grade"] for r in bogus]) | {"empty": empty, "n": len(facts),
+                                                                            "n_bogus": len(bogus)}
+
+
 @task("simpleqa")
 def simpleqa(inp: EvalInput) -> dict[str, float]:
-    """SimpleQA's grades of greedy chat answers to held-out questions with known answers (eval.qa, else generated
-    held-out facts), and the share of made-up-entity questions the model declines."""
-    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, grade, rates, read_qa
-
-    tok = inp.tokenizer
-    facts = read_qa(inp.cfg.qa) if inp.cfg.qa else generate_facts(inp.cfg.max_problems, inp.seed, heldout=True)
-    facts = facts[: inp.cfg.max_problems]
-    questions = facts + bogus_questions(inp.cfg.bogus_questions, inp.seed)
-    stops = _stop_ids(tok)
-    replies = greedy(inp, [_chat_ids(tok, q.question) for q in questions], 48, stops)
-    ends = tok.convert_ids_to_tokens(stops)
-    texts = [_cut(r, *ends, IM_START) for r in replies]
-    grades = [grade(q, t) for q, t in zip(questions, texts)]
-    # A blank reply grades as not attempted, but it is a broken model rather than a cautious one: count it apart.
-    empty = sum(not t.strip() for t in texts) / len(texts)
-    return rates(grades[: len(facts)], grades[len(facts) :]) | {"empty": empty, "n": len(facts),
-                                                                "n_bogus": len(questions) - len(facts)}
+    """SimpleQA's grades of greedy chat answers to held-out facts, and the share of made-up-entity questions the
+    model declines."""
+    return simpleqa_rates(simpleqa_items(inp))

@@ -51,6 +51,13 @@ def matches_choice(token: str, choices: Sequence[str]) -> str | None:
     return next((c for c in choices if c.lower() == text), None) if text else None
 
 
+def expected_score(probs: dict[str, float]) -> float | None:
+    """The mean of digit choices ("0", "1", ...) under a choice_probs distribution, renormalised over them; None when
+    the model gives them no mass."""
+    mass = sum(probs.values())
+    return sum(int(c) * p for c, p in probs.items()) / mass if mass > 0 else None
+
+
 def default_sampling(cfg) -> Sampling:
     """The recipe's teacher sampling defaults (a TeacherConfig), seeded by the recipe seed at call sites."""
     return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)

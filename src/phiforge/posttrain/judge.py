@@ -13,12 +13,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
-from phiforge.generation import Backend, Messages, Sampling
+from phiforge.generation import Backend, Messages, Sampling, expected_score
 from phiforge.posttrain.dpo import _messages
 
 log = logging.getLogger("phiforge")
@@ -41,12 +42,45 @@ Accuracy: <0-10>
 Style: <0-10>
 Detail: <0-10>"""
 
+# `probs` judging: one question per dimension, answered by the judge's next-token distribution over the digits 0-5
+# (the expected digit, doubled to the 0-10 scale). A small judge (SmolLM2-135M) does not write the three score
+# lines of RUBRIC, but its digit probabilities still rank answers, as they rank documents for the quality labels.
+DIMENSION_RUBRICS = {
+    "accuracy": "Is everything the response says correct, and does it answer what was asked?",
+    "style": "Is the response clear, well organised and in a helpful tone, without padding?",
+    "detail": "Does the response give the explanation or steps the question needs, neither too little nor too much?",
+}
+DIGITS = [str(k) for k in range(6)]
+# Worked examples as earlier turns, a high and a low grade per dimension: a small judge answers with a digit only
+# when shown it (as for the quality labels).
+DIMENSION_SHOTS = {
+    "accuracy": (("What is 3 + 4?", "3 + 4 = 7.", "5"), ("What is 3 + 4?", "3 + 4 = 9.", "0")),
+    "style": (("Name a fruit.", "An apple.", "5"), ("Name a fruit.", "fruit fruit um so a fruit is like, you know, the", "0")),
+    "detail": (("Solve 2x = 10.", "Divide both sides by 2: x = 5.", "5"), ("Solve 2x = 10.", "x", "0")),
+}
+
+
+def _graded_turn(conversation: Messages, response: str, dimension: str) -> dict[str, str]:
+    shown = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+    return {"role": "user", "content": f"[Conversation]\n{shown}\n\n[Response]\n{response}\n\n{dimension.capitalize()} (0-5):"}
+
+
+def dimension_messages(conversation: Messages, response: str, dimension: str) -> Messages:
+    """The judge's question for one dimension: the rubric, the worked examples, then the response to grade."""
+    shots = [m for q, a, grade in DIMENSION_SHOTS[dimension]
+             for m in (_graded_turn([{"role": "user", "content": q}], a, dimension), {"role": "assistant", "content": grade})]
+    return [{"role": "system", "content": f"You grade an AI assistant's response to a user for {dimension}. "
+             f"{DIMENSION_RUBRICS[dimension]} Answer with one digit from 0 (worst) to 5 (best)."},
+            *shots, _graded_turn(conversation, response, dimension)]
+
+
 # "Accuracy: 8", "**Style**: 7/10", '"detail": 9' (JSON); the last mention of each dimension counts.
 _SCORE = {d: re.compile(rf"\b{d}\b[*\"'\s]*[:=][*\s]*(\d+(?:\.\d+)?)", re.IGNORECASE) for d in DIMENSIONS}
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
+    method: Literal["generate", "probs"] = "generate"  # the judge writes RUBRIC's score lines, or its digit probabilities
     samples: int = 4  # responses sampled per prompt
     min_gap: float = 2.0  # best and worst mean scores (0-10) must differ by at least this
     temperature: float = 0.8  # policy sampling; the judge answers greedily
@@ -101,6 +135,11 @@ def judge_prompts(policy: Backend, judge: Backend, conversations: list[Messages]
     """Sample cfg.samples responses per conversation and grade each; per conversation, one record per response."""
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
     responses = policy.chat(conversations, sampling, cfg.samples)
+    if cfg.method == "probs":  # one forward pass per response and dimension, all in one batch
+        asks = [dimension_messages(c, r, d) for c, rs in zip(conversations, responses) for r in rs for d in DIMENSIONS]
+        probs = iter(judge.choice_probs(asks, DIGITS))
+        return [[probs_grade(r, [next(probs) for _ in DIMENSIONS], dimension_messages(c, r, "accuracy"))
+                 for r in rs] for c, rs in zip(conversations, responses)]
     asks = [judge_messages(c, r) for c, rs in zip(conversations, responses) for r in rs]
     answers = iter(a[0] for a in judge.chat(asks, Sampling(temperature=0.0, max_tokens=cfg.judge_max_tokens), 1))
     asked = iter(asks)
@@ -110,11 +149,23 @@ def judge_prompts(policy: Backend, judge: Backend, conversations: list[Messages]
         for r in rs:
             answer, ask = next(answers), next(asked)
             scores = parse_scores(answer)
-            mean = round(sum(scores.values()) / len(scores), 4) if scores else None
             rows.append({"response": r, "judge_prompt": ask[0]["content"], "judge_answer": answer,
-                         "scores": scores, "score": mean})
+                         "scores": scores, "score": _mean(scores)})
         graded.append(rows)
     return graded
+
+
+def probs_grade(response: str, probs: list[dict[str, float]], ask: Messages) -> dict:
+    """One response's record from the judge's digit probabilities per dimension: 0-10 scores (the expected digit,
+    doubled), None when a dimension's digits got no probability."""
+    expected = [expected_score(p) for p in probs]
+    scores = None if None in expected else {d: round(2 * e, 4) for d, e in zip(DIMENSIONS, expected)}  # type: ignore[operator]
+    return {"response": response, "judge_prompt": ask[-1]["content"], "judge_answer": dict(zip(DIMENSIONS, probs)),
+            "scores": scores, "score": _mean(scores)}
+
+
+def _mean(scores: dict[str, float] | None) -> float | None:
+    return round(sum(scores.values()) / len(scores), 4) if scores else None
 
 
 def read_prompts(path: Path) -> list[Messages]:
@@ -157,5 +208,6 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
     if stats["unparseable"]:
         log.warning("judge: %d of %d judge answers had no readable scores and were skipped",
                     stats["unparseable"], stats["responses"])
-    write_json(out.parent / f"{out.stem}.summary.json", stats | {"config": vars(cfg), "rubric": RUBRIC})
+    rubric = RUBRIC if cfg.method == "generate" else DIMENSION_RUBRICS
+    write_json(out.parent / f"{out.stem}.summary.json", stats | {"config": vars(cfg), "rubric": rubric})
     return stats

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl, write_with
 from phiforge.synth.verify import verify
-from phiforge.tokenizer import ENDOFTEXT, IM_END, token_id
+from phiforge.tokenizer import chat_prompt_ids, stop_ids
 
 log = logging.getLogger("phiforge")
 
@@ -209,8 +209,8 @@ class Search:
     def __init__(self, model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
                  check: Callable[[str], bool], seed: int):
         self.model, self.tok, self.cfg, self.check = model, tok, cfg, check
-        self.prompt = prompt_ids(tok, problem["prompt"])
-        self.eos = eos_ids(tok)
+        self.prompt = chat_prompt_ids(tok, problem["prompt"])
+        self.eos = set(stop_ids(tok))
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -321,16 +321,6 @@ class Search:
             "margin": round(est_c.p - est_r.p, 4),
             "samples": before.n + est_c.n + est_r.n,  # completions behind the three probabilities
         }
-
-
-def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-    return tok.encode(text, add_special_tokens=False)
-
-
-def eos_ids(tok: PreTrainedTokenizerBase) -> set[int]:
-    found = {token_id(tok, IM_END), token_id(tok, ENDOFTEXT), tok.eos_token_id}
-    return {i for i in found if i is not None}
 
 
 @torch.no_grad()

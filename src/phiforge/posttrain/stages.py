@@ -61,7 +61,7 @@ def run_pts_stage(ctx: StageContext) -> StageResult:
     return StageResult(
         outputs={"pairs": "pairs.jsonl", "problems": "problems.jsonl", "heldout": "heldout.jsonl",
                  "pivot_plot": "pairs.pivots.png"},
-        metrics={"model": str(source), "heldout_problems": len(heldout), **summary},
+        metrics={"init_from": str(source), "heldout_problems": len(heldout), **summary},
     )
 
 
@@ -79,7 +79,7 @@ def start_model(ctx: StageContext, stage: str, init_from: str | Path | None) -> 
             continue
         if (ctx.upstream(name) / "model").is_dir():
             return ctx.run_dir / name / "model"
-        return Path(StageDir(ctx.run_dir, name).manifest()["metrics"]["model" if name == "pts" else "init_from"])
+        return Path(StageDir(ctx.run_dir, name).manifest()["metrics"]["init_from"])
     return model_dir(ctx, None)
 
 
@@ -178,11 +178,12 @@ def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
                        metrics={"init_from": str(source), "judging": judged, **summary})
 
 
-def simpleqa_rates(model: Path, cfg: HallucinationSection, seed: int) -> dict:
-    """The simpleqa eval task on `model`: held-out facts (heldout_qa, else generated) and the held-out bogus questions."""
+def simpleqa_graded(model: Path, cfg: HallucinationSection, seed: int) -> list[dict]:
+    """The simpleqa eval task's graded answers of `model`, one row per question: held-out facts (heldout_qa, else
+    generated) and the held-out bogus questions."""
     import torch
 
-    from phiforge.eval.tasks import TASKS, EvalInput
+    from phiforge.eval.tasks import EvalInput, simpleqa_items
     from phiforge.model import load_model
     from phiforge.recipe import EvalConfig
     from phiforge.tokenizer import load_tokenizer
@@ -192,7 +193,17 @@ def simpleqa_rates(model: Path, cfg: HallucinationSection, seed: int) -> dict:
                          bogus_questions=cfg.heldout_bogus, batch_size=cfg.batch_size)
     lm = load_model(model).to(pick_device()).eval()
     with torch.no_grad(), autocast("auto", pick_device()):
-        return TASKS["simpleqa"](EvalInput(lm, load_tokenizer(model), scoring, [], [], 0, seed))
+        return simpleqa_items(EvalInput(lm, load_tokenizer(model), scoring, [], [], 0, seed))
+
+
+def paired_grades(before: list[dict], after: list[dict]) -> dict:
+    """McNemar's exact test on the same held-out questions: answers that are not wrong (right, or declined; for a
+    bogus question, declined) over all questions, and right answers over the facts."""
+    from phiforge.posttrain.compare import mcnemar_exact
+
+    not_wrong = [[r["grade"] != "incorrect" for r in rows] for rows in (before, after)]
+    right = [[r["grade"] == "correct" for r in rows if not r["bogus"]] for rows in (before, after)]
+    return {"not_wrong": mcnemar_exact(*not_wrong), "correct": mcnemar_exact(*right)}
 
 
 def hallucination_data(ctx: StageContext, policy: Path) -> dict:
@@ -218,6 +229,7 @@ def hallucination_data(ctx: StageContext, policy: Path) -> dict:
 
 
 def run_hallucination_stage(ctx: StageContext) -> StageResult:
+    from phiforge.eval.tasks import simpleqa_rates
     from phiforge.posttrain.dpo import run_dpo
 
     recipe, cfg = ctx.recipe, ctx.recipe.hallucination
@@ -226,7 +238,8 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
     built = hallucination_data(ctx, source)
     outputs = {"sft_data": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
                "data_summary": "data/summary.json", "rates": "rates.json"}
-    rates = {"before": simpleqa_rates(source, cfg, recipe.seed)}
+    graded = {"before": simpleqa_graded(source, cfg, recipe.seed)}
+    rates = {"before": simpleqa_rates(graded["before"])}
     metrics: dict = {"init_from": str(source), "data": built}
     if not sum(built["pairs"].values()):
         log.warning("hallucination: no pairs (the model knew none of the questions and declined all of them: "
@@ -247,12 +260,19 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
         metrics["sft"] = {"init_from": str(source), **tuned}
         start = ctx.out / "sft" / "model"
     metrics |= run_dpo(start, ctx.out / "data" / "pairs.jsonl", ctx.out, cfg, recipe.seed)
-    rates["after"] = simpleqa_rates(ctx.out / "model", cfg, recipe.seed)
+    graded["after"] = simpleqa_graded(ctx.out / "model", cfg, recipe.seed)
+    rates |= {"after": simpleqa_rates(graded["after"]), "paired": paired_grades(graded["before"], graded["after"])}
+    write_jsonl(ctx.out / "heldout_grades.jsonl", ({"question": b["question"], "answer": b["answer"], "bogus": b["bogus"],
+                                                    "before": b["reply"], "before_grade": b["grade"], "after": a["reply"],
+                                                    "after_grade": a["grade"]}
+                                                   for b, a in zip(graded["before"], graded["after"])))
     write_json(ctx.out / "rates.json", rates)
-    b, a = rates["before"], rates["after"]
+    b, a, m = rates["before"], rates["after"], rates["paired"]["not_wrong"]
     log.info("hallucination: held-out correct %.3f -> %.3f, incorrect %.3f -> %.3f, not attempted %.3f -> %.3f%s",
              b["correct"], a["correct"], b["incorrect"], a["incorrect"], b["not_attempted"], a["not_attempted"],
              f", bogus declined {b['bogus_refusal']:.3f} -> {a['bogus_refusal']:.3f}" if "bogus_refusal" in b else "")
-    outputs |= {"sft_model": "sft/model/"} if cfg.sft_steps else {}
+    log.info("hallucination: answers not wrong (right or declined): %d improved, %d regressed, McNemar exact p = %.3g",
+             m["improved"], m["regressed"], m["p_value"])
+    outputs |= {"heldout_grades": "heldout_grades.jsonl"} | ({"sft_model": "sft/model/"} if cfg.sft_steps else {})
     return StageResult(outputs=outputs | {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"},
                        metrics=metrics | {"rates": rates})

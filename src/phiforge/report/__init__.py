@@ -101,7 +101,7 @@ def posttrain_lines(manifests: dict) -> list[str]:
     lines: list[str] = ["", "## Post-training"] if any(s in manifests for s in POSTTRAIN_STAGES) else []
     if "pts" in manifests:
         m = manifests["pts"]["metrics"]
-        lines += ["", f"Pivotal Token Search on `{m['model']}`:", "",
+        lines += ["", f"Pivotal Token Search on `{m['init_from']}`:", "",
                   "| problems | questions kept (searched) | pivots | pairs | samples spent |", "|---|---|---|---|---|",
                   f"| {m['problems']} | {m['searched']} | {m['pivots']} | {m['pairs']} | {m['samples']:,} |", "",
                   "![pivot positions](pts/pairs.pivots.png)"]
@@ -148,6 +148,12 @@ def posttrain_lines(manifests: dict) -> list[str]:
             if r is not None:
                 lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k, "-")) for k in (
                     "correct", "incorrect", "not_attempted", "correct_given_attempted", "f_score", "bogus_refusal", "empty")) + " |")
+        if paired := m["rates"].get("paired"):
+            w, c = paired["not_wrong"], paired["correct"]
+            lines += ["", f"Paired on the same questions (McNemar's exact test; `heldout_grades.jsonl` has both answers): "
+                      f"answers not wrong (right, or declined) {w['improved']} improved, {w['regressed']} regressed, "
+                      f"p = {w['p_value']:.3g}; right answers to facts {c['improved']} gained, {c['regressed']} lost, "
+                      f"p = {c['p_value']:.3g}."]
     return lines
 
 

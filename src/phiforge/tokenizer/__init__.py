@@ -76,6 +76,18 @@ def token_id(tok: PreTrainedTokenizerBase, token: str) -> int | None:
     return None if i is None or i == tok.unk_token_id else i
 
 
+def stop_ids(tok: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end a chat reply: <|im_end|>, <|endoftext|> and the tokenizer's EOS, those it has."""
+    ids = [token_id(tok, IM_END), token_id(tok, ENDOFTEXT), tok.eos_token_id]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def chat_prompt_ids(tok: PreTrainedTokenizerBase, user: str) -> list[int]:
+    """One user turn rendered with the tokenizer's own chat template, up to the start of the assistant's reply."""
+    rendered = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return tok.encode(rendered, add_special_tokens=False)
+
+
 def missing_chatml(tok: PreTrainedTokenizerBase) -> list[str]:
     return [t for t in (ENDOFTEXT, IM_START, IM_SEP, IM_END) if token_id(tok, t) is None]
 

@@ -26,7 +26,7 @@ from datatrove.pipeline.base import PipelineStep
 from phiforge.data.curation.steps import add_provenance
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl, write_with
-from phiforge.generation import Backend, Sampling
+from phiforge.generation import Backend, Sampling, expected_score
 from phiforge.recipe import CurationClassifier
 
 log = logging.getLogger("phiforge")
@@ -91,12 +91,6 @@ class Labeler:
 
     def score(self, docs: list[Document]) -> list[float | None]:
         raise NotImplementedError
-
-
-def expected_score(probs: dict[str, float]) -> float | None:
-    """The mean score under the teacher's distribution over the digits 0-5; None when it gives them no mass."""
-    mass = sum(probs.values())
-    return sum(int(c) * p for c, p in probs.items()) / mass if mass > 0 else None
 
 
 class TeacherLabeler(Labeler):
