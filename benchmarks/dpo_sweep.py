@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--dev-offset", type=int, default=1000, help="skip this many training problems (PTS's)")
     ap.add_argument("--settings", nargs="*", default=[], help="lr:beta:steps, e.g. 3e-6:0.1:40")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO's assumed rate of flipped labels")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("/tmp/dpo_sweep"))
@@ -65,13 +66,13 @@ def main() -> None:
     for setting in args.settings:
         lr, beta, steps = setting.split(":")
         cfg = DPOConfig(steps=int(steps), lr=float(lr), beta=float(beta), batch_size=args.batch_size,
-                        checkpoint_every=10_000, log_every=10_000)
+                        label_smoothing=args.label_smoothing, checkpoint_every=10_000, log_every=10_000)
         t0 = time.process_time()
         out = args.out / setting.replace(":", "_")
         s = run_dpo(model, args.pairs, out, cfg, args.seed)
         after = [verify(p, r).ok for p, r in zip(dev, greedy_replies(out / "model", dev, args.max_new_tokens, 64))]
         acc, m = accuracy(after), mcnemar_exact(base, after)
-        print(f"lr {lr} beta {beta} steps {steps}: {s['pairs']} pairs, loss {s['final_loss']:.3f}, margin "
+        print(f"lr {lr} beta {beta} steps {steps} label smoothing {args.label_smoothing}: {s['pairs']} pairs, loss {s['final_loss']:.3f}, margin "
               f"{s['margin_before']:+.2f} -> {s['margin_after']:+.2f}, preferred {s['preferred_before']:.2f} -> "
               f"{s['preferred_after']:.2f}; dev {acc['correct']}/{acc['n']} = {acc['accuracy']:.3f} "
               f"({m['improved']} improved, {m['regressed']} regressed, McNemar p = {m['p_value']:.3g}); "

@@ -1,7 +1,7 @@
 """A language model with a planted pivot: a hand-set next-token table behind the HF causal-LM call signature.
 
 Solutions are `length` tokens ending in <|im_end|>: filler words x / y drawn uniformly, except at position
-`pivot`, where the answer is 7 (probability p_right) or 3. With the numeric verifier and answer 7,
+`pivot`, where the answer is 7 (probability p_right) or 3 (or any two `tokens`). With the numeric verifier and answer 7,
 p(success | prefix) is p_right before the pivot and 1 or 0 after it: exactly one pivotal token per solution.
 """
 
@@ -34,7 +34,8 @@ class Output:
 
 
 class PlantedLM(torch.nn.Module):
-    def __init__(self, tok: PreTrainedTokenizerFast, pivot: int = 4, length: int = 10, p_right: float = 0.5):
+    def __init__(self, tok: PreTrainedTokenizerFast, pivot: int = 4, length: int = 10, p_right: float = 0.5,
+                 tokens: tuple[str, str] = ("7", "3")):
         super().__init__()
         self.sep = tok.convert_tokens_to_ids(IM_SEP)
         ids = tok.convert_tokens_to_ids
@@ -42,7 +43,7 @@ class PlantedLM(torch.nn.Module):
         for j in range(length - 1):
             table[j, ids("x")] = table[j, ids("y")] = math.log(0.5)
         table[pivot] = -1e9
-        table[pivot, ids("7")], table[pivot, ids("3")] = math.log(p_right), math.log(1 - p_right)
+        table[pivot, ids(tokens[0])], table[pivot, ids(tokens[1])] = math.log(p_right), math.log(1 - p_right)
         table[length - 1, ids(IM_END)] = 0.0
         self.table = torch.nn.Parameter(table, requires_grad=False)  # a parameter: samplers find the device
         self.length = length

@@ -59,6 +59,19 @@ def test_pivot_without_a_measured_margin_is_not_exported():
     assert len(result.pivots) == 2 and result.pairs == []
 
 
+def test_end_pairs_off_leaves_out_pairs_with_an_end_of_reply_token():
+    """The planted pivot is stopping: <|im_end|> at position 4 (a short reply, which this oracle wants) or going on."""
+    tok = planted_tokenizer()
+    model = PlantedLM(tok, pivot=4, length=12, tokens=("<|im_end|>", "x"))
+    short = lambda text: len(text.split()) <= 4  # noqa: E731
+    kept = search_problem(model, tok, PROBLEM, PTSConfig(max_new_tokens=16), check=short)
+    assert [pv["position"] for pv in kept.pivots] == [4, 4]
+    assert {(p["chosen"], p["rejected"]) for p in kept.pairs} == {("<|im_end|>", "x")}
+    left_out = search_problem(model, tok, PROBLEM, PTSConfig(max_new_tokens=16, end_pairs=False), check=short)
+    assert [pv["position"] for pv in left_out.pivots] == [4, 4] and left_out.pairs == []
+    assert left_out.samples < kept.samples  # no completions spent measuring pairs it would drop
+
+
 def test_question_outside_the_success_band_is_skipped():
     tok = planted_tokenizer()
     result = search_problem(PlantedLM(tok, p_right=0.97), tok, PROBLEM, PTSConfig(max_new_tokens=16))

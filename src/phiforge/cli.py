@@ -171,6 +171,7 @@ def pts(
     top_p: float = 0.95,
     top_k: int = 20,
     max_new_tokens: int = 256,
+    end_pairs: Annotated[bool, typer.Option(help="Keep pairs with an end-of-reply token on either side.")] = True,
     seed: int = 0,
 ) -> None:
     """Pivotal Token Search: single-token DPO pairs where p(success) jumps along the model's own solutions."""
@@ -180,7 +181,7 @@ def pts(
     if mode not in ("adaptive", "fixed"):
         raise UserError(f"--mode must be adaptive or fixed, got {mode!r}")
     cfg = PTSConfig(p_gap=p_gap, mode=mode, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
-                    max_new_tokens=max_new_tokens, seed=seed)
+                    max_new_tokens=max_new_tokens, end_pairs=end_pairs, seed=seed)
     summary = run_pts(model, problems, out, cfg)
     console.print(f"[green]done[/]: {summary['pairs']} pairs from {summary['searched']}/{summary['problems']} "
                   f"problems, {summary['samples']:,} sampled completions -> {out}")

@@ -260,6 +260,7 @@ class PTSSection(Section):
     max_p: Fraction = 0.8
     alternatives: PositiveInt = 4
     min_margin: Fraction = 0.2
+    end_pairs: bool = True  # keep pairs with an end-of-reply token on either side
     batch_size: PositiveInt = 256
     seed: int = 0
 

@@ -52,6 +52,9 @@ class PTSConfig:
     max_p: float = 0.8
     alternatives: int = 4  # most likely other next tokens tried for the opposite side of a pair
     min_margin: float = 0.2  # a pair is kept only if p(chosen) - p(rejected) >= this, both freshly measured
+    # Pairs with an end-of-reply token on either side ("<|im_end|>" over "\n" after a right answer). Single-token
+    # DPO on them taught SmolLM2-135M to end every reply early (docs/posttrain.md), so a recipe can leave them out.
+    end_pairs: bool = True
     batch_size: int = 256  # sequences per forward pass
     seed: int = 0
 
@@ -285,12 +288,14 @@ class Search:
         """The pair at pivot i, or None when no alternative next token moves p(success) the other way
         with p(chosen) - p(rejected) >= min_margin, both sides measured (adaptively) against that margin."""
         prefix, token = solution[:i], solution[i]
+        if not self.cfg.end_pairs and token in self.eos:
+            return None
         device = next(self.model.parameters()).device
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([self.prompt + list(prefix)], device=device)).logits[0, -1]
         probs = filtered_probs(logits, self.cfg)
-        others = [t for t in probs.argsort(descending=True).tolist()[: self.cfg.alternatives + 1]
-                  if t != token and probs[t] > 0][: self.cfg.alternatives]
+        others = [t for t in probs.argsort(descending=True).tolist()[: self.cfg.alternatives + 2]
+                  if t != token and probs[t] > 0 and (self.cfg.end_pairs or t not in self.eos)][: self.cfg.alternatives]
         self.jumps([(prefix + (token,), prefix + (t,)) for t in others], self.cfg.min_margin)
         before, after = self.cache[prefix], self.cache[prefix + (token,)]
         raises = after.p > before.p
