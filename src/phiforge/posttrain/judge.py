@@ -44,7 +44,8 @@ Detail: <0-10>"""
 
 # `probs` judging: one question per dimension, answered by the judge's next-token distribution over the digits 0-5
 # (the expected digit, doubled to the 0-10 scale). A small judge (SmolLM2-135M) does not write the three score
-# lines of RUBRIC, but its digit probabilities still rank answers, as they rank documents for the quality labels.
+# lines of RUBRIC; its digits always give a grade, though how well they rank answers is the judge's (SmolLM2's:
+# near chance, docs/design.md).
 DIMENSION_RUBRICS = {
     "accuracy": "Is everything the response says correct, and does it answer what was asked?",
     "style": "Is the response clear, well organised and in a helpful tone, without padding?",
@@ -159,7 +160,7 @@ def probs_grade(response: str, probs: list[dict[str, float]], ask: Messages) -> 
     """One response's record from the judge's digit probabilities per dimension: 0-10 scores (the expected digit,
     doubled), None when a dimension's digits got no probability."""
     expected = [expected_score(p) for p in probs]
-    scores = None if None in expected else {d: round(2 * e, 4) for d, e in zip(DIMENSIONS, expected)}  # type: ignore[operator]
+    scores = None if None in expected else {d: round(2 * e, 4) for d, e in zip(DIMENSIONS, expected)}
     return {"response": response, "judge_prompt": ask[-1]["content"], "judge_answer": dict(zip(DIMENSIONS, probs)),
             "scores": scores, "score": _mean(scores)}
 
