@@ -127,6 +127,14 @@ def test_cli_reports_unparseable_judge_answers_and_bad_prompts(planted, tmp_path
                     "--judge", planted, "--samples", "3", "--max-tokens", "8")
     assert "0 pairs from 1 prompts (3 responses, 3 unparseable judge answers)" in proc.stdout
     assert (tmp_path / "pairs.jsonl").read_text() == ""
+    # Its vocabulary has no digits 0-5 to read probabilities of: a one-line error, not a grade of nothing.
+    proc = phiforge("judge-pairs", "--model", planted, "--prompts", prompts, "--out", tmp_path / "probs.jsonl",
+                    "--judge", planted, "--method", "probs", "--samples", "3", "--max-tokens", "8", check=False)
+    assert proc.returncode == 2 and "no token of the vocabulary stands for the choices" in proc.stderr
+    assert not (tmp_path / "probs.jsonl").exists()
+    proc = phiforge("judge-pairs", "--model", planted, "--prompts", prompts, "--out", tmp_path / "p1.jsonl",
+                    "--method", "scores", check=False)
+    assert proc.returncode == 2 and "--method 'scores': use generate or probs" in proc.stderr
     prompts.write_text(json.dumps({"question": "Q"}) + "\n")
     proc = phiforge("judge-pairs", "--model", planted, "--prompts", prompts, "--out", tmp_path / "p2.jsonl",
                     check=False)
