@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from planted import PlantedLM, planted_tokenizer  # noqa: E402
 
-from phiforge.posttrain.pts import PTSConfig, Search, sample  # noqa: E402
+from phiforge.posttrain.pts import PTSConfig, Search  # noqa: E402
 
 PROBLEM = {"prompt": "Q", "answer": "7", "verifier": "numeric"}
 # (pivot position, solution length, p(answer 7) in the model; sampling at temperature 0.6 sharpens it)
@@ -30,9 +30,9 @@ SHAPES = [(4, 12, 0.5), (10, 40, 0.6), (30, 40, 0.4), (20, 64, 0.5), (50, 64, 0.
 def frozen_traces(model, tok, cfg: PTSConfig, seed: int) -> list[tuple[int, ...]]:
     """One correct and one incorrect finished solution, sampled once."""
     search = Search(model, tok, PROBLEM, cfg, lambda text: False, seed)
-    outs = sample(model, [search.prompt] * 16, cfg, search.eos, search.pad, torch.Generator().manual_seed(seed))
+    outs = search.complete(search.rollouts([()] * 16))
     by_answer = {}
-    for out in outs:
+    for out, _ in outs:
         by_answer.setdefault(tok.convert_tokens_to_ids("7") in out, tuple(out))
     return [by_answer[True], by_answer[False]]
 
@@ -42,10 +42,10 @@ def run(model, tok, traces, cfg: PTSConfig, seed: int) -> tuple[set, int, int]:
     from phiforge.synth.verify import verify
 
     search = Search(model, tok, PROBLEM, cfg, lambda text: verify(PROBLEM, text).ok, seed)
-    found = {(t, i) for t, trace in enumerate(traces) for i in search.pivots(trace)}
+    found = {(t, i) for t, trace in enumerate(traces) for i in search.complete(search.pivots(trace))}
     searched = search.samples
     for t, i in sorted(found):
-        search.pair(traces[t], i)
+        search.complete(search.pair(traces[t], i))
     return found, searched, search.samples - searched
 
 

@@ -95,9 +95,11 @@ def test_dpo_raises_the_chosen_margin_and_exports_an_hf_model(planted, tmp_path)
 def test_dpo_cli_trains_and_rejects_bad_pairs(planted, tmp_path):
     tok = load_tokenizer(planted)
     write_pairs(tmp_path / "pairs.jsonl", tok)
+    # 3 pairs, 2 per step, 2 passes: 3 steps
     proc = phiforge("dpo", "--model", planted, "--pairs", tmp_path / "pairs.jsonl", "--out", tmp_path / "out",
-                    "--steps", "3", "--lr", "1e-3", "--batch-size", "2")
-    assert "model in" in proc.stdout
+                    "--epochs", "2", "--lr", "1e-3", "--batch-size", "2")
+    assert "3 pairs, 3 steps (2.0 passes)" in proc.stdout and "model in" in proc.stdout
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 3
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model").config.vocab_size == len(tok)
     assert load_tokenizer(tmp_path / "out" / "model").chat_template
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "7"}) + "\n")
@@ -106,6 +108,19 @@ def test_dpo_cli_trains_and_rejects_bad_pairs(planted, tmp_path):
     proc = phiforge("dpo", "--model", planted, "--pairs", tmp_path / "pairs.jsonl", "--out", tmp_path / "o3",
                     "--beta", "-1", check=False)
     assert proc.returncode == 2 and "--beta" in proc.stderr
+    proc = phiforge("dpo", "--model", planted, "--pairs", tmp_path / "pairs.jsonl", "--out", tmp_path / "o4",
+                    "--steps", "3", "--epochs", "2", check=False)
+    assert proc.returncode == 2 and "either steps or epochs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("pairs", "steps"), [(13, 8), (20, 12), (1, 1), (400, 250)])
+def test_epochs_become_steps_that_follow_the_pair_count(pairs, steps):
+    cfg = DPOConfig(epochs=5, batch_size=8, warmup_steps=4)
+    assert cfg.for_pairs(pairs).steps == steps
+    assert cfg.for_pairs(pairs).warmup_steps == min(4, steps)
+    assert DPOConfig(steps=30).for_pairs(pairs).steps == 30  # a fixed length stays as it is
+    with pytest.raises(ValueError, match="either steps or epochs"):
+        DPOConfig()
 
 
 # A chat format that is not Phi-4's: turns end with <|endoftext|>, and there is no <|im_sep|> anywhere.

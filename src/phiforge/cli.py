@@ -172,6 +172,7 @@ def pts(
     top_k: int = 20,
     max_new_tokens: int = 256,
     end_pairs: Annotated[bool, typer.Option(help="Keep pairs with an end-of-reply token on either side.")] = True,
+    concurrent: Annotated[int, typer.Option(help="Problems searched at once, their samples sharing each batch.")] = 8,
     seed: int = 0,
 ) -> None:
     """Pivotal Token Search: single-token DPO pairs where p(success) jumps along the model's own solutions."""
@@ -181,7 +182,7 @@ def pts(
     if mode not in ("adaptive", "fixed"):
         raise UserError(f"--mode must be adaptive or fixed, got {mode!r}")
     cfg = PTSConfig(p_gap=p_gap, mode=mode, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
-                    max_new_tokens=max_new_tokens, end_pairs=end_pairs, seed=seed)
+                    max_new_tokens=max_new_tokens, end_pairs=end_pairs, concurrent=concurrent, seed=seed)
     summary = run_pts(model, problems, out, cfg)
     console.print(f"[green]done[/]: {summary['pairs']} pairs from {summary['searched']}/{summary['problems']} "
                   f"problems, {summary['samples']:,} sampled completions -> {out}")
@@ -194,7 +195,8 @@ def dpo(
     out: Annotated[Path, typer.Option("--out", help="Output directory; OUT/model is the trained HF model.")],
     beta: Annotated[float, typer.Option(help="Strength of the pull towards the reference model.")] = 0.1,
     lr: float = 5e-7,
-    steps: int = 100,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: from --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the pairs, instead of --steps (default 5).")] = None,
     batch_size: int = 8,
     label_smoothing: Annotated[float, typer.Option(help="Conservative DPO: assumed rate of flipped labels.")] = 0.0,
     seed: int = 0,
@@ -206,12 +208,16 @@ def dpo(
 
     _setup_logging()
     try:
-        cfg = DPOConfig(steps=steps, lr=lr, beta=beta, batch_size=batch_size, label_smoothing=label_smoothing)
+        if steps is None and epochs is None:
+            epochs = 5.0
+        cfg = DPOConfig(steps=steps, epochs=epochs, lr=lr, beta=beta,
+                        batch_size=batch_size, label_smoothing=label_smoothing)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        where = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
+        raise UserError(where + err["msg"].removeprefix("Value error, ")) from None
     s = run_dpo(model, pairs, out, cfg, seed)
-    console.print(f"[green]done[/]: {s['pairs']} pairs, {s['steps']} steps; log p(chosen) - log p(rejected) "
+    console.print(f"[green]done[/]: {s['pairs']} pairs, {s['steps']} steps ({s['passes']} passes); log p(chosen) - log p(rejected) "
                   f"{s['margin_before']:+.3f} -> {s['margin_after']:+.3f}; model in {out / 'model'}")
 
 

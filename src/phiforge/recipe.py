@@ -169,7 +169,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":
-        if self.warmup_steps > self.steps:
+        if self.steps is not None and self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
         return self
 
@@ -262,6 +262,7 @@ class PTSSection(Section):
     min_margin: Fraction = 0.2
     end_pairs: bool = True  # keep pairs with an end-of-reply token on either side
     batch_size: PositiveInt = 256
+    concurrent: PositiveInt = 8  # problems searched at once, their samples sharing each batch
     seed: int = 0
 
     @model_validator(mode="after")
@@ -282,6 +283,25 @@ class DPOConfig(TrainConfig):
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0  # conservative DPO: the label is wrong with this probability
     max_length: Annotated[int, Field(gt=1)] = 2048  # prompt + response; the prompt is cut from the left
     checkpoint_every: PositiveInt = 50
+    # Training length: `steps`, or `epochs` (passes over the pairs) to make it follow the pair count. A PTS run
+    # finds a number of pairs that is not known in advance, and on SmolLM2 the passes decided the outcome: about
+    # 5 helped, 15 over the same pairs broke the model (docs/posttrain.md).
+    steps: PositiveInt | None = None  # type: ignore[assignment]
+    epochs: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "DPOConfig":
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give the training length as either steps or epochs (passes over the pairs), not "
+                             + ("both" if self.steps else "neither"))
+        return self
+
+    def for_pairs(self, pairs: int) -> "DPOConfig":
+        """These settings with `epochs` turned into steps for `pairs` pairs (at least one step)."""
+        if self.steps is not None:
+            return self
+        steps = max(1, round(self.epochs * pairs / (self.batch_size * self.grad_accum)))
+        return self.model_copy(update={"steps": steps, "warmup_steps": min(self.warmup_steps, steps)})
 
 
 class DPOSection(DPOConfig):
