@@ -104,6 +104,7 @@ def test_pts_and_dpo_stages_run_resume_and_report(planted_model, tmp_path):
     assert dpo["heldout"]["before"]["n"] == 1 and set(dpo["heldout"]["mcnemar"]) == {"improved", "regressed", "p_value"}
     report = (run_dir / "report.md").read_text()
     assert "Pivotal Token Search" in report and "McNemar exact test" in report and "is the dpo model" in report
+    assert "pending" not in report  # no corpus: no tokenizer or eval stage to wait for
     assert (run_dir / "final" / "model.safetensors").read_bytes() == (run_dir / "dpo" / "model" / "model.safetensors").read_bytes()
 
     before = (run_dir / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phiforge.files import write_text, write_with  # noqa: E402
-from phiforge.pipeline import STAGE_NAMES  # noqa: E402
+from phiforge.pipeline import STAGE_NAMES, stages_of  # noqa: E402
 from phiforge.rundir import TRAINING_STAGES, StageDir, StageResult, read_metrics  # noqa: E402
 from phiforge.stage import StageContext  # noqa: E402
 
@@ -198,10 +198,11 @@ def run(ctx: StageContext) -> StageResult:
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
+    members = {s.name for s in stages_of(ctx.recipe)}
     for stage in STAGE_NAMES[:-1]:  # every stage but this one
         sd = StageDir(run_dir, stage)
-        if sd.status() == "pending" and getattr(ctx.recipe, stage, None) is None:
-            continue  # not part of this recipe
+        if sd.status() == "pending" and stage not in members:
+            continue  # not part of this recipe (a post-training-only recipe has no tokenizer or eval stage)
         if sd.status() != "done":
             lines.append(f"| {stage} | {sd.status()} | | |")
             continue
