@@ -513,7 +513,9 @@ def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> 
 
     problems = read_problems(problems_path)
     parts = out.parent / f"{out.name}.parts"
-    settings = {"model": str(model_dir.resolve()), "config": asdict(cfg)}
+    # What decides the results; batch_size and concurrent only say how many rows and problems share a batch.
+    decisive = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "concurrent")}
+    settings = {"model": str(model_dir.resolve()), "config": decisive}
     if (parts / "settings.json").is_file():
         if json.loads((parts / "settings.json").read_text()) != json.loads(json.dumps(settings)):
             raise UserError(f"{parts}: holds results of other settings or another model; "
