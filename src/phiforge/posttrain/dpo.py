@@ -213,19 +213,19 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
         log.info("dpo: added %s to the vocabulary for the Phi-4 chat format", " ".join(added))
     pairs = read_pairs(pairs_path, tok, cfg.max_length)
     cfg = cfg.for_pairs(len(pairs))
+    per_step = cfg.batch_size * cfg.grad_accum
     model.to(pick_device())
     pad = tok.pad_token_id
     ref = reference_logps(model, pairs, pad, out / "reference_logps.npy", cfg)
     log.info("dpo: %d pairs, %d steps of %d (%.1f passes), beta %g, reference log-probs in %s", len(pairs),
-             cfg.steps, cfg.batch_size * cfg.grad_accum, cfg.steps * cfg.batch_size * cfg.grad_accum / len(pairs),
-             cfg.beta, out / "reference_logps.npy")
+             cfg.steps, per_step, cfg.steps * per_step / len(pairs), cfg.beta, out / "reference_logps.npy")
     result = train(model, cfg, cfg.lr, DPOLoss(pairs, ref, cfg, pad, seed), out, "dpo")
     after = all_logps(model, pairs, pad, cfg)
     export_model(model, tok, out / "model")
     summary = {
         "pairs": len(pairs),
         "steps": result.steps,
-        "passes": round(result.steps * cfg.batch_size * cfg.grad_accum / len(pairs), 2),
+        "passes": round(result.steps * per_step / len(pairs), 2),
         "final_loss": result.final_loss,
         # log p(chosen) - log p(rejected), averaged over pairs, before (reference) and after training
         "margin_before": round(float((ref[:, 0] - ref[:, 1]).mean()), 4),

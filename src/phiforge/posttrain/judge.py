@@ -138,9 +138,10 @@ def judge_prompts(policy: Backend, judge: Backend, conversations: list[Messages]
     responses = policy.chat(conversations, sampling, cfg.samples)
     if cfg.method == "probs":  # one forward pass per response and dimension, all in one batch
         asks = [dimension_messages(c, r, d) for c, rs in zip(conversations, responses) for r in rs for d in DIMENSIONS]
-        probs, asked = iter(judge.choice_probs(asks, DIGITS)), iter(asks)
-        return [[probs_grade(r, [next(probs) for _ in DIMENSIONS], [next(asked) for _ in DIMENSIONS][0])
-                 for r in rs] for rs in responses]
+        probs = iter(judge.choice_probs(asks, DIGITS))
+        accuracy_asks = iter(asks[DIMENSIONS.index("accuracy") :: len(DIMENSIONS)])  # kept with each grade
+        return [[probs_grade(r, [next(probs) for _ in DIMENSIONS], next(accuracy_asks)) for r in rs]
+                for rs in responses]
     asks = [judge_messages(c, r) for c, rs in zip(conversations, responses) for r in rs]
     answers = iter(a[0] for a in judge.chat(asks, Sampling(temperature=0.0, max_tokens=cfg.judge_max_tokens), 1))
     asked = iter(asks)

@@ -260,6 +260,12 @@ class ProblemResult:
     pairs: list[dict] = field(default_factory=list)
 
 
+def eos_and_pad(tok: PreTrainedTokenizerBase) -> tuple[set[int], int]:
+    """The ids that end a reply, and the id that pads a batch (an end id when the tokenizer has no pad)."""
+    eos = set(stop_ids(tok))
+    return eos, tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+
+
 @dataclass
 class Request:
     """Rows a search needs one sampled completion each of, with the uniforms `sample` draws them by."""
@@ -283,21 +289,14 @@ class Search:
                  check: Callable[[str], bool], seed: int):
         self.model, self.tok, self.cfg, self.check = model, tok, cfg, check
         self.prompt = chat_prompt_ids(tok, problem["prompt"])
-        self.eos = set(stop_ids(tok))
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
+        self.eos, self.pad = eos_and_pad(tok)
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: dict[Prefix, Estimate] = {}
         self.samples = 0
 
     def complete(self, steps: Steps[T]) -> T:
         """Run `steps` alone, sampling each request as it comes; its return value."""
-        try:
-            request = next(steps)
-            while True:
-                outs = sample(self.model, request.rows, self.cfg, self.eos, self.pad, request.uniforms)
-                request = steps.send(outs)
-        except StopIteration as done:
-            return done.value
+        return next(drive(self.model, self.cfg, self.eos, self.pad, iter([(0, steps)]), 1))[1]
 
     def rollouts(self, prefixes: list[Prefix]) -> Steps[list[tuple[Prefix, bool]]]:
         """One completion per entry (whole solution ids, oracle verdict); the estimates take them in."""
@@ -443,40 +442,54 @@ def cumulative_logprobs(model: torch.nn.Module, prompt: list[int], solution: Pre
     return [0.0, *token_logp.cumsum(0).tolist()]
 
 
+def drive(model: torch.nn.Module, cfg: PTSConfig, eos: set[int], pad: int, steps: Iterator[tuple[int, Steps[T]]],
+          concurrent: int) -> Iterator[tuple[int, T]]:
+    """Run (key, steps) generators, `concurrent` at a time, each (key, return value) as it ends (not in order).
+
+    Every round samples what all running generators asked for in one call."""
+    running: dict[int, tuple[Steps[T], Request]] = {}
+
+    def start() -> Iterator[tuple[int, T]]:
+        for key, gen in steps:
+            try:
+                running[key] = (gen, next(gen))
+            except StopIteration as done:  # nothing to sample
+                yield key, done.value
+            if len(running) == concurrent:
+                return
+
+    yield from start()
+    while running:
+        rows = [row for _, request in running.values() for row in request.rows]
+        uniforms = torch.cat([request.uniforms for _, request in running.values()])
+        outs = sample(model, rows, cfg, eos, pad, uniforms)
+        at = 0
+        for key, (gen, request) in list(running.items()):
+            mine, at = outs[at : at + len(request.rows)], at + len(request.rows)
+            try:
+                running[key] = (gen, gen.send(mine))
+            except StopIteration as done:
+                del running[key]
+                yield key, done.value
+        yield from start()
+
+
 def search_problems(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problems: Iterable[tuple[int, dict]],
                     cfg: PTSConfig, check: Callable[[str], bool] | None = None) -> Iterator[ProblemResult]:
     """PTS on (index, problem)s, cfg.concurrent at a time, each result as its search ends (not in order).
 
-    Every round samples what all running searches asked for in one call. A search's samples depend only on
-    its seed (cfg.seed and the problem's index): the same alone, beside other searches, or after a resume.
-    `check` replaces the problems' verifiers (tests)."""
-    todo = iter(problems)
-    running: dict[int, tuple[Search, Steps[ProblemResult], Request]] = {}
+    A search's samples depend only on its seed (cfg.seed and the problem's index): the same alone, beside
+    other searches, or after a resume. `check` replaces the problems' verifiers (tests)."""
 
-    def start() -> None:
-        for index, problem in todo:
+    def searches() -> Iterator[tuple[int, Steps[ProblemResult]]]:
+        for index, problem in problems:
             verdict = check or (lambda text, problem=problem: verify(problem, text).ok)
             search = Search(model, tok, problem, cfg, verdict, seed=cfg.seed * 1_000_003 + index)
-            steps = search.problem(index)
-            running[index] = (search, steps, next(steps))  # every search samples p(success | Q) first
-            if len(running) == cfg.concurrent:
-                return
+            yield index, search.problem(index)
 
-    start()
-    while running:
-        search = next(iter(running.values()))[0]
-        rows = [row for _, _, request in running.values() for row in request.rows]
-        uniforms = torch.cat([request.uniforms for _, _, request in running.values()])
-        outs = sample(model, rows, cfg, search.eos, search.pad, uniforms)
-        at = 0
-        for index, (search, steps, request) in list(running.items()):
-            mine, at = outs[at : at + len(request.rows)], at + len(request.rows)
-            try:
-                running[index] = (search, steps, steps.send(mine))
-            except StopIteration as done:
-                del running[index]
-                yield done.value
-        start()
+    eos, pad = eos_and_pad(tok)
+    for _, result in drive(model, cfg, eos, pad, searches(), cfg.concurrent):
+        yield result
 
 
 def search_problem(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
