@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "recipes" / "smoke.yaml"
+RECIPES = ROOT / "src" / "phiforge" / "recipes"  # the built-in recipes, shipped in the package
+SMOKE = RECIPES / "smoke.yaml"
 
 
 def phiforge(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def phiforge(*args: str, cwd: Path | None = None, check: bool = True) -> subproc
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """One full run of recipes/smoke.yaml, shared by the end-to-end tests."""
+    """One full run of the smoke recipe, shared by the end-to-end tests."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     phiforge("run", SMOKE, "--run-dir", run_dir)
     return run_dir

@@ -1,4 +1,4 @@
-"""The whole recipe, as a user runs it: recipes/smoke.yaml through the CLI."""
+"""The whole recipe, as a user runs it: the smoke recipe through the CLI."""
 
 from __future__ import annotations
 

@@ -7,20 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, SMOKE, phiforge
+from conftest import RECIPES, SMOKE, phiforge
 
 from phiforge.data.mixture import plan
 from phiforge.data.packing import DocRefs, mix_documents
 from phiforge.errors import UserError
 from phiforge.recipe import load_recipe
 
-PHI4 = ROOT / "recipes" / "phi4.yaml"
+PHI4 = RECIPES / "phi4.yaml"
 TABLE_5 = {"web": 1.2, "web_rewrites": 5.2, "synthetic": 13.8, "code": 2.4, "acquired": 1.7}
 
 
 def test_phi4_plan_reproduces_the_reports_epochs(tmp_path):
     # The recipe's jsonl sources do not exist: planning must not need them.
-    assert not (ROOT / "recipes" / "data").exists()
+    assert not (RECIPES / "data").exists()
     p = plan(load_recipe(PHI4), tmp_path)
     assert p.total_tokens == 10 * 10**12 and p.unknown == []
     assert {n: pytest.approx(e, abs=0.05) for n, e in TABLE_5.items()} == {n: d.epochs for n, d in p.draws.items()}
@@ -80,8 +80,8 @@ def test_bad_mixture_entry_names_the_key(tmp_path):
         load_recipe(recipe)
 
 
-def test_recipes_in_the_repo_load():
-    for path in sorted(Path(ROOT / "recipes").glob("*.yaml")):
+def test_builtin_recipes_load():
+    for path in sorted(RECIPES.glob("*.yaml")):
         recipe = load_recipe(path)
         if recipe.pretrain is not None:  # post-training-only recipes (smollm2-posttrain) have no mixture
             assert recipe.pretrain.shares and recipe.pretrain.token_budget > 0

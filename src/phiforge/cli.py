@@ -21,6 +21,7 @@ model_app = typer.Typer(no_args_is_help=True, help="Model presets and architectu
 app.add_typer(model_app, name="model")
 console = Console()
 
+RecipeArg = Annotated[Path, typer.Argument(help="A recipe YAML file, or a built-in recipe's name (`phiforge recipes list`).")]
 RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default: runs/<recipe name>).")]
 
 
@@ -47,7 +48,7 @@ def _load(recipe_path: Path, run_dir: Optional[Path]):
 
 
 @app.command()
-def run(recipe: Path, run_dir: RunDirOpt = None) -> None:
+def run(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
     """Run every stage of RECIPE in order; finished stages are skipped, a partial one resumes."""
     from phiforge.pipeline import run_all
 
@@ -58,7 +59,7 @@ def run(recipe: Path, run_dir: RunDirOpt = None) -> None:
 
 
 def _stage_command(name: str):
-    def command(recipe: Path, run_dir: RunDirOpt = None) -> None:
+    def command(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
         from phiforge.pipeline import run_stage, stages_of
 
         _setup_logging()
@@ -400,6 +401,35 @@ def decontaminate(
         items = ", ".join(f"{m['benchmark']}/{m['item']}" for m in doc["matches"])
         console.print(f"  {escape(name)}: {escape(items)}: [dim]{escape(doc['ngram'])}[/]")
     console.print(f"kept {result['kept']:,} documents in {out}; full list in {report}")
+
+
+recipes_app = typer.Typer(no_args_is_help=True, help="The built-in recipes: run one by name, or copy one to edit.")
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """The built-in recipes, with what each one is for."""
+    from phiforge import recipes
+
+    table = Table(title="built-in recipes (`phiforge run NAME`; `phiforge recipes show NAME > my.yaml` to edit one)")
+    table.add_column("name")
+    table.add_column("what")
+    for name in recipes.builtin():
+        text = (recipes.BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+        first = next((line for line in text.splitlines() if line.startswith("#")), "#")
+        table.add_row(name, first.lstrip("# "))
+    console.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str) -> None:
+    """Print the built-in recipe NAME as YAML (redirect it to a file to start your own)."""
+    from phiforge import recipes
+
+    if name not in recipes.builtin():
+        raise UserError(f"no built-in recipe '{name}' (built in: {', '.join(recipes.builtin())})")
+    sys.stdout.write((recipes.BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
 
 
 mixture_app = typer.Typer(no_args_is_help=True, help="The pretraining data mixture.")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from phiforge import recipes
 from phiforge.errors import UserError
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -505,7 +506,7 @@ def _resolve_paths(data: object, base: Path) -> object:
 def _format_error(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"unknown key '{loc}' (check spelling; see recipes/tiny.yaml for the schema)"
+        return f"unknown key '{loc}' (check spelling; `phiforge recipes show tiny` shows every section)"
     if err["type"] == "missing":
         return f"missing key '{loc}'"
     return f"'{loc}': {err['msg']} (got {err.get('input')!r})"
@@ -526,7 +527,8 @@ def _read_yaml(path: Path) -> dict:
 
 
 def load_recipe(path: Path | str) -> Recipe:
-    path = Path(path)
+    """RECIPE: a YAML file, or the name of a built-in recipe (`phiforge recipes list`)."""
+    path = recipes.locate(path)
     data = _read_yaml(path)
     try:
         return Recipe.model_validate(_resolve_paths(data, path.parent.resolve()))
@@ -629,7 +631,7 @@ class CurationConfig(Section):
 
 def load_teacher(path: Path | str) -> TeacherConfig | None:
     """The `teacher:` section of a recipe or curation file; None when it has none."""
-    path = Path(path)
+    path = recipes.locate(path)
     data = _read_yaml(path)
     if "teacher" not in data:
         return None
@@ -642,7 +644,7 @@ def load_teacher(path: Path | str) -> TeacherConfig | None:
 
 def load_curation(path: Path | str) -> CurationConfig:
     """The `curation:` section of a recipe or of a file that holds only that section."""
-    path = Path(path)
+    path = recipes.locate(path)
     data = _read_yaml(path)
     if "curation" not in data:
         raise UserError(f"{path}: has no 'curation:' section (see docs/design.md, curation pipeline)")
