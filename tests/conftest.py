@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,26 +15,63 @@ RECIPES = ROOT / "src" / "phiforge" / "recipes"  # the built-in recipes, shipped
 SMOKE = RECIPES / "smoke.yaml"
 
 
-def phiforge(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would, in a subprocess."""
-    env = dict(os.environ, COLUMNS="200")
-    proc = subprocess.run(
-        [sys.executable, "-m", "phiforge.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-    )
+def _run(command: list[str], args: tuple, cwd: Path | None, check: bool, env: dict | None = None):
+    proc = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=dict(env or os.environ, COLUMNS="200"))
     if check and proc.returncode != 0:
         raise AssertionError(f"phiforge {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
 
 
+def phiforge(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the checkout's CLI as a user would, in a subprocess."""
+    return _run([sys.executable, "-m", "phiforge.cli"], args, cwd, check)
+
+
+@dataclass(frozen=True)
+class Installed:
+    """phiforge as `pip install .` leaves it: the wheel in a fresh venv, run from outside the checkout."""
+
+    venv: Path
+    home: Path  # a working directory with nothing of the checkout in it
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return _run([str(self.venv / "bin" / "phiforge")], args, self.home, check, env)
+
+
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    """One full run of the smoke recipe, shared by the end-to-end tests."""
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    phiforge("run", SMOKE, "--run-dir", run_dir)
+def installed(tmp_path_factory) -> Installed:
+    """Build the wheel and install it into a fresh venv.
+
+    The venv borrows this test environment's dependencies (installed from the same pyproject) through a
+    .pth line, which puts their directory on the path without running the editable install's hook: what is
+    tested is what the wheel ships, without downloading gigabytes of dependencies a second time."""
+    base = tmp_path_factory.mktemp("installed")
+    source = base / "source"  # a clean copy: setuptools' build/ in a checkout can hold stale modules
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(base / "dist"), str(source)], check=True, capture_output=True)
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    wheel = next((base / "dist").glob("phiforge-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+                    str(wheel)], check=True, capture_output=True)
+    home = base / "home"
+    home.mkdir()
+    return Installed(venv, home)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(installed) -> Path:
+    """One full run of the built-in smoke recipe by the installed wheel, shared by the end-to-end tests."""
+    run_dir = installed.home / "runs" / "smoke"
+    installed("run", "smoke", "--run-dir", run_dir)
     return run_dir
 
 

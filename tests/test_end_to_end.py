@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,3 +67,20 @@ def test_status_and_rerun_skips_finished_stages(smoke_run):
     rerun = phiforge("run", SMOKE, "--run-dir", smoke_run)
     assert rerun.stderr.count("done, skipped") == len(STAGES)
     assert (smoke_run / "final" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_the_installed_wheel_runs_from_outside_the_checkout(installed, smoke_run):
+    where = installed.venv / "bin" / "python"
+    origin = subprocess.run([str(where), "-c", "import phiforge; print(phiforge.__file__)"], capture_output=True,
+                            text=True, check=True, cwd=installed.home, env={"PATH": "/usr/bin:/bin"}).stdout
+    assert origin.startswith(str(installed.venv)), origin  # the wheel's copy, not the checkout's
+    # the smoke run above came from it: every file it reads at run time shipped inside the wheel
+    assert (smoke_run / "report.md").is_file() and (smoke_run / "synth" / "manifest.json").is_file()
+    listed = installed("recipes", "list").stdout
+    assert all(name in listed for name in ("tiny", "smoke", "smollm2-posttrain", "phi4"))
+    shown = installed("recipes", "show", "tiny").stdout
+    (installed.home / "my.yaml").write_text(shown)
+    assert "name: tiny" in shown and installed("mixture", "plan", "my.yaml", "--json").returncode == 0
+    assert "arithmetic" in installed("synth", "types").stdout
+    missing = installed("run", "nosuch", check=False)
+    assert missing.returncode == 2 and "no built-in recipe" in missing.stderr and "Traceback" not in missing.stderr
