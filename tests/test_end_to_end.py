@@ -83,4 +83,4 @@ def test_the_installed_wheel_runs_from_outside_the_checkout(installed, smoke_run
     assert "name: tiny" in shown and installed("mixture", "plan", "my.yaml", "--json").returncode == 0
     assert "arithmetic" in installed("synth", "types").stdout
     missing = installed("run", "nosuch", check=False)
-    assert missing.returncode == 2 and "no built-in recipe" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "no built-in recipe has that name" in missing.stderr and "Traceback" not in missing.stderr

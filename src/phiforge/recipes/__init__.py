@@ -26,5 +26,5 @@ def locate(recipe: Path | str) -> Path:
     named = BUILTIN_DIR / f"{path.name}.yaml"
     if path.parent == Path(".") and path.suffix == "" and named.is_file():
         return named
-    raise UserError(f"{recipe}: no such recipe file, and no built-in recipe of that name "
+    raise UserError(f"{recipe}: recipe file not found, and no built-in recipe has that name "
                     f"(built in: {', '.join(builtin())}; `phiforge recipes show NAME > my.yaml` starts one)")
