@@ -483,6 +483,49 @@ def mixture_plan(
         )
 
 
+@app.command("plan")
+def plan_cmd(
+    recipe: RecipeArg,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in the run (FSDP shards over all of them).")] = 8,
+    gpu: Annotated[str, typer.Option("--gpu", help="h100, h200, a100, a100-40g or l40s.")] = "h100",
+    mfu: Annotated[Optional[float], typer.Option("--mfu", help="Model FLOPs utilisation to assume (default 0.35).")] = None,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per GPU per forward pass.")] = 1,
+    checkpointing: Annotated[str, typer.Option(help="Activation checkpointing: none or block.")] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compute and memory before training: FLOPs, memory per GPU under FSDP, whether it fits, days to finish."""
+    from phiforge.recipe import load_recipe
+    from phiforge.train.plan import DEFAULT_MFU, plan
+
+    if checkpointing not in ("none", "block"):
+        raise UserError(f"--checkpointing must be none or block, got {checkpointing!r}")
+    p = plan(load_recipe(recipe), gpus, gpu, DEFAULT_MFU if mfu is None else mfu, micro_batch, checkpointing)
+    if as_json:
+        print(json.dumps(p.as_dict(), indent=2))
+        return
+    m = p.memory
+    console.print(f"model {p.model['preset']}: {p.model['parameters'] / 1e9:,.2f}B parameters "
+                  f"({p.model['non_embedding_parameters'] / 1e9:,.2f}B outside the embedding)")
+    for s in p.stages:
+        console.print(f"{s.stage}: {_tokens(s.tokens)} tokens at context {s.seq_len:,}, "
+                      f"{s.flops_per_token / 1e9:,.1f} GFLOP a token (6N + attention), {s.flops:.3g} FLOPs")
+    verdict = "[green]fits[/]" if m.fits else "[red]does not fit[/]"
+    console.print(f"memory per {p.gpu} over {p.gpus:,} GPUs (micro-batch {p.micro_batch}, checkpointing "
+                  f"{p.checkpointing}): {m.total:,.1f} GiB = states {m.sharded_states:,.1f} + gathered blocks "
+                  f"{m.gathered_blocks:,.1f} + activations {m.activations:,.1f} + logits {m.logits:,.1f}: {verdict}")
+    console.print(f"{p.days:,.1f} days on {p.gpus:,} {p.gpu} at {p.mfu:.0%} MFU; "
+                  f"{p.grad_accum:,.1f} micro-batches per GPU per step")
+    for warning in p.warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
+    table = Table(title=f"by GPU count ({p.gpu}, {p.mfu:.0%} MFU)")
+    for col in ("GPUs", "GiB per GPU", "fits", "days"):
+        table.add_column(col, justify="right")
+    for row in p.by_gpu_count:
+        table.add_row(f"{row['gpus']:,}", f"{row['memory_gib']:,.1f}", "yes" if row["fits"] else "[red]no[/]",
+                      f"{row['days']:,.1f}")
+    console.print(table)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
