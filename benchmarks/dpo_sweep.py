@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from phiforge.files import write_json
-from phiforge.posttrain.compare import accuracy, greedy_replies, mcnemar_exact
+from phiforge.posttrain.compare import greedy_replies
+from phiforge.stats import accuracy, mcnemar_exact
 from phiforge.posttrain.dpo import run_dpo
 from phiforge.posttrain.stages import generated_problems
 from phiforge.recipe import DPOConfig, PTSSection

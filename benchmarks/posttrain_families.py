@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from phiforge.data import synthetic_math
-from phiforge.posttrain.compare import accuracy, greedy_replies
+from phiforge.posttrain.compare import greedy_replies
+from phiforge.stats import accuracy
 from phiforge.posttrain.stages import generated_problems
 from phiforge.recipe import PTSSection
 from phiforge.synth.verify import verify

@@ -12,7 +12,7 @@ import yaml
 from conftest import SMOKE, phiforge
 from planted import train_planted_hf
 from phiforge.errors import UserError
-from phiforge.posttrain.compare import accuracy, mcnemar_exact, wilson
+from phiforge.stats import accuracy, mcnemar_exact, wilson
 from phiforge.posttrain.pts import PTSConfig
 from phiforge.recipe import PTSSection, load_recipe
 

@@ -378,18 +378,20 @@ class HallucinationSection(DPOConfig):
 
 
 class EvalConfig(Section):
-    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format", "simpleqa"]] = [
+    tasks: list[Literal["perplexity", "problems", "long_context", "passkey", "chat_format", "instructions", "simpleqa"]] = [
         "perplexity",
         "problems",
         "long_context",
         "passkey",
         "chat_format",
+        "instructions",
     ]
     # context lengths (tokens) for the long_context and passkey tasks
     passkey_lengths: list[PositiveInt] = [128, 512, 1024]
     passkey_trials: PositiveInt = 20
     perplexity_tokens: PositiveInt = 32_768
     max_problems: PositiveInt = 200
+    instruction_prompts: PositiveInt = 44  # instructions: prompts with a format constraint, 4 of each kind
     batch_size: PositiveInt = 16
     models: list[Path] = []  # extra HF model dirs to evaluate beside the run's checkpoints
     # simpleqa: a {question, answer} jsonl; default: generated held-out facts

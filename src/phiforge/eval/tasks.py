@@ -19,8 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge.data import passkey, synthetic_math
 from phiforge.data.packing import IGNORE, Packed, pack_examples, pack_stream
+from phiforge.eval.instructions import instruction_set
 from phiforge.files import read_jsonl
 from phiforge.recipe import EvalConfig
+from phiforge.stats import wilson
 from phiforge.tokenizer import IM_END, IM_START, chat_prompt_ids, document_separator_id, stop_ids
 from phiforge.train.loss import mean_loss
 
@@ -224,6 +226,16 @@ def chat_format(inp: EvalInput) -> dict[str, float]:
         return any(e in reply for e in ends) and body.strip() != "" and IM_START not in body
 
     return {"well_formed": sum(map(well_formed, replies)) / len(replies), "n": len(replies)}
+
+
+@task("instructions")
+def instructions(inp: EvalInput) -> dict[str, float]:
+    """IFEval-style: the share of prompts whose verifiable format constraint the greedy chat reply meets."""
+    items = instruction_set(inp.cfg.instruction_prompts, inp.seed)
+    replies = chat_replies(inp, [prompt for prompt, _ in items], 96)
+    followed = [inst.check(reply) for (_, inst), reply in zip(items, replies)]
+    low, high = wilson(sum(followed), len(followed))
+    return {"followed": sum(followed) / len(followed), "ci95_low": low, "ci95_high": high, "n": len(followed)}
 
 
 def load_problems(path: Path) -> list[dict]:

@@ -199,7 +199,7 @@ def simpleqa_graded(model: Path, cfg: HallucinationSection, seed: int) -> list[d
 def paired_grades(before: list[dict], after: list[dict]) -> dict:
     """McNemar's exact test on the same held-out questions: answers that are not wrong (right, or declined; for a
     bogus question, declined) over all questions, and right answers over the facts."""
-    from phiforge.posttrain.compare import mcnemar_exact
+    from phiforge.stats import mcnemar_exact
 
     not_wrong = [[r["grade"] != "incorrect" for r in rows] for rows in (before, after)]
     right = [[r["grade"] == "correct" for r in rows if not r["bogus"]] for rows in (before, after)]

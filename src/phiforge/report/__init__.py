@@ -72,6 +72,8 @@ TASK_TITLES = {
     "long_context": "Long context (held-out loss on the far half of windows of each length)",
     "passkey": "Passkey retrieval (accuracy at each context length)",
     "chat_format": "Chat format (replies that end with the stop token and open no new turn)",
+    "instructions": "Instruction following (IFEval-style: replies that meet the prompt's verifiable format constraint, "
+                    "with a Wilson 95% interval)",
 }
 
 
