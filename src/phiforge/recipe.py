@@ -611,6 +611,42 @@ def load_recipe(path: Path | str) -> Recipe:
         raise UserError(f"{path}: {_format_error(_first_error(e), Recipe)}") from None
 
 
+def preflight(recipe: Recipe, stages: list[str]) -> None:
+    """What the schema cannot check, before the first stage runs: model.preset is a Phi-3 config that builds a model,
+    and each training stage in `stages` fits in memory at its batch size and sequence length (found after hours of
+    data work otherwise, or as a run that hangs)."""
+    from phiforge.model import check_fits, load_config, load_preset
+
+    preset = load_preset(recipe.model.preset)
+
+    def shaped(config, positions: int):
+        changes = {"max_position_embeddings": positions}
+        if recipe.tokenizer.path is None:  # the run trains its tokenizer: vocabulary and special ids follow it
+            changes |= {"vocab_size": -(-recipe.tokenizer.vocab_size // 64) * 64,
+                        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+        return config.__class__.from_dict(config.to_dict() | changes)
+
+    def start(section) -> object | None:  # the config a stage starts from when it names a model directory
+        return load_config(str(section.init_from)) if (Path(section.init_from) / "config.json").is_file() else None
+
+    pre, mid, sft = recipe.pretrain, recipe.midtrain, recipe.sft
+    pretrained = None
+    if pre is not None:
+        pretrained = start(pre) if pre.init_from else shaped(preset, pre.seq_len)
+        if "pretrain" in stages and pretrained is not None:
+            check_fits("pretrain", pretrained, pre.batch_size, pre.seq_len, "pretrain.batch_size or pretrain.seq_len")
+    if mid is not None and "midtrain" in stages:
+        base = start(mid) if mid.init_from else pretrained
+        if base is not None:
+            context = base.max_position_embeddings * mid.context_multiplier
+            check_fits("midtrain", base, mid.batch_size, context,
+                       "midtrain.batch_size or midtrain.context_multiplier")
+    if sft is not None and "sft" in stages:
+        base = start(sft) if sft.init_from else pretrained
+        if base is not None:
+            check_fits("sft", base, sft.batch_size, sft.seq_len, "sft.batch_size or sft.seq_len")
+
+
 # --- curation (issue 5): organic data curation on datatrove; `phiforge curate` runs this section ---
 
 # `corpus`: in a recipe, the corpus source of the same name, curated in place before the corpus stage splits it
