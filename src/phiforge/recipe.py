@@ -582,8 +582,9 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here
         node = loader.get_single_node()
         if node is not None and _expanded_nodes(node) > MAX_YAML_NODES:
             raise UserError(f"{path}: more than {MAX_YAML_NODES:,} YAML values once aliases are expanded "
@@ -592,11 +593,13 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        what = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML ({what})") from None
     except RecursionError:
         raise UserError(f"{path}: YAML nested too deeply; a recipe is a few levels of sections") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of sections")
     return data

@@ -108,11 +108,16 @@ def load_config(preset: str) -> PretrainedConfig:
     raise UserError(f"unknown model preset '{preset}': use one of {sorted(PRESETS)} or a path to a config.json")
 
 
+# What transformers raises for a config it cannot read or whose values do not make a model (an unknown model_type,
+# unreadable JSON, zero heads, shapes that do not divide): the config's fault, so reported as the user's.
+CONFIG_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, OverflowError,
+                 RuntimeError, AssertionError)
+
+
 def _config_or_error(path: Path, read) -> PretrainedConfig:
-    # transformers reports an unknown model_type, unreadable JSON or bad values as these
     try:
         return read()
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except CONFIG_ERRORS as e:
         raise UserError(f"{path}: not a usable model config ({str(e).splitlines()[0][:200]})") from None
 
 
@@ -201,7 +206,7 @@ def describe(config: PretrainedConfig, name: str) -> ModelInfo:
     """model_info, with a config it cannot read (not a decoder-only causal LM, shapes that do not fit) as a UserError."""
     try:
         return model_info(config)
-    except (ValueError, TypeError, AttributeError, ZeroDivisionError, RuntimeError, AssertionError) as e:
+    except CONFIG_ERRORS as e:
         raise UserError(f"{name}: a {config.model_type} config that does not make a decoder-only causal LM "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
 

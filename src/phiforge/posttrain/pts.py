@@ -510,8 +510,7 @@ def read_problems(path: Path) -> list[dict]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError(f"{path}: row {i}: 'prompt' must be a non-empty string")
         if not isinstance(verifier, str) or verifier not in VERIFIERS:
-            raise UserError(f"{path}: row {i}: 'verifier' must be one of {', '.join(sorted(VERIFIERS))}, "
-                            f"got {verifier!r:.60}")
+            raise UserError(f"{path}: row {i}: unknown verifier {verifier!r:.60}; use one of {', '.join(sorted(VERIFIERS))}")
         # bool is an int to Python, but `true` is no answer a verifier can compare with
         if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
             raise UserError(f"{path}: row {i}: 'answer' must be a non-empty string or a number, got {answer!r:.60}")
