@@ -138,14 +138,15 @@ RECIPE_CASES = [
                files={"junk/config.json": "garbage{"}),
     RecipeCase("preset-empty-config", _set("model.preset", "empty.json"), fragments=("model_type",),
                files={"empty.json": "{}"}),
+    RecipeCase("sft-init-from-not-a-model", _set("sft.init_from", "plain_dir"), fragments=("sft.init_from", "config.json"),
+               files={"plain_dir/README": ""}),
     RecipeCase("preset-unknown-name", _set("model.preset", "phi-5"), fragments=("phi-5",)),
     RecipeCase("preset-shapes-do-not-fit", _set("model.preset", "odd.json"), fragments=("odd.json",),
                files={"odd.json": json.dumps({"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 0})}),
 ]
 
 
-@pytest.mark.parametrize("case", RECIPE_CASES, ids=lambda c: c.id)
-def test_bad_recipe(case, tmp_path, capsys, monkeypatch):
+def _write_case(case: RecipeCase, tmp_path: Path) -> Path:
     for rel, text in (case.files or {}).items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
@@ -156,6 +157,12 @@ def test_bad_recipe(case, tmp_path, capsys, monkeypatch):
         data = _smoke()
         case.mutate(data)
         recipe.write_text(yaml.safe_dump(data))
+    return recipe
+
+
+@pytest.mark.parametrize("case", RECIPE_CASES, ids=lambda c: c.id)
+def test_bad_recipe(case, tmp_path, capsys, monkeypatch):
+    recipe = _write_case(case, tmp_path)
     code, err = run_main(["run", recipe, "--run-dir", tmp_path / "run"], capsys, monkeypatch)
     check(f"recipe:{case.id}", code, err, *case.fragments)
     assert not (tmp_path / "run").exists(), "nothing may be written for a recipe that is refused"
@@ -278,7 +285,7 @@ def test_bad_dpo_pairs(case_id, planted_model, tmp_path, capsys, monkeypatch):
 
 # --- property tests: every recipe field, every data format ------------------------------------------------
 
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
+PROPERTY = settings(max_examples=50, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -450,15 +457,7 @@ def test_property_jsonl_corpus_source(tmp_path, text):
 @pytest.mark.parametrize("case_id", ["alias-bomb"])
 def test_subprocess(case_id, tmp_path):
     case = next(c for c in RECIPE_CASES if c.id == case_id)
-    for rel, text in (case.files or {}).items():
-        (tmp_path / rel).write_text(text)
-    recipe = tmp_path / "recipe.yaml"
-    if case.raw is not None:
-        recipe.write_bytes(case.raw)
-    else:
-        data = _smoke()
-        case.mutate(data)
-        recipe.write_text(yaml.safe_dump(data))
+    recipe = _write_case(case, tmp_path)
     proc = phiforge("run", recipe, "--run-dir", tmp_path / "run", check=False)
     check(f"subprocess:{case_id}", proc.returncode, proc.stderr, *case.fragments)
     assert not (tmp_path / "run").exists()

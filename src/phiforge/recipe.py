@@ -629,25 +629,24 @@ def preflight(recipe: Recipe, stages: list[str]) -> None:
                         "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
         return config.__class__.from_dict(config.to_dict() | changes)
 
-    def start(section) -> object | None:  # the config a stage starts from when it names a model directory
-        return load_config(str(section.init_from)) if (Path(section.init_from) / "config.json").is_file() else None
+    def start(name: str, default):  # the config a training stage starts from: its init_from, else `default`
+        section = getattr(recipe, name)
+        if section.init_from is None:
+            return default
+        if not (Path(section.init_from) / "config.json").is_file():
+            raise UserError(f"{name}.init_from {section.init_from}: not a Hugging Face model directory (no config.json)")
+        return load_config(str(section.init_from))
 
     pre, mid, sft = recipe.pretrain, recipe.midtrain, recipe.sft
-    pretrained = None
-    if pre is not None:
-        pretrained = start(pre) if pre.init_from else shaped(preset, pre.seq_len)
-        if "pretrain" in stages and pretrained is not None:
-            check_fits("pretrain", pretrained, pre.batch_size, pre.seq_len, "pretrain.batch_size or pretrain.seq_len")
+    pretrained = start("pretrain", shaped(preset, pre.seq_len)) if pre is not None else None
+    if pre is not None and "pretrain" in stages:
+        check_fits("pretrain", pretrained, pre.batch_size, pre.seq_len, "pretrain.batch_size or pretrain.seq_len")
     if mid is not None and "midtrain" in stages:
-        base = start(mid) if mid.init_from else pretrained
-        if base is not None:
-            context = base.max_position_embeddings * mid.context_multiplier
-            check_fits("midtrain", base, mid.batch_size, context,
-                       "midtrain.batch_size or midtrain.context_multiplier")
+        base = start("midtrain", pretrained)
+        context = base.max_position_embeddings * mid.context_multiplier
+        check_fits("midtrain", base, mid.batch_size, context, "midtrain.batch_size or midtrain.context_multiplier")
     if sft is not None and "sft" in stages:
-        base = start(sft) if sft.init_from else pretrained
-        if base is not None:
-            check_fits("sft", base, sft.batch_size, sft.seq_len, "sft.batch_size or sft.seq_len")
+        check_fits("sft", start("sft", pretrained), sft.batch_size, sft.seq_len, "sft.batch_size or sft.seq_len")
 
 
 # --- curation (issue 5): organic data curation on datatrove; `phiforge curate` runs this section ---
