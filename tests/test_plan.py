@@ -9,9 +9,10 @@ import torch
 from conftest import RECIPES, phiforge
 
 from phiforge.errors import UserError
-from phiforge.model import build_model, load_config
+from phiforge.model import activation_values, build_model, load_config, model_info
 from phiforge.recipe import load_recipe
-from phiforge.train.plan import activation_values, plan
+
+from phiforge.train.plan import plan
 
 PHI4 = load_recipe(RECIPES / "phi4.yaml")
 
@@ -54,7 +55,7 @@ def test_activation_count_matches_what_autograd_saves_in_a_real_phi3_block():
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         model.model.layers[0](x, position_embeddings=rope, attention_mask=None)
     measured = sum(saved.values()) / 4  # fp32 values
-    one_block = activation_values(config, tokens=256, checkpointing="none") / config.num_hidden_layers
+    one_block = activation_values(model_info(config), tokens=256, checkpointing="none") / config.num_hidden_layers
     assert one_block == pytest.approx(measured, rel=0.05), (one_block, measured)
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,13 +48,22 @@ def _load(recipe_path: Path, run_dir: Optional[Path]):
     return recipe, (run_dir or Path("runs") / recipe.name)
 
 
+def _preflight(recipe, run_dir: Path, stages) -> None:
+    """The whole recipe's model and the memory of the stages still to run, checked before the first one starts."""
+    from phiforge.recipe import preflight
+    from phiforge.rundir import StageDir
+
+    preflight(recipe, [s.name for s in stages if StageDir(run_dir, s.name).status() != "done"])
+
+
 @app.command()
 def run(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
     """Run every stage of RECIPE in order; finished stages are skipped, a partial one resumes."""
-    from phiforge.pipeline import run_all
+    from phiforge.pipeline import run_all, stages_of
 
     _setup_logging()
     rec, rd = _load(recipe, run_dir)
+    _preflight(rec, rd, stages_of(rec))
     run_all(rec, rd)
     console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / 'final'}")
 
@@ -67,6 +77,7 @@ def _stage_command(name: str):
         stage = next((s for s in stages_of(rec) if s.name == name), None)
         if stage is None:
             raise UserError(f"{recipe}: has no '{name}' section, so there is no {name} stage to run")
+        _preflight(rec, rd, [stage])
         run_stage(rec, rd, stage)
 
     command.__doc__ = STAGE_HELP[name]
@@ -348,10 +359,9 @@ def model_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Architecture and parameter count of PRESET (a preset name or an HF config path), without allocating weights."""
-    from phiforge.model import load_config
-    from phiforge.model import model_info as info_of
+    from phiforge.model import describe, load_config
 
-    info = info_of(load_config(preset))
+    info = describe(load_config(preset), preset)
     if as_json:
         print(json.dumps(info.as_dict(), indent=2))
         return
@@ -532,13 +542,28 @@ def main() -> None:
     # torch.compile's kernels persist in the user's cache, not a shared /tmp, so reruns start fast.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "phiforge" / "inductor"))
     try:
-        app()
+        app()  # typer reports a bad option or argument itself (exit 2)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        _fail("out of memory; lower the batch size, sequence length or model size of the stage that was running")
+    except OSError as e:
+        # The machine or a path the user gave (disk full, no permission, not a file): their fix, not a bug.
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}")
+    except Exception:
+        # Anything else is a bug in phiforge: keep the traceback for the report.
+        traceback.print_exc()
+        _fail("internal error (a bug in phiforge, not in your input); please report it with the traceback above",
+              code=1)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

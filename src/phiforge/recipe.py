@@ -6,10 +6,12 @@ Each stage has its own section; `phiforge STAGE RECIPE` runs one section alone a
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -505,24 +507,102 @@ def _resolve_paths(data: object, base: Path) -> object:
     return data
 
 
-def _format_error(err: dict) -> str:
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds, through optional values, lists and mappings (their item type)."""
+    while not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if not args:
+            return None
+        annotation = args[-1]
+    return annotation
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the schema allows where the unknown key at `loc` stands, for a did-you-mean."""
+    annotation: Any = model
+    for part in loc[:-1]:
+        section = _section_type(annotation)
+        if section is None:
+            return []
+        if part in section.model_fields:
+            annotation = section.model_fields[part].annotation
+        # else a list index or a mapping key: the next step looks inside the item type
+    section = _section_type(annotation)
+    return list(section.model_fields) if section else []
+
+
+def _format_error(err: dict, model: type[BaseModel] = BaseModel) -> str:
+    """One short line: the key, where it is, and what to do."""
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"unknown key '{loc}' (check spelling; `phiforge recipes show tiny` shows every section)"
+        close = difflib.get_close_matches(str(err["loc"][-1]), _allowed_keys(model, err["loc"]), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "check spelling; `phiforge recipes show tiny` shows every section"
+        return f"unknown key '{loc}' ({hint})"
     if err["type"] == "missing":
         return f"missing key '{loc}'"
-    return f"'{loc}': {err['msg']} (got {err.get('input')!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    if isinstance(given, (dict, list)) or err["type"] == "value_error":
+        return f"{loc}: {msg}" if err["loc"] else msg  # the message names what is wrong; the input is a whole section
+    return f"'{loc}': {msg} (got {reprlib.repr(given)})"
+
+
+def _first_error(e: ValidationError) -> dict:
+    """The error to report: an unknown key first, since it is usually a misspelling that also makes a key missing."""
+    errors = e.errors()
+    return next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+
+
+# Expanded YAML nodes allowed in one recipe: a real one has hundreds; an alias bomb ("billion laughs") has
+# billions, which every later walk over the data (path resolution, validation) would expand.
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """Nodes of the document once aliases are expanded, counted without expanding them (each node once)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = MAX_YAML_NODES + 1  # an alias back to a node being counted: a recursive recipe
+            children = (node.value if isinstance(node, yaml.SequenceNode)
+                        else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            total = 1
+            for child in children:
+                total += size(child)
+                if total > MAX_YAML_NODES:
+                    break
+            sizes[id(node)] = total
+        return sizes[id(node)]
+
+    return size(root)
 
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here
+        node = loader.get_single_node()
+        if node is not None and _expanded_nodes(node) > MAX_YAML_NODES:
+            raise UserError(f"{path}: more than {MAX_YAML_NODES:,} YAML values once aliases are expanded "
+                            "(an alias bomb or a recursive alias); write the recipe without nested aliases")
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        what = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML ({what})") from None
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply; a recipe is a few levels of sections") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of sections")
     return data
@@ -535,7 +615,42 @@ def load_recipe(path: Path | str) -> Recipe:
     try:
         return Recipe.model_validate(_resolve_paths(data, path.parent.resolve()))
     except ValidationError as e:
-        raise UserError(f"{path}: {_format_error(e.errors()[0])}") from None
+        raise UserError(f"{path}: {_format_error(_first_error(e), Recipe)}") from None
+
+
+def preflight(recipe: Recipe, stages: list[str]) -> None:
+    """What the schema cannot check, before the first stage runs: model.preset is a Phi-3 config that builds a model,
+    and each training stage in `stages` fits in memory at its batch size and sequence length (found after hours of
+    data work otherwise, or as a run that hangs)."""
+    from phiforge.model import check_fits, load_config, load_preset
+
+    preset = load_preset(recipe.model.preset)
+
+    def shaped(config, positions: int):
+        changes = {"max_position_embeddings": positions}
+        if recipe.tokenizer.path is None:  # the run trains its tokenizer: vocabulary and special ids follow it
+            changes |= {"vocab_size": -(-recipe.tokenizer.vocab_size // 64) * 64,
+                        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+        return config.__class__.from_dict(config.to_dict() | changes)
+
+    def start(name: str, default):  # the config a training stage starts from: its init_from, else `default`
+        section = getattr(recipe, name)
+        if section.init_from is None:
+            return default
+        if not (Path(section.init_from) / "config.json").is_file():
+            raise UserError(f"{name}.init_from {section.init_from}: not a Hugging Face model directory (no config.json)")
+        return load_config(str(section.init_from))
+
+    pre, mid, sft = recipe.pretrain, recipe.midtrain, recipe.sft
+    pretrained = start("pretrain", shaped(preset, pre.seq_len)) if pre is not None else None
+    if pre is not None and "pretrain" in stages:
+        check_fits("pretrain", pretrained, pre.batch_size, pre.seq_len, "pretrain.batch_size or pretrain.seq_len")
+    if mid is not None and "midtrain" in stages:
+        base = start("midtrain", pretrained)
+        context = base.max_position_embeddings * mid.context_multiplier
+        check_fits("midtrain", base, mid.batch_size, context, "midtrain.batch_size or midtrain.context_multiplier")
+    if sft is not None and "sft" in stages:
+        check_fits("sft", start("sft", pretrained), sft.batch_size, sft.seq_len, "sft.batch_size or sft.seq_len")
 
 
 # --- curation (issue 5): organic data curation on datatrove; `phiforge curate` runs this section ---
@@ -640,8 +755,8 @@ def load_teacher(path: Path | str) -> TeacherConfig | None:
     try:
         return TeacherConfig.model_validate(_resolve_paths(data["teacher"], path.parent.resolve()))
     except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"{path}: {_format_error(err | {'loc': ('teacher', *err['loc'])})}") from None
+        err = _first_error(e)
+        raise UserError(f"{path}: {_format_error(err | {'loc': ('teacher', *err['loc'])}, Recipe)}") from None
 
 
 def load_curation(path: Path | str) -> CurationConfig:
@@ -653,8 +768,8 @@ def load_curation(path: Path | str) -> CurationConfig:
     try:
         return CurationConfig.model_validate(_resolve_paths(data["curation"], path.parent.resolve()))
     except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"{path}: {_format_error(err | {'loc': ('curation', *err['loc'])})}") from None
+        err = _first_error(e)
+        raise UserError(f"{path}: {_format_error(err | {'loc': ('curation', *err['loc'])}, Recipe)}") from None
 
 
 Recipe.model_rebuild()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from phiforge.data import synthetic_math
 from phiforge.data.sources import iter_documents, split_heldout
+from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_jsonl
 from phiforge.recipe import Recipe
 from phiforge.rundir import StageResult
@@ -40,6 +41,14 @@ def decontamination_index(benchmarks: list[str], problems: list[dict]):
     return BenchmarkIndex([*map(load_benchmark, benchmarks), heldout])
 
 
+def _check_not_empty(recipe: Recipe, name: str, docs: list[str], why: str) -> None:
+    """A source the pretraining mixture draws from must have text: an empty one would be packed as nothing."""
+    mixed = recipe.pretrain.shares if recipe.pretrain else {}
+    if name in mixed and not any(d.strip() for d in docs):
+        raise UserError(f"corpus source '{name}' has no documents with text{why}, but pretrain.mixture gives it a "
+                        f"share; fix the source or take '{name}' out of pretrain.mixture")
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.recipe.corpus, ctx.recipe.seed
     problems = [
@@ -58,6 +67,8 @@ def run(ctx: StageContext) -> StageResult:
         curated, curation = curate_corpus(ctx.recipe, docs_by_source, ctx.out / "curation")
         docs_by_source |= curated
         kinds |= {i.name: f"{kinds.get(i.name, i.kind)}, curated" for i in ctx.recipe.curation.inputs}
+    for name, docs in docs_by_source.items():  # before anything is written
+        _check_not_empty(ctx.recipe, name, docs, "")
     for i, (name, docs) in enumerate(docs_by_source.items()):
         if not docs:
             log.warning("corpus source '%s' yielded no documents", name)
@@ -72,6 +83,7 @@ def run(ctx: StageContext) -> StageResult:
                 items_hit.setdefault(bench, set()).add(item)
             if removed:
                 log.info("corpus %-16s %6d docs removed as benchmark contamination", name, removed)
+            _check_not_empty(ctx.recipe, name, docs, " left after decontamination")
         train, held = split_heldout(docs, cfg.heldout_fraction, seed + i)
         write_jsonl(ctx.out / "train" / f"{name}.jsonl", ({"text": d, "source": name} for d in train))
         write_jsonl(ctx.out / "heldout" / f"{name}.jsonl", ({"text": d, "source": name} for d in held))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, Phi3Config
@@ -95,18 +96,40 @@ def load_config(preset: str) -> PretrainedConfig:
     path = Path(preset)
     if path.is_file() and path.suffix == ".json":
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg})") from None
-        model_type = data.get("model_type")
-        if not model_type:
-            raise UserError(f"{path}: config has no model_type")
-        return AutoConfig.for_model(**data)
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({getattr(e, 'msg', e)})") from None
+        if not isinstance(data, dict) or not data.get("model_type"):
+            raise UserError(f"{path}: config has no model_type; a Hugging Face config.json is a JSON object with one")
+        return _config_or_error(path, lambda: AutoConfig.for_model(**data))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
-        return AutoConfig.from_pretrained(str(path))
+        return _config_or_error(path, lambda: AutoConfig.from_pretrained(str(path)))
     raise UserError(f"unknown model preset '{preset}': use one of {sorted(PRESETS)} or a path to a config.json")
+
+
+# What transformers raises for a config it cannot read or whose values do not make a model (an unknown model_type,
+# unreadable JSON, zero heads, shapes that do not divide): the config's fault, so reported as the user's.
+CONFIG_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, OverflowError,
+                 RuntimeError, AssertionError)
+
+
+def _config_or_error(path: Path, read) -> PretrainedConfig:
+    try:
+        return read()
+    except CONFIG_ERRORS as e:
+        raise UserError(f"{path}: not a usable model config ({str(e).splitlines()[0][:200]})") from None
+
+
+def load_preset(preset: str) -> PretrainedConfig:
+    """The recipe's `model.preset`: a Phi-3 architecture config (what pretraining builds) that makes a model."""
+    config = load_config(preset)
+    if config.model_type != "phi3":
+        raise UserError(f"model.preset {preset!r} is a {config.model_type} config; the recipe pretrains the Phi-3/Phi-4 "
+                        f"architecture: use a preset ({', '.join(PRESETS)}) or a Phi-3 config.json")
+    describe(config, preset)  # builds it on the meta device: a config whose shapes do not fit fails here
+    return config
 
 
 def config_for_tokenizer(config: PretrainedConfig, tokenizer, max_positions: int) -> PretrainedConfig:
@@ -180,6 +203,15 @@ def train_flops_per_token(config: PretrainedConfig, non_embedding_params: int, s
     return 6 * non_embedding_params + attention_flops_per_token(config, seq_len)
 
 
+def describe(config: PretrainedConfig, name: str) -> ModelInfo:
+    """model_info, with a config it cannot read (not a decoder-only causal LM, shapes that do not fit) as a UserError."""
+    try:
+        return model_info(config)
+    except CONFIG_ERRORS as e:
+        raise UserError(f"{name}: a {config.model_type} config that does not make a decoder-only causal LM "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
 def model_info(config: PretrainedConfig) -> ModelInfo:
     """Architecture facts and parameter counts from a meta-device model: no weights allocated."""
     with torch.device("meta"):
@@ -205,3 +237,43 @@ def model_info(config: PretrainedConfig) -> ModelInfo:
         bf16_weights_gib=round(total * 2 / 2**30, 2),
         flops_per_token_train=train_flops_per_token(config, total - embed, config.max_position_embeddings),
     )
+
+
+Checkpointing = Literal["none", "block"]
+
+
+def activation_values(info: ModelInfo, tokens: int, checkpointing: Checkpointing) -> float:
+    """Values a Phi-3 model's blocks keep for backward over `tokens` tokens (counted in train/plan.py's docstring)."""
+    r = info.num_kv_heads / info.num_attention_heads
+    block = tokens * ((10 + 3 * r) * info.hidden_size + 4 * info.intermediate_size)
+    if checkpointing == "block":  # each block keeps its input; one block's activations are rebuilt at a time
+        return tokens * info.hidden_size * info.num_layers + block
+    return block * info.num_layers
+
+
+def training_memory(info: ModelInfo, batch_size: int, seq_len: int) -> dict[str, int]:
+    """A lower bound on the bytes one training step holds: fp32 weights, gradients and AdamW's two moments (16 bytes
+    a parameter), the fp32 logits of a micro-batch, and the fp32 activations even block checkpointing would keep."""
+    tokens = batch_size * seq_len
+    return {"weights, gradients and optimizer": 16 * info.parameters,
+            "logits": 4 * tokens * info.vocab_size,
+            "activations": int(4 * activation_values(info, tokens, "block"))}
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes free where training runs (the GPU's, else the machine's available RAM) and that place's name."""
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0], "the GPU"
+    import psutil
+
+    return psutil.virtual_memory().available, "this machine"
+
+
+def check_fits(stage: str, config: PretrainedConfig, batch_size: int, seq_len: int, knobs: str) -> None:
+    """Refuse a training stage that clearly cannot fit in memory, before it packs data or allocates a weight."""
+    need = training_memory(describe(config, stage), batch_size, seq_len)
+    free, where = available_memory()
+    if sum(need.values()) > free:
+        parts = ", ".join(f"{k} {v / 2**30:,.1f}" for k, v in need.items())
+        raise UserError(f"{stage} needs at least {sum(need.values()) / 2**30:,.1f} GiB for batch_size {batch_size} x "
+                        f"{seq_len:,} tokens ({parts}) but {where} has {free / 2**30:,.1f} GiB free; lower {knobs}")

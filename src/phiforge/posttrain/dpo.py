@@ -65,21 +65,29 @@ def _reply_text(tok: PreTrainedTokenizerBase, prompt: list[dict], prompt_text: s
 def encode_pair(tok: PreTrainedTokenizerBase, row: dict, path: Path, i: int, max_length: int) -> Pair:
     if "prompt_token_ids" in row:
         ids = [row.get("prompt_token_ids"), row.get("chosen_token_id"), row.get("rejected_token_id")]
-        if not (isinstance(ids[0], list) and ids[0] and all(isinstance(t, int) for t in [*ids[0], *ids[1:]])):
-            raise UserError(f"{path}: row {i}: a token pair needs prompt_token_ids (a list) and integer "
-                            "chosen_token_id and rejected_token_id")
-        if max(ids[0] + ids[1:]) >= len(tok):
-            raise UserError(f"{path}: row {i}: token ids beyond the tokenizer's {len(tok)}; "
+        # bool is an int to Python; `true` is no token id
+        if not (isinstance(ids[0], list) and ids[0]
+                and all(isinstance(t, int) and not isinstance(t, bool) for t in [*ids[0], *ids[1:]])):
+            raise UserError(f"{path}: row {i}: a token pair needs prompt_token_ids (a non-empty list of integers) "
+                            "and integer chosen_token_id and rejected_token_id")
+        if not all(0 <= t < len(tok) for t in ids[0] + ids[1:]):
+            raise UserError(f"{path}: row {i}: token ids must lie in 0..{len(tok) - 1}, this model's tokenizer; "
                             "pairs must come from this model's tokenizer")
+        if ids[1] == ids[2]:
+            raise UserError(f"{path}: row {i}: chosen_token_id equals rejected_token_id, a pair that teaches nothing")
         return Pair(ids[0][-(max_length - 1):], [ids[1]], [ids[2]])
     if not all(k in row for k in ("prompt", "chosen", "rejected")):
         raise UserError(f"{path}: row {i} needs prompt, chosen and rejected (or the token fields PTS writes)")
     prompt = _messages(row["prompt"], path, i, "prompt")
+    replies = [_messages(row[what], path, i, what)[-1] for what in ("chosen", "rejected")]
+    if not all(m["content"].strip() for m in [prompt[-1], *replies]):
+        raise UserError(f"{path}: row {i}: prompt, chosen and rejected need text; remove or fill the empty one")
+    if replies[0]["content"] == replies[1]["content"]:
+        raise UserError(f"{path}: row {i}: chosen equals rejected, a pair that teaches nothing")
     text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     prompt_ids = tok.encode(text, add_special_tokens=False)
     sides = []
-    for what in ("chosen", "rejected"):
-        reply = _messages(row[what], path, i, what)[-1]
+    for what, reply in zip(("chosen", "rejected"), replies):
         if reply["role"] != "assistant":
             raise UserError(f"{path}: row {i}: '{what}' must end with an assistant message")
         sides.append(tok.encode(_reply_text(tok, prompt, text, reply), add_special_tokens=False)[: max_length - 1])

@@ -155,7 +155,8 @@ def read_qa(path: Path) -> list[Question]:
     out = []
     for i, row in enumerate(read_jsonl(path), 1):
         question, answer, aliases = row.get("question"), row.get("answer"), row.get("aliases", [])
-        if not isinstance(question, str) or not question.strip() or not isinstance(answer, (str, int, float)):
+        if (not isinstance(question, str) or not question.strip() or isinstance(answer, bool)
+                or not isinstance(answer, (str, int, float)) or not str(answer).strip()):
             raise UserError(f"{path}: row {i} needs a 'question' string and an 'answer' (string or number)")
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise UserError(f"{path}: row {i}: 'aliases' must be a list of strings")

@@ -502,11 +502,19 @@ def search_problem(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem
 
 
 def read_problems(path: Path) -> list[dict]:
+    from phiforge.synth.verify import VERIFIERS
+
     problems = []
     for i, row in enumerate(read_jsonl(path), 1):
-        if not isinstance(row.get("prompt"), str) or "answer" not in row:
-            raise UserError(f"{path}: row {i} needs a string 'prompt' and an 'answer'")
-        verify(row, "")  # an unknown verifier name fails here, before any sampling
+        prompt, answer, verifier = row.get("prompt"), row.get("answer"), row.get("verifier", "numeric")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{path}: row {i}: 'prompt' must be a non-empty string")
+        if not isinstance(verifier, str) or verifier not in VERIFIERS:
+            raise UserError(f"{path}: row {i}: unknown verifier {verifier!r:.60}; use one of {', '.join(sorted(VERIFIERS))}")
+        # bool is an int to Python, but `true` is no answer a verifier can compare with
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+            raise UserError(f"{path}: row {i}: 'answer' must be a non-empty string or a number, got {answer!r:.60}")
+        verify(row, "")  # what the verifier itself needs (a code problem's tests) fails here, before any sampling
         problems.append(row)
     if not problems:
         raise UserError(f"{path}: no problems")
@@ -533,10 +541,9 @@ def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> 
         if json.loads((parts / "settings.json").read_text()) != json.loads(json.dumps(settings)):
             raise UserError(f"{parts}: holds results of other settings or another model; "
                             f"delete it or choose another --out")
-    else:
-        write_json(parts / "settings.json", settings)
     model = load_model(model_dir).to(pick_device()).eval()
     tok = load_tokenizer(model_dir)
+    write_json(parts / "settings.json", settings)  # only once the model loads: a bad --model leaves nothing
     columns = (TextColumn("[bold]pts[/]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[pairs]} pairs, {task.fields[samples]:,} samples"), TimeRemainingColumn())
     with Progress(*columns) as bar:

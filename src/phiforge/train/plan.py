@@ -15,12 +15,10 @@ add allocator fragmentation and communication buffers, hence the headroom.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
-
 from transformers import PretrainedConfig
 
 from phiforge.errors import UserError
-from phiforge.model import ModelInfo, attention_flops_per_token, load_config, model_info
+from phiforge.model import Checkpointing, ModelInfo, activation_values, attention_flops_per_token, load_config, model_info
 from phiforge.recipe import Recipe
 
 # Dense bf16 peak (no sparsity) and memory, from the vendors' data sheets.
@@ -35,7 +33,6 @@ GPUS: dict[str, tuple[float, float]] = {  # name: (peak FLOP/s, memory GiB)
 DEFAULT_MFU = 0.35
 HEADROOM = 0.9  # plan to fill at most this much of a GPU's memory
 GPU_COUNTS = (1, 8, 64, 256, 512, 1024, 2048, 4096)
-Checkpointing = Literal["none", "block"]
 
 
 @dataclass
@@ -99,16 +96,6 @@ def _stage(name: str, seq_len: int, tokens: float, config: PretrainedConfig, inf
     return StagePlan(name, seq_len, float(tokens), float(per_token), float(tokens) * per_token)
 
 
-def activation_values(config: PretrainedConfig, tokens: int, checkpointing: Checkpointing) -> float:
-    """Values the blocks keep for backward over `tokens` tokens of one micro-batch."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    r = (config.num_key_value_heads or config.num_attention_heads) / config.num_attention_heads
-    block = tokens * ((10 + 3 * r) * h + 4 * i)
-    if checkpointing == "block":  # each block keeps its input; one block's activations are rebuilt at a time
-        return tokens * h * layers + block
-    return block * layers
-
-
 def memory_per_gpu(config: PretrainedConfig, info: ModelInfo, gpus: int, seq_len: int, micro_batch: int,
                    checkpointing: Checkpointing, gpu_gib: float) -> MemoryPlan:
     gib = 2**30
@@ -117,7 +104,7 @@ def memory_per_gpu(config: PretrainedConfig, info: ModelInfo, gpus: int, seq_len
     sharded = 16 * info.parameters / gpus
     gathered = 2 * block_params * (2 + 4) if gpus > 1 else 0.0  # two blocks: bf16 weights, fp32 grads
     tokens = seq_len * micro_batch
-    activations = 2 * activation_values(config, tokens, checkpointing)  # bf16
+    activations = 2 * activation_values(info, tokens, checkpointing)  # bf16
     logits = (2 + 4) * tokens * config.vocab_size  # bf16 logits and their fp32 copy for the loss
     total = (sharded + gathered + activations + logits) / gib
     return MemoryPlan(round(sharded / gib, 2), round(gathered / gib, 2), round(activations / gib, 2),
