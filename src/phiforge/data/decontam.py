@@ -1,5 +1,9 @@
 """Benchmark decontamination: drop training documents that share a word n-gram with a benchmark item.
 
+Only informative n-grams count (see `BenchmarkIndex`): number runs, keyword or stop-word runs and idioms
+of ordinary code say nothing about one benchmark item. Per benchmark, the Tulu 3 / OLMo 2 overlap rule
+(`Overlap`) can replace "any one shared n-gram".
+
 Normalisation: lowercase; words are maximal runs of ASCII letters and digits and of non-ASCII characters
 (so accents and scripts survive), while ASCII punctuation, NBSP and the Unicode General Punctuation block
 (curly quotes, dashes, ellipsis, Unicode spaces) separate words. Digits are kept as they are: folding them
