@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import phiforge
 
-from phiforge.data.decontam import BenchmarkIndex, decontaminate, load_benchmark, read_rows
+from phiforge.data.decontam import BenchmarkIndex, Overlap, decontaminate, load_benchmark, read_rows
 from phiforge.errors import UserError
 
 CLEAN = [
@@ -45,7 +45,10 @@ def test_planted_humaneval_prompt_is_removed_and_reported(tmp_path):
     assert bench["hits"] == {item["task_id"]: [3]}
     (removed,) = report["removed_documents"]
     assert removed["doc"] == 3 and removed["id"] == "doc-3"
-    assert removed["matches"] == [{"benchmark": "humaneval", "item": item["task_id"]}]
+    assert [(m["benchmark"], m["item"], m["rule"], m["field"]) for m in removed["matches"]] == [
+        ("humaneval", item["task_id"], "ngram", "prompt")
+    ]
+    assert 0.3 < removed["matches"][0]["coverage"] < 1  # 35 of the prompt's words, less its uninformative ones
     # The matched n-gram is shown normalised: 13 lowercase words of the leak, punctuation gone.
     assert len(removed["ngram"].split()) == 13 and removed["ngram"] in " ".join(re.findall(r"[a-z0-9]+", leaked.lower()))
 
@@ -61,9 +64,14 @@ def test_short_item_caught_by_7_grams_only_when_whole_window_present(tmp_path):
     assert [r["id"] for r in kept] == ["doc-0", "doc-1", "doc-2", "doc-4"]
     assert report["benchmarks"]["quiz"]["hits"] == {"0": [3]}
     assert report["short_ngram"] == 7
-    # With short n-grams switched off (short_n = n) the 7-word question cannot be matched at all.
-    kept, report = run(tmp_path, docs, [str(bench)], short_n=13)
-    assert len(kept) == len(docs) and report["benchmarks"]["quiz"]["indexed_items"] == 0
+    # With short n-grams switched off (short_n = n) the 7-word question cannot be matched: that is an error,
+    # not a run that silently removes nothing (issue 15), on the command line too.
+    with pytest.raises(UserError, match="benchmark 'quiz': no item has a text field of 13\\+ words"):
+        run(tmp_path, docs, [str(bench)], short_n=13)
+    proc = phiforge("decontaminate", tmp_path / "in.jsonl", "--against", bench, "--short-n", "13", "--out",
+                    tmp_path / "o.jsonl", "--report", tmp_path / "r.json", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()][-1].startswith("error: benchmark 'quiz': no item")
 
 
 def test_question_leaked_without_its_answer_is_caught(tmp_path):
@@ -97,10 +105,109 @@ def test_minus_sign_stays_with_its_number(tmp_path):
     assert report["benchmarks"]["algebra"]["hits"] == {"neg": [4]}
 
 
+UNINFORMATIVE = {
+    "number run": "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16",
+    "zeros": "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0",
+    "primes": "2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47",
+    "keywords only": "for x in range(len(y)): if not x: return None else: pass; while True: break",
+    "stop words only": "it is not the one that you have to be in for this, and then if there is one of them",
+}
+
+
+@pytest.mark.parametrize("kind", UNINFORMATIVE)
+def test_ngrams_without_information_do_not_remove(tmp_path, kind):
+    """The benchmark item holds the run, and so does a clean document: only the item's own words may match."""
+    question = "Compute the Zorblax checksum of the following glimmerstone sequence carefully:"
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "z", "question": f"{question} {UNINFORMATIVE[kind]}"}])
+    clean = f"Notes from the lab. {UNINFORMATIVE[kind]} That is all."
+    kept, report = run(tmp_path, [clean, f"{question} {UNINFORMATIVE[kind]}"], [str(bench)])
+    assert [r["id"] for r in kept] == ["doc-0"]
+    assert report["benchmarks"]["b"]["ignored_ngrams"]["without an informative word"] > 0
+
+
+def test_frequent_idioms_of_ordinary_code_do_not_remove(tmp_path):
+    """A short field that is a common line of Python (it is in this machine's standard library) matches nothing."""
+    idiom = "def __init__(self, *args, **kwargs): super().__init__(*args, **kwargs)"  # 9 words: 7-grams
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "i", "solution": idiom, "question": "Write a Frobnicator class that wraps the quuxification engine."}])
+    kept, report = run(tmp_path, [f"class Tool(Base):\n    {idiom}\n"], [str(bench)])
+    assert len(kept) == 1
+    assert report["benchmarks"]["b"]["ignored_ngrams"]["idioms of ordinary text"] == 3
+
+
+def test_humaneval_idioms_and_number_runs_do_not_remove():
+    """The clean documents the issue found removed: number runs of HumanEval tests and short-solution idioms."""
+    index = BenchmarkIndex([load_benchmark("humaneval")])
+    clean = [
+        "table = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]",
+        "grid = [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]",
+        "PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)",
+        "def fmt(values):\n    return ', '.join(str(x) for x in values)\n",
+        "dot = sum(x * y for x, y in zip(a, b))",
+    ]
+    assert index.match(clean) == []
+
+
+LEAKS = {
+    "verbatim": lambda text: text,
+    "re-cased": str.upper,
+    "re-spaced": lambda text: "  \n\t ".join(text.split()),
+    "embedded": lambda text: "I found this on a forum and it helped a lot:\n" + text + "\nHope it helps someone else.",
+}
+
+
+@pytest.mark.parametrize("form", LEAKS)
+def test_every_humaneval_prompt_and_informative_solution_leak_is_removed(form):
+    humaneval = load_benchmark("humaneval")
+    index = BenchmarkIndex([humaneval])
+    prompts = [LEAKS[form](item["prompt"]) for item in humaneval.items]
+    assert [h.doc for h in index.match(prompts)] == list(range(164))
+    # Solution alone: every solution with a line that says something specific to its task is caught.
+    solutions = {i: item["canonical_solution"] for i, item in enumerate(humaneval.items) if i in (7, 10, 25, 95, 129, 160)}
+    hits = index.match([LEAKS[form](s) for s in solutions.values()])
+    assert [(h.doc, h.matches[0].field) for h in hits] == [(j, "canonical_solution") for j in range(len(solutions))]
+
+
+def test_overlap_rule_fires_above_its_fraction_and_reports_coverage(tmp_path):
+    words = ("The orchard keeper planted forty pear saplings along the northern ridge and watered them every "
+             "second evening until the frost came. How many saplings survived the winter if nine froze?").split()
+    bench = write_jsonl(tmp_path / "orchard.jsonl", [{"id": "o1", "question": " ".join(words)}])
+    half = len(words) // 2
+    docs = [
+        "Story time: " + " ".join(words[: half + 4]) + " And that was it.",  # more than half of the question
+        "Story time: " + " ".join(words[:14]) + " And that was it.",  # a 13-gram, but under half
+    ]
+    kept, report = run(tmp_path, docs, [], overlap_against=[str(bench)])
+    assert [r["id"] for r in kept] == ["doc-1"]
+    (match,) = report["removed_documents"][0]["matches"]
+    assert match["rule"] == "overlap" and match["n"] == 8 and match["field"] == "question"
+    assert match["coverage"] == round((half + 4) / len(words), 3)
+    assert report["benchmarks"]["orchard"]["rule"] == "overlap" and report["benchmarks"]["orchard"]["fraction"] == 0.5
+    # The default rule removes both; on the command line the rule is chosen per benchmark.
+    assert len(run(tmp_path, docs, [str(bench)])[0]) == 0
+    src, out, rep = tmp_path / "in.jsonl", tmp_path / "cli.jsonl", tmp_path / "cli.json"
+    phiforge("decontaminate", src, "--overlap", bench, "--overlap-fraction", "0.9", "--out", out, "--report", rep)
+    assert json.loads(rep.read_text())["removed"] == 0
+
+
+def test_recipe_entry_selects_the_overlap_rule(tmp_path):
+    from phiforge.data.corpus import decontamination_index
+    from phiforge.recipe import CorpusConfig
+
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "q", "question": "Explain why the Moon keeps one face turned to the Earth at all times."}])
+    cfg = CorpusConfig.model_validate({
+        "sources": [{"name": "web", "kind": "passkey"}],
+        "decontaminate": ["humaneval", {"benchmark": str(bench), "rule": "overlap", "n": 5, "fraction": 0.3}],
+    })
+    index = decontamination_index(cfg.decontaminate, [{"key": "p", "question": "Nine plus four apples equals how many apples altogether?"}])
+    assert [(b.name, b.overlap) for b in index.benchmarks[:2]] == [("humaneval", None), ("b", Overlap(5, 0.3))]
+    (hit,) = index.match(["Homework: explain why the Moon keeps one face turned, please."])
+    assert hit.matches[0].rule == "overlap" and hit.matches[0].n == 5
+
+
 def test_match_does_not_depend_on_batch_neighbours():
     humaneval = load_benchmark("humaneval")
     index = BenchmarkIndex([humaneval])
-    leak = "intro " + humaneval.items[40]["canonical_solution"] + " outro"
+    leak = "intro " + humaneval.items[129]["canonical_solution"] + " outro"
     # Alone, and after documents of other lengths and scripts (byte offsets and positions shift).
     assert [h.doc for h in index.match([leak])] == [0]
     assert [h.doc for h in index.match(["naïve café — “quoted” ÉTÉ", *CLEAN, leak, *CLEAN])] == [4]

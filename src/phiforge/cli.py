@@ -385,20 +385,26 @@ def model_list() -> None:
 @app.command()
 def decontaminate(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="jsonl or parquet documents.")],
-    against: Annotated[list[str], typer.Option("--against", help="Benchmark: a jsonl of items or a built-in (humaneval); repeatable.")],
     out: Annotated[Path, typer.Option("--out", help="Where the kept documents go (jsonl, or parquet by suffix).")],
     report: Annotated[Path, typer.Option("--report", help="JSON audit report: hits per benchmark item and document.")],
+    against: Annotated[Optional[list[str]], typer.Option("--against", help="Benchmark: a jsonl of items or a built-in (humaneval); repeatable.")] = None,
     field: Annotated[str, typer.Option("--field", help="The documents' text field.")] = "text",
     n: Annotated[int, typer.Option("--n", help="Word n-gram size.")] = 13,
     short_n: Annotated[int, typer.Option("--short-n", help="n-gram size for benchmark fields shorter than n words.")] = 7,
+    overlap: Annotated[Optional[list[str]], typer.Option("--overlap", help="Benchmark matched by the Tulu 3 / OLMo 2 overlap rule instead; repeatable.")] = None,
+    overlap_n: Annotated[int, typer.Option("--overlap-n", help="Overlap rule: word n-gram size.")] = 8,
+    overlap_fraction: Annotated[float, typer.Option("--overlap-fraction", help="Overlap rule: contaminated above this fraction of an item field's words.")] = 0.5,
 ) -> None:
-    """Remove documents of INPUT that share a word n-gram with any item of the --against benchmarks."""
+    """Remove documents of INPUT that share an informative word n-gram with an --against benchmark item, or
+    whose shared n-grams cover more than --overlap-fraction of an --overlap benchmark item field."""
+    from phiforge.data.decontam import Overlap
     from phiforge.data.decontam import decontaminate as run_decontaminate
     from phiforge.files import write_json
     from rich.markup import escape
 
     _setup_logging()
-    result = run_decontaminate(input_path, against, out, field, n, short_n)
+    rule = Overlap(overlap_n, overlap_fraction)
+    result = run_decontaminate(input_path, against or [], out, field, n, short_n, overlap or [], rule)
     write_json(report, result)
     table = Table(title=f"decontamination: {result['removed']:,} of {result['documents']:,} documents removed")
     for col in ("benchmark", "items", "indexed", "items hit", "docs removed"):
@@ -408,7 +414,7 @@ def decontaminate(
     console.print(table)
     for doc in result["removed_documents"][:10]:
         name = f"doc {doc['doc']}" + (f" (id {doc['id']})" if doc["id"] is not None else "")
-        items = ", ".join(f"{m['benchmark']}/{m['item']}" for m in doc["matches"])
+        items = ", ".join(f"{m['benchmark']}/{m['item']} ({m['rule']}, {m['coverage']:.0%} of {m['field']})" for m in doc["matches"])
         console.print(f"  {escape(name)}: {escape(items)}: [dim]{escape(doc['ngram'])}[/]")
     console.print(f"kept {result['kept']:,} documents in {out}; full list in {report}")
 

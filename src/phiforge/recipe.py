@@ -54,14 +54,22 @@ class SourceConfig(Section):
         return self
 
 
+class DecontaminateEntry(Section):
+    benchmark: str
+    rule: Literal["ngram", "overlap"] = "ngram"
+    n: Annotated[int, Field(ge=1, le=64)] = 8  # overlap rule only
+    fraction: Annotated[float, Field(ge=0, lt=1)] = 0.5  # overlap rule only
+
+
 class CorpusConfig(Section):
     sources: list[SourceConfig]
     heldout_fraction: Fraction = 0.02
     sft_conversations: PositiveInt = 4000
     eval_problems: PositiveInt = 200
-    # Benchmarks (built-in names such as humaneval, or jsonl paths) whose word n-grams no training
-    # document may share; when set, the run's own held-out eval problems are checked too.
-    decontaminate: list[str] = []
+    # Benchmarks (built-in names such as humaneval, or jsonl paths) whose informative word n-grams no
+    # training document may share, or {benchmark, rule: overlap, n, fraction} for the Tulu 3 / OLMo 2 rule;
+    # when set, the run's own held-out eval problems are checked too.
+    decontaminate: list[str | DecontaminateEntry] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CorpusConfig":

@@ -33,12 +33,17 @@ def gather(recipe: Recipe, names: set[str] | None = None) -> dict[str, list[str]
             for i, s in enumerate(recipe.corpus.sources) if names is None or s.name in names}
 
 
-def decontamination_index(benchmarks: list[str], problems: list[dict]):
-    """An index of the recipe's benchmarks plus this run's held-out eval problems."""
-    from phiforge.data.decontam import Benchmark, BenchmarkIndex, load_benchmark
+def decontamination_index(entries: list, problems: list[dict]):
+    """An index of the recipe's benchmarks (names, or entries with a rule) plus this run's held-out eval problems."""
+    from phiforge.data.decontam import Benchmark, BenchmarkIndex, Overlap, load_benchmark
 
+    benchmarks = [
+        load_benchmark(e) if isinstance(e, str)
+        else load_benchmark(e.benchmark, Overlap(e.n, e.fraction) if e.rule == "overlap" else None)
+        for e in entries
+    ]
     heldout = Benchmark("problems_heldout", problems, [p["key"] for p in problems])
-    return BenchmarkIndex([*map(load_benchmark, benchmarks), heldout])
+    return BenchmarkIndex([*benchmarks, heldout])
 
 
 def _check_not_empty(recipe: Recipe, name: str, docs: list[str], why: str) -> None:

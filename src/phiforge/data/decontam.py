@@ -1,5 +1,9 @@
 """Benchmark decontamination: drop training documents that share a word n-gram with a benchmark item.
 
+Only informative n-grams count (see `BenchmarkIndex`): number runs, keyword or stop-word runs and idioms
+of ordinary code say nothing about one benchmark item. Per benchmark, the Tulu 3 / OLMo 2 overlap rule
+(`Overlap`) can replace "any one shared n-gram".
+
 Normalisation: lowercase; words are maximal runs of ASCII letters and digits and of non-ASCII characters
 (so accents and scripts survive), while ASCII punctuation, NBSP and the Unicode General Punctuation block
 (curly quotes, dashes, ellipsis, Unicode spaces) separate words. Digits are kept as they are: folding them
@@ -21,6 +25,7 @@ Memory is the benchmark index plus one batch of documents, whatever the corpus s
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import logging
@@ -156,7 +161,118 @@ def inside(words: Words, first: np.ndarray, n: int) -> np.ndarray:
     return words.text_of[first] == words.text_of[first + n - 1]
 
 
+# ---------------------------------------------------------------- what carries no information
+
+
+def _doc_counts(per_batch: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct hashes, number of documents holding each) from (hash, document) arrays per batch."""
+    distinct = [np.zeros(0, dtype=np.uint64)]
+    for hashes, docs in per_batch:
+        order = np.lexsort((docs, hashes))
+        hashes, docs = hashes[order], docs[order]
+        first = np.ones(len(hashes), dtype=bool)
+        first[1:] = (hashes[1:] != hashes[:-1]) | (docs[1:] != docs[:-1])
+        distinct.append(hashes[first])
+    return np.unique(np.concatenate(distinct), return_counts=True)
+
+
+class Background:
+    """Ordinary code and prose, to tell benchmark n-grams that say something from those that do not.
+
+    A word in at least `stop_fraction` of its documents is a stop word (learnt here rather than taken from a
+    fixed English list because code has its own: self, return, value, name); an n-gram in at least
+    `idiom_docs` of its documents is an idiom (`return join str x for x in`). Neither is evidence of a leak.
+    """
+
+    def __init__(self, texts: list[str], stop_fraction: float = 0.2, idiom_docs: int = 2):
+        self.documents, self.idiom_docs = len(texts), idiom_docs
+        # Word hashes only: the n-gram passes below need nothing else, so the text itself is not kept.
+        self._words = [
+            Words(w.hashes, w.text_of, w.starts, b"")
+            for w in (words_of([row["text"] for row in batch]) for batch in batches(({"text": t} for t in texts), "text"))
+        ]
+        hashes, counts = _doc_counts((w.hashes, w.text_of) for w in self._words)
+        self.stop_words = hashes[counts >= max(1, stop_fraction * len(texts))] if texts else hashes[:0]
+        self._idioms: dict[int, np.ndarray] = {}
+
+    def idioms(self, n: int) -> np.ndarray:
+        """Sorted hashes of the n-grams found in idiom_docs or more documents."""
+        if n not in self._idioms:
+            per_batch = []
+            for words in self._words:
+                _, g = next(ngrams_of(words, [n]))
+                first = np.flatnonzero(inside(words, np.arange(len(g)), n))
+                per_batch.append((g[first], words.text_of[first]))
+            hashes, counts = _doc_counts(per_batch)
+            self._idioms[n] = hashes[counts >= self.idiom_docs]
+        return self._idioms[n]
+
+
+_SKIPPED_STDLIB = {"test", "idlelib", "lib2to3", "tkinter", "turtledemo", "site-packages", "ensurepip"}
+
+
+@functools.lru_cache(maxsize=1)
+def machine_background() -> Background:
+    """This machine's Python standard library modules and the descriptions of its installed packages.
+
+    Built here at run time (about 11 MB and a second or two on a Python 3.11 install, once per process) so
+    nothing is downloaded; the standard library's own tests and GUI code are left out as unlike training text.
+    """
+    import importlib.metadata
+    import os
+    import sysconfig
+
+    paths = []
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for entry in sorted(os.scandir(stdlib), key=lambda e: e.name) if stdlib.is_dir() else []:
+        if entry.name.endswith(".py") and entry.is_file():
+            paths.append(Path(entry.path))
+        elif entry.is_dir() and entry.name not in _SKIPPED_STDLIB and (Path(entry.path) / "__init__.py").is_file():
+            paths += sorted(Path(entry.path).glob("*.py"))
+    texts = {path.read_text("utf-8", "replace") for path in paths}
+    for dist in importlib.metadata.distributions():
+        meta = dist.metadata
+        description = (meta.get_payload() or meta.get("Description") or "") if meta else ""
+        texts.add(description)
+    texts.discard("")
+    if not texts:
+        log.warning("no Python standard library found: only numbers and keywords are ignored as uninformative")
+    return Background(sorted(texts))
+
+
+@functools.lru_cache(maxsize=1)
+def _keyword_hashes() -> np.ndarray:
+    """Python keywords and builtin names: an n-gram of only these says nothing about one benchmark item."""
+    import builtins
+    import keyword
+
+    names = [*keyword.kwlist, *keyword.softkwlist, *(b for b in dir(builtins) if not b.startswith("_"))]
+    return np.unique(words_of([" ".join(names)]).hashes)
+
+
+_NUMBER = re.compile(r"-?[0-9]+")
+
+
+def informative_words(words: Words, background: Background) -> np.ndarray:
+    """Per word: False for numbers, single characters, symbols, keywords and the background's stop words.
+
+    Looks at each word's text, so it is for benchmark items (small), not for documents.
+    """
+    texts = [words.phrase(i, 1) for i in range(len(words.hashes))]
+    shape_ok = np.array([len(w) > 1 and not _NUMBER.fullmatch(w) and any(c.isalnum() for c in w) for w in texts], dtype=bool)
+    common = np.isin(words.hashes, _keyword_hashes()) | np.isin(words.hashes, background.stop_words)
+    return shape_ok & ~common
+
+
 # ---------------------------------------------------------------- benchmarks
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """The Tulu 3 / OLMo 2 rule: contaminated when shared n-grams cover more than `fraction` of an item field."""
+
+    n: int = 8
+    fraction: float = 0.5
 
 
 @dataclass
@@ -164,6 +280,7 @@ class Benchmark:
     name: str
     items: list[dict[str, Any]]
     ids: list[str]
+    overlap: Overlap | None = None  # None: any one informative n-gram shared with an item is contamination
 
 
 def _item_id(item: dict[str, Any], index: int) -> str:
@@ -173,14 +290,14 @@ def _item_id(item: dict[str, Any], index: int) -> str:
     return str(index)
 
 
-def item_texts(item: Any) -> list[str]:
-    """Every string inside an item (prompt, question, solution, tests, nested lists): all can leak."""
+def item_fields(item: Any, name: str = "") -> list[tuple[str, str]]:
+    """(field name, text) for every string inside an item (prompt, question, solution, tests, nested lists)."""
     if isinstance(item, str):
-        return [item]
+        return [(name or "text", item)]
     if isinstance(item, dict):
-        return [t for v in item.values() for t in item_texts(v)]
+        return [f for k, v in item.items() for f in item_fields(v, f"{name}.{k}" if name else str(k))]
     if isinstance(item, list):
-        return [t for v in item for t in item_texts(v)]
+        return [f for i, v in enumerate(item) for f in item_fields(v, f"{name}[{i}]")]
     return []
 
 
@@ -195,8 +312,8 @@ def _humaneval() -> list[dict[str, Any]]:
 BUILTIN = {"humaneval": _humaneval}
 
 
-def load_benchmark(spec: str | Path) -> Benchmark:
-    """A built-in benchmark name or a jsonl file of items (any text fields)."""
+def load_benchmark(spec: str | Path, overlap: Overlap | None = None) -> Benchmark:
+    """A built-in benchmark name or a jsonl file of items (any text fields), matched by `overlap` when given."""
     from phiforge.files import read_jsonl
 
     path = Path(spec)
@@ -209,34 +326,60 @@ def load_benchmark(spec: str | Path) -> Benchmark:
         raise UserError(f"benchmark '{spec}': not a file and not a built-in ({', '.join(BUILTIN)}); give a jsonl path")
     if not items:
         raise UserError(f"benchmark '{spec}': has no items, so there is nothing to decontaminate against")
-    return Benchmark(name, items, [_item_id(item, i) for i, item in enumerate(items)])
+    if overlap is not None and not (1 <= overlap.n <= len(_SLOT) and 0 <= overlap.fraction < 1):
+        raise UserError(f"benchmark '{spec}': overlap needs 1 <= n <= {len(_SLOT)} and 0 <= fraction < 1")
+    return Benchmark(name, items, [_item_id(item, i) for i, item in enumerate(items)], overlap)
 
 
 # ---------------------------------------------------------------- index and matching
 
 
 @dataclass
+class Match:
+    """Why a document matches one benchmark item: the rule, the item field, and how much of it is shared."""
+
+    benchmark: str
+    item: str
+    rule: str  # "ngram" or "overlap"
+    n: int
+    field: str
+    coverage: float  # fraction of the field's words inside n-grams the document shares
+    ngram: str  # the document's first shared n-gram with this field
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
 class Hit:
-    """One contaminated document: which benchmark items it shares n-grams with, and the first such n-gram."""
+    """One contaminated document and the benchmark items it matches."""
 
     doc: int
-    items: list[tuple[str, str]]  # (benchmark, item id)
-    ngram: str
+    matches: list[Match]
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        return [(m.benchmark, m.item) for m in self.matches]
+
+    @property
+    def ngram(self) -> str:
+        return self.matches[0].ngram
 
 
 @dataclass
 class _Table:
-    """Sorted n-gram hashes of one size, the item owning each, and a bit table for fast rejection."""
+    """Sorted n-gram hashes of one size, the item field and word position of each, and a bit table."""
 
     n: int
     hashes: np.ndarray
-    owners: np.ndarray
+    fields: np.ndarray
+    positions: np.ndarray
     bits: np.ndarray = field(init=False)
     shift: int = field(init=False)
 
     def __post_init__(self) -> None:
         order = np.argsort(self.hashes, kind="stable")
-        self.hashes, self.owners = self.hashes[order], self.owners[order]
+        self.hashes, self.fields, self.positions = self.hashes[order], self.fields[order], self.positions[order]
         # ~64 slots per indexed n-gram keeps false candidates near 1.5%; 2^16..2^28 slots.
         log2 = int(np.clip(np.ceil(np.log2(max(1, len(self.hashes)) * 64)), 16, 28))
         self.shift = 64 - log2
@@ -251,54 +394,90 @@ class _Table:
         pos = np.searchsorted(self.hashes, g[maybe]).clip(max=len(self.hashes) - 1)
         return maybe[self.hashes[pos] == g[maybe]]
 
-    def owners_of(self, h: np.uint64) -> np.ndarray:
-        return self.owners[np.searchsorted(self.hashes, h, "left") : np.searchsorted(self.hashes, h, "right")]
+    def entries(self, g: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For n-grams g[at] that are in the index: (which of `at` each entry belongs to, entry index)."""
+        lo = np.searchsorted(self.hashes, g[at], "left")
+        counts = np.searchsorted(self.hashes, g[at], "right") - lo
+        which = np.repeat(np.arange(len(at)), counts)
+        return which, lo[which] + np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 class BenchmarkIndex:
-    """The n-grams of every text field of every benchmark item.
+    """The informative n-grams of every text field of every benchmark item.
 
-    A field with at least `n` words gives its n-grams; a shorter one with at least `short_n` words gives
-    its short_n-grams (a short question can leak too); shorter fields are too generic to index.
+    Default rule: a field with at least `n` words gives its n-grams; a shorter one with at least `short_n`
+    words gives its short_n-grams (a short question can leak too); shorter fields are too generic to index.
+    A benchmark with an `Overlap` rule gives its fields' overlap.n-grams instead. Left out (unless
+    `informative_only` is False): n-grams without one informative word (numbers, keywords, stop words,
+    symbols, single letters) and idioms of ordinary code and prose (see `Background`).
     """
 
-    def __init__(self, benchmarks: list[Benchmark], n: int = 13, short_n: int = 7):
+    def __init__(self, benchmarks: list[Benchmark], n: int = 13, short_n: int = 7, informative_only: bool = True):
         if not 1 <= short_n <= n <= len(_SLOT):
             raise UserError(f"n-gram sizes must satisfy 1 <= short n ({short_n}) <= n ({n}) <= {len(_SLOT)}")
         self.benchmarks, self.n, self.short_n = benchmarks, n, short_n
+        background = machine_background() if informative_only else None
         self.owner_names: list[tuple[str, str]] = []  # owner id -> (benchmark, item id)
+        self.owner_rule: list[Overlap | None] = []
+        self.field_owner: list[int] = []
+        self.field_names: list[str] = []
+        field_words: list[np.ndarray] = []
         self.indexed_items: dict[str, int] = {}
-        parts: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []), short_n: ([], [])}
+        self.ignored_ngrams: dict[str, dict[str, int]] = {}
+        parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for bench in benchmarks:
-            texts, owner_of_text = [], []
+            texts = []
             for item, item_id in zip(bench.items, bench.ids):
-                fields = item_texts(item)
-                texts += fields
-                owner_of_text += [len(self.owner_names)] * len(fields)
+                for name, text in item_fields(item):
+                    texts.append(text)
+                    self.field_names.append(name)
+                    self.field_owner.append(len(self.owner_names))
                 self.owner_names.append((bench.name, item_id))
-            owner_of_text_arr = np.asarray(owner_of_text, dtype=np.int64)
+                self.owner_rule.append(bench.overlap)
+            base = len(self.field_owner) - len(texts)
             words = words_of(texts)
             word_counts = np.bincount(words.text_of, minlength=len(texts))
-            wanted = {n: word_counts >= n, short_n: (word_counts >= short_n) & (word_counts < n)}
+            field_words.append(word_counts)
+            first_word = np.cumsum(word_counts) - word_counts
+            if bench.overlap is None:
+                size_of = np.where(word_counts >= n, n, np.where(word_counts >= short_n, short_n, 0))
+            else:
+                size_of = np.where(word_counts >= bench.overlap.n, bench.overlap.n, 0)
+            informative = informative_words(words, background) if background is not None else None
+            ignored = {"without an informative word": 0, "idioms of ordinary text": 0}
             indexed = set()
-            for size, g in ngrams_of(words, [n, short_n]):
-                first = np.arange(len(g))
-                keep = first[inside(words, first, size)]
-                keep = keep[wanted[size][words.text_of[keep]]]
-                owners = owner_of_text_arr[words.text_of[keep]]
-                parts[size][0].append(g[keep])
-                parts[size][1].append(owners)
-                indexed.update(owners.tolist())
+            for size, g in ngrams_of(words, sorted({int(s) for s in size_of if s})):
+                keep = np.flatnonzero(inside(words, np.arange(len(g)), size))
+                keep = keep[size_of[words.text_of[keep]] == size]
+                if informative is not None:
+                    running = np.concatenate(([0], np.cumsum(informative)))
+                    says_something = running[keep + size] > running[keep]
+                    ignored["without an informative word"] += int((~says_something).sum())
+                    keep = keep[says_something]
+                    idiom = np.isin(g[keep], background.idioms(size))
+                    ignored["idioms of ordinary text"] += int(idiom.sum())
+                    keep = keep[~idiom]
+                fields = base + words.text_of[keep]
+                parts.setdefault(size, []).append((g[keep], fields, keep - first_word[words.text_of[keep]]))
+                indexed.update(np.asarray(self.field_owner)[fields].tolist())
             self.indexed_items[bench.name] = len(indexed)
+            self.ignored_ngrams[bench.name] = ignored
+            if not indexed:
+                smallest = short_n if bench.overlap is None else bench.overlap.n
+                raise UserError(
+                    f"benchmark '{bench.name}': no item has a text field of {smallest}+ words with an informative"
+                    " n-gram, so nothing can be matched"
+                )
             if len(indexed) < len(bench.items):
                 log.info(
-                    "benchmark %s: %d of %d items have no field of %d+ words and cannot be matched",
-                    bench.name, len(bench.items) - len(indexed), len(bench.items), short_n,
+                    "benchmark %s: %d of %d items have no informative n-gram and cannot be matched",
+                    bench.name, len(bench.items) - len(indexed), len(bench.items),
                 )
+        self.field_words = np.concatenate(field_words) if field_words else np.zeros(0, dtype=np.int64)
         self.tables = [
-            _Table(size, np.concatenate(hs), np.concatenate(owners))
-            for size, (hs, owners) in parts.items()
-            if sum(map(len, hs))
+            _Table(size, *(np.concatenate(column) for column in zip(*columns)))
+            for size, columns in sorted(parts.items())
+            if sum(len(c[0]) for c in columns)
         ]
 
     @property
@@ -308,19 +487,41 @@ class BenchmarkIndex:
     def match(self, texts: list[str]) -> list[Hit]:
         """The contaminated texts among `texts` (indices into it), with what they match."""
         words = words_of(texts)
-        found: dict[int, Hit] = {}
         grams = dict(ngrams_of(words, [t.n for t in self.tables]))
+        found = []  # per table: (document word position, field, field word position)
         for table in self.tables:
-            g = grams[table.n]
-            hits = table.candidates(g)
-            for pos in hits[inside(words, hits, table.n)]:
-                doc = int(words.text_of[pos])
-                hit = found.setdefault(doc, Hit(doc, [], words.phrase(int(pos), table.n)))
-                for owner in table.owners_of(g[pos]):
-                    name = self.owner_names[owner]
-                    if name not in hit.items:
-                        hit.items.append(name)
-        return [found[d] for d in sorted(found)]
+            at = table.candidates(grams[table.n])
+            at = at[inside(words, at, table.n)]
+            which, entry = table.entries(grams[table.n], at)
+            found.append((at[which], table.fields[entry], table.positions[entry], np.full(len(entry), table.n)))
+        if not found:
+            return []
+        at, fields, positions, sizes = (np.concatenate(column) for column in zip(*found))
+        docs = words.text_of[at]
+        order = np.lexsort((at, fields, docs))
+        at, fields, positions, sizes, docs = at[order], fields[order], positions[order], sizes[order], docs[order]
+        group_starts = np.flatnonzero(np.diff(docs, prepend=-1) | np.diff(fields, prepend=-1))
+        hits: dict[int, dict[int, tuple[int, Match]]] = {}  # document -> owner -> (word position, best match)
+        for lo, hi in zip(group_starts, [*group_starts[1:], len(docs)]):
+            doc, fld, n = int(docs[lo]), int(fields[lo]), int(sizes[lo])
+            length = int(self.field_words[fld])
+            # Words of the field inside any shared n-gram: +1 where one starts, -1 past its end.
+            edges = np.zeros(length + 1, dtype=np.int64)
+            np.add.at(edges, positions[lo:hi], 1)
+            np.add.at(edges, positions[lo:hi] + n, -1)
+            coverage = float((np.cumsum(edges[:length]) > 0).sum()) / length
+            owner = self.field_owner[fld]
+            rule = self.owner_rule[owner]
+            if rule is not None and coverage <= rule.fraction:
+                continue
+            best = hits.setdefault(doc, {}).get(owner)
+            if best is None or coverage > best[1].coverage:
+                hits[doc][owner] = int(at[lo]), Match(
+                    *self.owner_names[owner], "ngram" if rule is None else "overlap", n, self.field_names[fld],
+                    coverage, words.phrase(int(at[lo]), n),
+                )
+        # Matches in the order they start in the document, so a hit's n-gram is the document's first.
+        return [Hit(doc, [m for _, m in sorted(hits[doc].values(), key=lambda x: x[0])]) for doc in sorted(hits)]
 
 
 def drop_contaminated(index: BenchmarkIndex, texts: list[str]) -> tuple[list[str], list[Hit]]:
@@ -409,15 +610,26 @@ def _checked(rows: Iterable[dict[str, Any]], path: Path, field: str) -> Iterator
 
 
 def decontaminate(
-    input_path: Path, against: list[str], output_path: Path, field: str = "text", n: int = 13, short_n: int = 7
+    input_path: Path,
+    against: list[str],
+    output_path: Path,
+    field: str = "text",
+    n: int = 13,
+    short_n: int = 7,
+    overlap_against: list[str] = (),
+    overlap: Overlap = Overlap(),
 ) -> dict[str, Any]:
-    """Copy input_path to output_path without the documents that share an n-gram with a benchmark item.
+    """Copy input_path to output_path without the documents that match a benchmark item.
 
+    Benchmarks in `against` match on any shared informative n-gram, those in `overlap_against` by `overlap`.
     Streams: memory holds the benchmark index and one batch. Returns the audit report.
     """
     from rich.progress import Progress
 
-    index = BenchmarkIndex([load_benchmark(b) for b in against], n, short_n)
+    if not against and not overlap_against:
+        raise UserError("no benchmark to decontaminate against: give --against or --overlap")
+    benchmarks = [*(load_benchmark(b) for b in against), *(load_benchmark(b, overlap) for b in overlap_against)]
+    index = BenchmarkIndex(benchmarks, n, short_n)
     log.info("indexed %s n-grams of %s", index.ngram_counts, ", ".join(b.name for b in index.benchmarks))
     removed: list[dict[str, Any]] = []
     seen = 0
@@ -433,7 +645,7 @@ def decontaminate(
                     removed.append({
                         "doc": seen + j,
                         "id": doc_id if isinstance(doc_id, (str, int)) else None,
-                        "matches": [{"benchmark": b, "item": item} for b, item in hits[j].items],
+                        "matches": [m.as_dict() for m in hits[j].matches],
                         "ngram": hits[j].ngram,
                     })
                 else:
@@ -458,9 +670,13 @@ def _report(
             for match in doc["matches"]:
                 if match["benchmark"] == bench.name:
                     hits.setdefault(match["item"], []).append(doc["doc"])
+        rule = {"rule": "ngram", "n": index.n, "short_n": index.short_n} if bench.overlap is None else {
+            "rule": "overlap", "n": bench.overlap.n, "fraction": bench.overlap.fraction}
         per_bench[bench.name] = {
+            **rule,
             "items": len(bench.items),
             "indexed_items": index.indexed_items[bench.name],
+            "ignored_ngrams": index.ignored_ngrams[bench.name],
             "items_hit": len(hits),
             "documents_removed": len({d for docs in hits.values() for d in docs}),
             "hits": hits,

@@ -13,8 +13,8 @@
 
 Each worker builds the benchmark index itself on its first batch (benchmarks are small; the step stays a
 picklable list of names), then filters batches of documents with the same matcher as `phiforge
-decontaminate`. A removed document carries what it matched in its metadata, so an exclusion writer's
-output is the audit trail.
+decontaminate`. A removed document carries what it matched in its metadata (item, rule, field, coverage),
+so an exclusion writer's output is the audit trail.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class DecontaminationFilter(BaseFilter):
             doc = batch[hit.doc]
             doc.metadata["contaminated_items"] = [f"{bench}/{item}" for bench, item in hit.items]
             doc.metadata["contaminated_ngram"] = hit.ngram
+            doc.metadata["contaminated_matches"] = [m.as_dict() for m in hit.matches]
             for bench in {bench for bench, _ in hit.items}:
                 self.stat_update(f"contaminated_{bench}")
             results[hit.doc] = (False, "contaminated")
