@@ -463,6 +463,13 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk outside the atomic writers (logs, caches): nothing is corrupt, so one line
+        from phiforge.files import FULL_DISK_ERRNOS, full_disk_message
+
+        if e.errno not in FULL_DISK_ERRNOS:
+            raise
+        print(f"error: {full_disk_message(e, e.filename)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

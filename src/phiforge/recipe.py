@@ -95,6 +95,14 @@ class TeacherConfig(Section):
     max_tokens: PositiveInt = 256
     cache: bool = True  # on-disk request cache: a rerun or resumed run pays nothing twice
 
+    def digest(self) -> str:
+        # credentials in base_url are not config: a rotated key keeps the finished stages
+        from phiforge.generation import without_credentials
+
+        if self.base_url is None:
+            return super().digest()
+        return Section.digest(self.model_copy(update={"base_url": without_credentials(self.base_url)}))
+
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "TeacherConfig":
         if self.backend == "openai" and not self.base_url:
@@ -508,7 +516,9 @@ def _format_error(err: dict) -> str:
         return f"unknown key '{loc}' (check spelling; see recipes/tiny.yaml for the schema)"
     if err["type"] == "missing":
         return f"missing key '{loc}'"
-    return f"'{loc}': {err['msg']} (got {err.get('input')!r})"
+    from phiforge.generation import without_credentials
+
+    return without_credentials(f"'{loc}': {err['msg']} (got {err.get('input')!r})")  # the input may hold a base_url
 
 
 def _read_yaml(path: Path) -> dict:

@@ -8,6 +8,7 @@ distribution instead of its answer (quality labels) `choice_probs`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -43,6 +44,12 @@ class Backend(Protocol):
         decoding). A token matches a choice when it equals it up to case and surrounding whitespace ("Yes", " yes"
         and "yes" all count for "yes"); matching tokens' probabilities add up. Not normalised over the choices."""
         ...
+
+
+def without_credentials(text: str) -> str:
+    """A URL, or text holding URLs, with every `user:password@` taken out: what logs, errors, manifests and cache
+    keys may show. A string that starts with `user:password@` (a base_url missing its scheme) loses it too."""
+    return re.sub(r"([a-z][a-z0-9+.-]*://|^)[^\s/@?#'\"]*@", r"\1", text, flags=re.IGNORECASE)
 
 
 def matches_choice(token: str, choices: Sequence[str]) -> str | None:
