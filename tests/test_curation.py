@@ -276,7 +276,6 @@ def test_an_output_directory_holding_the_users_own_work_is_refused_and_kept(tmp_
             curate(config, out)
         assert (out / name / "notes.txt").read_text() == "mine"
         (out / name).rename(tmp_path / f"moved-{name}")
-    assert curate(config, out)["output"] == {"en": 1}  # with them moved away, it runs
 
 
 def test_nothing_left_is_a_clear_error(tmp_path):
