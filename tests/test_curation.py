@@ -263,6 +263,21 @@ def test_rerun_reuses_finished_work_and_sees_edited_inputs(tmp_path):
     assert set(read_curated(out)) == {"a0", "a1", "a2", "a3"}
 
 
+def test_an_output_directory_holding_the_users_own_work_is_refused_and_kept(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": english(random.Random(4))}) + "\n")
+    config = load_curation(write_config(tmp_path / "c.yaml", {
+        "inputs": [{"name": "a", "kind": "jsonl", "path": "a.jsonl"}],
+        "dedup": {"exact": False, "minhash": False}, "classifier": {"enabled": False}}))
+    out = tmp_path / "projects"
+    for name in ("work", "curated"):
+        (out / name).mkdir(parents=True)
+        (out / name / "notes.txt").write_text("mine")
+        with pytest.raises(UserError, match=f"^{out / name} was not written by a curation run and is left as it is"):
+            curate(config, out)
+        assert (out / name / "notes.txt").read_text() == "mine"
+        (out / name).rename(tmp_path / f"moved-{name}")
+
+
 def test_nothing_left_is_a_clear_error(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"text": "Too short to keep."}) + "\n")
     config = load_curation(write_config(tmp_path / "c.yaml", {"inputs": [{"name": "a", "kind": "jsonl", "path": "a.jsonl"}]}))

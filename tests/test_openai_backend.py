@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import math
 import sqlite3
 import subprocess
@@ -10,12 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from phiforge.errors import UserError
 from phiforge.generation import Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake_server import FakeOpenAIServer
 from phiforge.generation.openai import OpenAIBackend, request_body, retry_after_s
+from phiforge.recipe import TeacherConfig, load_recipe
 
 SAMPLING = Sampling(temperature=0.5, top_p=0.9, max_tokens=32, seed=7)
 
@@ -43,9 +47,9 @@ def prompts_seen(server: FakeOpenAIServer) -> list[tuple[str, int]]:
     return sorted((b["messages"][-1]["content"], b["seed"]) for b in server.requests)
 
 
-def backend(server: FakeOpenAIServer, **kw) -> OpenAIBackend:
+def backend(server: FakeOpenAIServer, base_url: str | None = None, **kw) -> OpenAIBackend:
     kw = {"timeout_s": 1.0, "max_retries": 4, "backoff_s": 0.01, **kw}  # 1 s: ample for a local answer, short for a hang
-    return OpenAIBackend(server.url, "teacher", **kw)
+    return OpenAIBackend(base_url or server.url, "teacher", **kw)
 
 
 def test_every_kind_of_fault_is_retried_and_answers_come_back_in_order():
@@ -122,7 +126,7 @@ def test_completions_finished_before_a_failure_are_not_asked_again(tmp_path):
     with FakeOpenAIServer(lambda body: "500" if body["messages"][-1]["content"] == "p3" else None) as server:
         with pytest.raises(UserError, match="HTTP 500"):
             CachedBackend(backend(server, concurrency=1, max_retries=1), cache).chat(conversations(6), SAMPLING, n=2)
-    with FakeOpenAIServer() as healthy:
+    with FakeOpenAIServer(port=server.port) as healthy:  # the same endpoint, restarted (endpoints key the cache)
         out = CachedBackend(backend(healthy), cache).chat(conversations(6), SAMPLING, n=2)
     assert out == expected(6, 2)
     assert prompts_seen(healthy) == [(f"p{i}", 7 + s) for i in range(3, 6) for s in range(2)]
@@ -150,7 +154,7 @@ def test_a_killed_run_keeps_every_finished_completion(tmp_path):
             run.kill()
             _, stderr = run.communicate()
     assert stored(cache) == 11, stderr.decode()
-    with FakeOpenAIServer() as healthy:
+    with FakeOpenAIServer(port=server.port) as healthy:
         convs = [[{"role": "user", "content": f"p{i}"}] for i in range(12)]
         out = CachedBackend(backend(healthy), cache).chat(convs, Sampling())
     assert out == [[f"p{i} #0"] for i in range(12)]
@@ -186,3 +190,39 @@ def test_a_server_without_logprobs_is_a_one_line_error():
     with FakeOpenAIServer() as server:
         with pytest.raises(UserError, match=r"chat/completions: the answer has no top_logprobs.*label_method: generate$"):
             backend(server).choice_probs(conversations(2), ["yes", "no"])
+
+
+def test_credentials_in_base_url_are_sent_as_basic_auth_and_shown_nowhere(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)  # everything, httpx's own request log included
+    with FakeOpenAIServer() as server:
+        url = server.url.replace("http://", "http://alice:s3cret-KEY@")
+        cached = CachedBackend(backend(server, base_url=url), tmp_path / "c.sqlite")
+        assert cached.chat(conversations(2), SAMPLING) == expected(2, 1)
+        assert server.authorizations == ["Basic " + base64.b64encode(b"alice:s3cret-KEY").decode()] * 2
+    with pytest.raises(UserError) as down:  # the server is gone: the error names the endpoint, not the key
+        backend(server, base_url=url, max_retries=0).chat(conversations(1), SAMPLING)
+    assert str(down.value).startswith(f"{server.url}/chat/completions: gave up after 1 attempts")
+    with pytest.raises(UserError) as bad:
+        OpenAIBackend("ftp://alice:s3cret-KEY@example.org/v1", "teacher")
+    recipe = tmp_path / "r.yaml"  # a recipe error echoes the section it rejects
+    recipe.write_text(yaml.safe_dump({"name": "r", "corpus": {"sources": [{"name": "p", "kind": "passkey"}]},
+                                      "teacher": {"backend": "openai", "model": "m", "base_url": url}}))
+    with pytest.raises(UserError) as in_recipe:
+        load_recipe(recipe)
+    assert server.url in caplog.text and "'base_url': 'http://127.0.0.1:" in str(in_recipe.value)
+    shown = [caplog.text, str(down.value), str(bad.value), str(in_recipe.value),
+             *(p.read_bytes().decode(errors="replace") for p in tmp_path.glob("c.sqlite*"))]
+    assert not [text for text in shown if "s3cret" in text]
+    with_other_key = TeacherConfig(backend="openai", model="m", base_url=url.replace("s3cret", "rotated"))
+    assert TeacherConfig(backend="openai", model="m", base_url=url).digest() == with_other_key.digest()
+
+
+def test_the_cache_keeps_two_servers_of_one_model_name_apart_but_not_two_keys_of_one_server(tmp_path):
+    cache = tmp_path / "c.sqlite"
+    with FakeOpenAIServer() as first, FakeOpenAIServer() as second:
+        CachedBackend(backend(first), cache).chat(conversations(2), SAMPLING)
+        CachedBackend(backend(second), cache).chat(conversations(2), SAMPLING)
+        assert len(second.requests) == 2  # "teacher" on another server may be another model: asked, not reused
+        rotated = first.url.replace("http://", "http://bob:new-key@")
+        assert CachedBackend(backend(first, base_url=rotated), cache).chat(conversations(2), SAMPLING) == expected(2, 1)
+        assert len(first.requests) == 2  # the same server with a new key: its answers are still cached

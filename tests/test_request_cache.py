@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
+
 import pytest
 
 from phiforge.errors import UserError
@@ -77,3 +81,15 @@ def test_choice_probabilities_are_cached_apart_from_completions(tmp_path):
     assert cached.choice_probs(CONVERSATIONS, ["yes", "no"]) == first[:5] and fake.calls == 5
     assert cached.choice_probs(CONVERSATIONS[:2], ["no", "yes"])[0] == {"no": 0.1, "yes": 0.2, "q": 0.0}  # other choices miss
     assert cached.chat(CONVERSATIONS[:1], Sampling()) == [["q0 t=0.7 seed=0"]] and fake.calls == 8
+
+
+def test_in_process_backends_keep_the_keys_of_caches_written_before_endpoints_were_keyed(tmp_path):
+    path = tmp_path / "c.sqlite"
+    CachedBackend(FakeBackend(reply), path)  # creates the table
+    messages = CONVERSATIONS[0]
+    old_key = hashlib.sha256(json.dumps(["fake", messages, Sampling().as_dict()], sort_keys=True,
+                                        ensure_ascii=False).encode()).hexdigest()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO completions VALUES (?, ?)", (old_key, "from the old cache"))
+    fake = FakeBackend(reply)
+    assert CachedBackend(fake, path).chat([messages], Sampling()) == [["from the old cache"]] and fake.calls == 0

@@ -7,10 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from conftest import SMOKE, phiforge
 
@@ -37,9 +41,20 @@ def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp
 
     status = phiforge("status", run_dir).stdout
     assert any("pretrain" in line and "partial" in line for line in status.splitlines()), status
+    # what a kill in the middle of a checkpoint save (or a shard write) leaves: atomic_path's temporaries
+    stale = [Path(tempfile.mkdtemp(prefix=".step_0000099.", suffix=".tmp", dir=checkpoints)),
+             Path(tempfile.mkdtemp(prefix=".shard_00009.npy.", suffix=".tmp", dir=run_dir / "pretrain"))]
+    (stale[0] / "state.pt").write_bytes(b"\0" * 100_000)
 
     resumed = phiforge("pretrain", SMOKE, "--run-dir", run_dir)
     assert "resuming from checkpoint" in resumed.stderr
+    assert not any(p.exists() for p in stale)
+    assert not [p for p in (run_dir / "pretrain").rglob("*.tmp")]
+    ours_model = load_file(run_dir / "pretrain" / "model" / "model.safetensors")
+    reference_model = load_file(smoke_run / "pretrain" / "model" / "model.safetensors")
+    assert ours_model.keys() == reference_model.keys()
+    for name, weights in ours_model.items():
+        assert torch.allclose(weights, reference_model[name], atol=1e-4), name
     ours = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["metrics"]
     reference = json.loads((smoke_run / "pretrain" / "manifest.json").read_text())["metrics"]
     assert ours["resumed_from"] is not None and ours["resumed_from"] < yaml.safe_load(SMOKE.read_text())["pretrain"]["steps"]

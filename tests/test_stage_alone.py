@@ -25,7 +25,7 @@ def test_sft_alone_on_own_model_and_conversations(smoke_run, tmp_path):
     assert manifest["metrics"]["init_from"] == str(smoke_run / "pretrain" / "model")
     assert manifest["metrics"]["conversations"] == len(rows) - len(rows) // 20
     assert (run_dir / "sft" / "model" / "model.safetensors").is_file()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["sft"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".phiforge.lock", "sft"]  # the lock that held the run dir
 
 
 def test_eval_scores_extra_models_and_tokenizer_from_path(smoke_run, tmp_path, copy_stages):

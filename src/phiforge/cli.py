@@ -558,6 +558,10 @@ def main() -> None:
         _fail("out of memory; lower the batch size, sequence length or model size of the stage that was running")
     except OSError as e:
         # The machine or a path the user gave (disk full, no permission, not a file): their fix, not a bug.
+        from phiforge.files import FULL_DISK_ERRNOS, full_disk_message
+
+        if e.errno in FULL_DISK_ERRNOS:  # outside the atomic writers (logs, caches): nothing is corrupt
+            _fail(full_disk_message(e, e.filename))
         where = f"{e.filename}: " if e.filename else ""
         _fail(f"{where}{e.strerror or e}")
     except Exception:

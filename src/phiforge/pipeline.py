@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from phiforge.errors import UserError
+from phiforge.files import remove_stale_temporaries
 from phiforge.recipe import Recipe, Section
-from phiforge.rundir import StageDir, StageResult, append_metrics, write_manifest
+from phiforge.rundir import StageDir, StageResult, append_metrics, run_dir_lock, write_manifest
 from phiforge.stage import StageContext
 
 log = logging.getLogger("phiforge")
@@ -87,6 +88,11 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
 
 
 def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
+    with run_dir_lock(run_dir):
+        _run_stage(recipe, run_dir, stage)
+
+
+def _run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
     sd = StageDir(run_dir, stage.name)
     digest = config_hash(recipe, stage)
     if sd.status() == "done":
@@ -99,6 +105,9 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
         )
     resuming = sd.status() == "partial"
     sd.begin(digest)
+    if resuming:  # what a killed write left behind (a checkpoint's size, at scale); the lock says it is no one's now
+        for stale in remove_stale_temporaries(sd.path):
+            log.info("%s: removed %s, left by an interrupted write", stage.name, stale)
     log.info("%s: %s", stage.name, "resuming" if resuming else "starting")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -118,5 +127,6 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
 
 
 def run_all(recipe: Recipe, run_dir: Path) -> None:
-    for stage in stages_of(recipe):
-        run_stage(recipe, run_dir, stage)
+    with run_dir_lock(run_dir):  # one hold for the whole run: no other process slips in between stages
+        for stage in stages_of(recipe):
+            run_stage(recipe, run_dir, stage)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from phiforge import recipes
-from phiforge.errors import UserError
+from phiforge.errors import UserError, without_credentials
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -105,6 +105,12 @@ class TeacherConfig(Section):
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     max_tokens: PositiveInt = 256
     cache: bool = True  # on-disk request cache: a rerun or resumed run pays nothing twice
+
+    def digest(self) -> str:
+        # credentials in base_url are not config: a rotated key keeps the finished stages
+        if self.base_url is None:
+            return super().digest()
+        return Section.digest(self.model_copy(update={"base_url": without_credentials(self.base_url)}))
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "TeacherConfig":
@@ -552,7 +558,7 @@ def _format_error(err: dict, model: type[BaseModel] = BaseModel) -> str:
     given = err.get("input")
     if isinstance(given, (dict, list)) or err["type"] == "value_error":
         return f"{loc}: {msg}" if err["loc"] else msg  # the message names what is wrong; the input is a whole section
-    return f"'{loc}': {msg} (got {reprlib.repr(given)})"
+    return without_credentials(f"'{loc}': {msg} (got {reprlib.repr(given)})")  # the input may hold a base_url
 
 
 def _first_error(e: ValidationError) -> dict:

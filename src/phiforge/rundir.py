@@ -8,15 +8,18 @@ different config refuses to mix the two rather than silently reusing stale resul
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from phiforge import __version__
 from phiforge.errors import UserError
-from phiforge.files import write_json, write_text
+from phiforge.files import ensure_dir, full_disk_is_user_error, write_json, write_text
 
 Status = Literal["done", "partial", "pending"]
 
@@ -94,8 +97,60 @@ def write_manifest(
     )
 
 
+LOCK_FILE = ".phiforge.lock"  # in the run directory: held by the one process running stages there, holds its pid
+_held: dict[Path, tuple[int, int]] = {}  # run directories this process holds: lock file descriptor, nesting depth
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while stages run; another process gets a one-line error naming the holder.
+
+    flock(2), so the kernel releases it when the holder dies: a killed run leaves no stale lock. Re-entrant
+    within a process (`run` holds it around each stage's own hold).
+    """
+    key = Path(run_dir).resolve()
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _held[key] = (fd, _held[key][1] - 1)
+        return
+    ensure_dir(key)
+    fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"{run_dir} is in use by another phiforge process (pid {holder}); wait for it to "
+                            "finish or stop it, or choose another --run-dir") from None
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
+        _held[key] = (fd, 1)
+        try:
+            yield
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _release_in_forked_child() -> None:
+    # A forked child shares the lock's open file; closing its copy keeps an orphaned child (a worker that
+    # outlives a killed run) from holding the run directory.
+    for fd, _ in _held.values():
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_release_in_forked_child)
+
+
 def append_metrics(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
+    with full_disk_is_user_error(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from phiforge.errors import UserError
-from phiforge.files import write_json, write_with
+from phiforge.files import remove_stale_temporaries, write_json, write_with
 
 IGNORE = -100
 INDEX = "index.json"  # written last: its presence means every shard is on disk
@@ -361,8 +361,7 @@ def write_shards(directory: Path, layout: Stream | Examples, shard_tokens: int, 
     plan = meta | {"seq_len": layout.seq_len, "rows": layout.n_rows, "shard_rows": shard_rows,
                    "layout": type(layout).__name__.lower(), "fingerprint": layout.fingerprint()}
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".*.tmp"):  # a killed write's temporary directory
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(directory)  # a killed shard write's
     old_plan = json.loads((directory / PLAN).read_text()) if (directory / PLAN).is_file() else None
     if old_plan != plan:
         if old_plan is not None:

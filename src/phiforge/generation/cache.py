@@ -2,7 +2,9 @@
 
 Keys are (model, messages, sampling with the sample's own seed), so sample i of a conversation is the same
 entry as sample 0 at seed + i (the Backend contract). Choice probabilities are stored as JSON in the same table,
-keyed by (model, messages, choices). sqlite (stdlib) in WAL mode: each completion is
+keyed by (model, messages, choices). A backend behind a server (`endpoint`: its URL without credentials) has
+the endpoint in its keys too: two servers that serve a model of the same name need not serve the same model.
+In-process backends have none, so their keys (and caches written before endpoints were keyed) stay as they were. sqlite (stdlib) in WAL mode: each completion is
 committed the moment it arrives, so a killed run keeps every finished request.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from phiforge.errors import UserError
+from phiforge.files import disk_full, full_disk_is_user_error
 from phiforge.generation import Backend, IncrementalBackend, Messages, OnDone, Request, Sampling, expand, regroup
 
 log = logging.getLogger("phiforge")
@@ -31,6 +34,7 @@ class CachedBackend:
     def __init__(self, inner: Backend, path: Path) -> None:
         self.inner = inner
         self.model = inner.model
+        self.endpoint: str | None = getattr(inner, "endpoint", None)  # so a cache of a cache keys the same
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.open():  # a file that is not a cache fails here, before any request is sent
@@ -39,23 +43,26 @@ class CachedBackend:
     @contextmanager
     def open(self) -> Iterator[sqlite3.Connection]:
         """A connection for one call (closed after it, so nothing is left open between calls)."""
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)  # autocommit: one insert, one commit
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL commits survive a killed process without an fsync each
-            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path}: not a usable request cache ({e}); delete it or point the cache elsewhere") from None
-        try:
-            yield db
-        finally:
-            db.close()
+        with full_disk_is_user_error(self.path):  # sqlite says "database or disk is full"
+            try:
+                db = sqlite3.connect(self.path, isolation_level=None, timeout=30)  # autocommit: one insert, one commit
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL commits survive a killed process without an fsync each
+                db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
+            except sqlite3.DatabaseError as e:
+                if disk_full(e, self.path):
+                    raise
+                raise UserError(f"{self.path}: not a usable request cache ({e}); delete it or point the cache elsewhere") from None
+            try:
+                yield db
+            finally:
+                db.close()
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
         return regroup(self.complete(expand(conversations, sampling, n)), n)
 
     def complete(self, requests: Sequence[Request], on_done: OnDone | None = None) -> list[str]:
-        keys = [request_key(self.model, messages, sampling) for messages, sampling in requests]
+        keys = [request_key(self.model, messages, sampling, self.endpoint) for messages, sampling in requests]
         with self.open() as db:
             out: list[str | None] = [lookup(db, key) for key in keys]
             missing: dict[str, list[int]] = defaultdict(list)  # equal requests in one call are generated once
@@ -79,7 +86,7 @@ class CachedBackend:
         return out  # type: ignore[return-value]  # every slot is filled by now
 
     def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
-        keys = [choice_key(self.model, messages, choices) for messages in conversations]
+        keys = [choice_key(self.model, messages, choices, self.endpoint) for messages in conversations]
         with self.open() as db:
             out: list[dict[str, float] | None] = [None if (v := lookup(db, key)) is None else json.loads(v) for key in keys]
             missing: dict[str, list[int]] = defaultdict(list)
@@ -103,13 +110,16 @@ def lookup(db: sqlite3.Connection, key: str) -> str | None:
     return None if row is None else row[0]
 
 
-def request_key(model: str, messages: Messages, sampling: Sampling) -> str:
-    blob = json.dumps([model, messages, sampling.as_dict()], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def request_key(model: str, messages: Messages, sampling: Sampling, endpoint: str | None = None) -> str:
+    return _key([model, messages, sampling.as_dict()], endpoint)
 
 
-def choice_key(model: str, messages: Messages, choices: Sequence[str]) -> str:
-    blob = json.dumps(["choice_probs", model, messages, list(choices)], sort_keys=True, ensure_ascii=False)
+def choice_key(model: str, messages: Messages, choices: Sequence[str], endpoint: str | None = None) -> str:
+    return _key(["choice_probs", model, messages, list(choices)], endpoint)
+
+
+def _key(parts: list, endpoint: str | None) -> str:
+    blob = json.dumps(parts if endpoint is None else [endpoint, *parts], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -30,10 +30,11 @@ def answer(body: dict) -> str:
 
 
 class FakeOpenAIServer:
-    """Use as a context manager; `url` is the base_url to give OpenAIBackend. Records every request body."""
+    """Use as a context manager; `url` is the base_url to give OpenAIBackend. Records every request body.
+    `port`: 0 for a free one, or an earlier server's (the same endpoint, restarted)."""
 
     def __init__(self, fault: Fault | None = None, latency_s: float = 0.0, retry_after: str = "0",
-                 top_logprobs: TopLogprobs | None = None) -> None:
+                 top_logprobs: TopLogprobs | None = None, port: int = 0) -> None:
         self.fault = fault or (lambda body: None)
         self.top_logprobs = top_logprobs
         self.latency_s = latency_s
@@ -42,10 +43,11 @@ class FakeOpenAIServer:
         self.authorizations: list[str | None] = []  # their Authorization headers
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)  # SO_REUSEADDR: a port just closed is free
         self.httpd.daemon_threads = True
         self.httpd.fake = self  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+        self.port = self.httpd.server_port
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> FakeOpenAIServer:
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()

@@ -22,7 +22,7 @@ from typing import Callable, Sequence, TypeVar
 import httpx2 as httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from phiforge.errors import UserError
+from phiforge.errors import UserError, without_credentials
 from phiforge.generation import Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
 
 log = logging.getLogger("phiforge")
@@ -41,7 +41,8 @@ class Transient(Exception):
 
 
 class OpenAIBackend:
-    """Chat completions from an OpenAI-compatible server. The API key is read from `api_key_env`, never stored."""
+    """Chat completions from an OpenAI-compatible server. The API key is read from `api_key_env`, never stored;
+    credentials in base_url (`http://user:KEY@host/v1`) are sent as basic auth and shown nowhere."""
 
     def __init__(
         self,
@@ -54,12 +55,19 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
     ) -> None:
+        shown = without_credentials(base_url)
         if not base_url.startswith(("http://", "https://")):
-            raise UserError(f"base_url {base_url!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)")
+            raise UserError(f"base_url {shown!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)")
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
-            raise UserError(f"{base_url}: need concurrency >= 1, max_retries >= 0, timeout_s > 0")
+            raise UserError(f"{shown}: need concurrency >= 1, max_retries >= 0, timeout_s > 0")
+        try:
+            parsed = httpx.URL(base_url)
+        except httpx.InvalidURL as e:
+            raise UserError(f"base_url {shown!r} is not a valid URL ({without_credentials(str(e))})") from None
         self.model = model
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.endpoint = shown.rstrip("/")  # part of request cache keys: another server's answers are not this one's
+        self.url = self.endpoint + "/chat/completions"
+        self.auth = httpx.BasicAuth(parsed.username, parsed.password) if parsed.userinfo else None
         self.api_key_env = api_key_env
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -124,7 +132,7 @@ class OpenAIBackend:
             TimeRemainingColumn(),
             disable=len(bodies) < SHOW_PROGRESS_FROM,
         )
-        async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits) as client:
+        async with httpx.AsyncClient(headers=headers, auth=self.auth, timeout=self.timeout_s, limits=limits) as client:
             with progress:
                 bar = progress.add_task("requests", total=len(bodies), retries=0)
                 retries = 0

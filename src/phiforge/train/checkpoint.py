@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phiforge.files import atomic_path
+from phiforge.files import atomic_path, remove_stale_temporaries
 
 
 @dataclass
@@ -75,6 +75,9 @@ class Checkpointer:
         return path
 
     def restore_latest(self, state: TrainState) -> int | None:
+        """Load the newest whole checkpoint; a save killed midway left a temporary as big as one, removed here."""
+        if self.root.is_dir():
+            remove_stale_temporaries(self.root)
         steps = self.steps()
         if not steps:
             return None

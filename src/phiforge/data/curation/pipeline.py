@@ -39,7 +39,7 @@ from phiforge.data.curation.classifier import (
 from phiforge.data.curation.readers import BadInput, make_reader
 from phiforge.data.curation.steps import WORDS, HeuristicFilters, LanguageTagger, MarkPassed, heuristic_filters
 from phiforge.errors import UserError
-from phiforge.files import read_jsonl, write_json
+from phiforge.files import TEMPORARY, read_jsonl, write_json
 from phiforge.recipe import CurationConfig
 
 log = logging.getLogger("phiforge")
@@ -177,6 +177,12 @@ def _prepare_work_dir(cfg: CurationConfig, out: Path, labeler: Labeler | None) -
     work = out / "work"
     key = {"config": cfg.digest(), "labeler": labeler.name if labeler else None, "inputs": _inputs_digest(cfg)}
     stamp = work / "config.json"
+    if not stamp.is_file():  # no curation run has been here: what is in the way is the user's, never deleted
+        for name in ("work", "curated", "classifier"):
+            theirs = out / name
+            if theirs.exists() and (not theirs.is_dir() or any(not TEMPORARY.fullmatch(p.name) for p in theirs.iterdir())):
+                raise UserError(f"{theirs} was not written by a curation run and is left as it is; "
+                                "move it away or choose another output directory")
     if work.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != key):
         shutil.rmtree(work)
     (out / "stats.json").unlink(missing_ok=True)  # this run is not complete until it writes stats.json again
