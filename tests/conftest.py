@@ -35,6 +35,18 @@ def weak_sandbox_allowed(monkeypatch) -> None:
     monkeypatch.setattr(sandbox, "_weak_allowed", True)
 
 
+@pytest.fixture(params=["isolated", "plain"])
+def mode(request, monkeypatch) -> str:
+    """Run a sandbox test with namespaces (where this machine allows them) and in the weak fallback."""
+    from phiforge.synth import sandbox
+
+    if request.param == "isolated" and not sandbox.isolation():
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    if request.param == "plain":
+        monkeypatch.setattr(sandbox, "isolation", lambda: False)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """One full run of recipes/smoke.yaml, shared by the end-to-end tests."""

@@ -20,15 +20,6 @@ ADD = HUMAN_EVAL["HumanEval/53"]  # check(candidate) asserts candidate(x, y) == 
 WRONG = "def add(x, y):\n    return x - y\n"
 
 
-@pytest.fixture(params=["isolated", "plain"])
-def mode(request, monkeypatch) -> str:
-    if request.param == "isolated" and not sandbox.isolation():
-        pytest.skip("this machine does not allow unprivileged user namespaces")
-    if request.param == "plain":
-        monkeypatch.setattr(sandbox, "isolation", lambda: False)
-    return request.param
-
-
 def check_add(solution: str):
     return run_check(solution, ADD["test"], "add", ADD["prompt"])
 

@@ -23,15 +23,6 @@ from phiforge.synth.sandbox import CHILD, Limits, run_many, run_python
 SHORT = Limits(timeout_s=2.0)
 
 
-@pytest.fixture(params=["isolated", "plain"])
-def mode(request, monkeypatch) -> str:
-    if request.param == "isolated" and not sandbox.isolation():
-        pytest.skip("this machine does not allow unprivileged user namespaces")
-    if request.param == "plain":
-        monkeypatch.setattr(sandbox, "isolation", lambda: False)
-    return request.param
-
-
 @pytest.fixture
 def isolated() -> None:
     if not sandbox.isolation():
