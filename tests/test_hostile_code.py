@@ -123,6 +123,12 @@ def test_a_module_written_for_the_tests_to_import_is_not_imported(mode):
     assert "AssertionError at tests.py line 4" in result.reason
 
 
+def test_a_missing_entry_point_or_check_is_the_reason():
+    test = "def check(candidate):\n    assert candidate() == 1\n"
+    assert run_check("def f():\n    return 1\n", test, "g").reason == "the solution defines no function 'g'"
+    assert run_check("def f():\n    return 1\n", "x = 1\n", "f").reason == "the tests define no check(candidate)"
+
+
 def test_returning_a_list_where_a_tuple_is_expected_fails():
     """Answers cross as exact types: a list is not a tuple, True is not 1."""
     test = "def check(candidate):\n    assert candidate() == (1, 2)\n    assert candidate() is not None\n"

@@ -70,7 +70,7 @@ class Limits:
 class SandboxResult:
     passed: bool
     status: str  # ok | failed | timeout | memory | blocked | crashed
-    exit_code: int | None  # negative: killed by that signal; None: killed on timeout
+    exit_code: int | None  # negative: killed by that signal; None: the leader never reported (killed)
     stdout: str  # last TAIL characters
     stderr: str
     wall_s: float
@@ -197,7 +197,11 @@ def _launch(job: dict, tests: dict, out: int, err: int) -> _Run:
         return _Run(None, backstop, kept.decode("utf-8", "replace"), None)
     code, timed_out = map(int, done.split())
     exit_code = 128 - code if code > 128 else code  # the leader reports a killed run as 128 + signal
-    return _Run(exit_code, bool(timed_out), kept.decode("utf-8", "replace"), json.loads(verdict) if verdict else None)
+    try:  # a runner killed while writing leaves no verdict, not half of one
+        parsed = json.loads(verdict) if verdict else None
+    except ValueError:
+        parsed = None
+    return _Run(exit_code, bool(timed_out), kept.decode("utf-8", "replace"), parsed)
 
 
 @functools.cache

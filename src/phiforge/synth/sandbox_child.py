@@ -326,6 +326,8 @@ def serve_entry_point(job: dict, rpc: socket.socket) -> int:
     function = SOLUTION.get(name)
     if not callable(function):
         send(rpc, {"missing": name})
+        while rpc.recv(1 << 16):  # stay until the runner has read it (a closed socket would fail its call first)
+            pass
         return 1
     while True:
         try:
@@ -359,7 +361,8 @@ def run_script_as_module(program: str) -> int | None:
 
 
 class SolutionGone(Exception):
-    """The solution's process ended, or answered something that is not an answer."""
+    """The check cannot go on: the solution's process ended or answered something that is not an answer
+    (or the tests define no check)."""
 
 
 class Candidate:
@@ -421,6 +424,8 @@ def run_check(job: dict, report: int, verdict_fd: int, tests_fd: int, forks: mma
             source = tests["prompt" if name == "prompt.py" else "test"]
             linecache.cache[name] = (len(source), None, source.splitlines(True), name)  # for the reason's line
             exec(compile(source, name, "exec"), scope)
+        if not callable(scope.get("check")):
+            raise SolutionGone("the tests define no check(candidate)")
         candidate = scope[job["entry_point"]] = Candidate(ours, job["entry_point"])  # tests may use the name too
         scope["check"](candidate)
         passed, reason = True, "every test ran to its end and passed"
@@ -436,7 +441,8 @@ def run_check(job: dict, report: int, verdict_fd: int, tests_fd: int, forks: mma
     tampered = os.waitstatus_to_exitcode(status) == REPORT_TAMPERED
     if not passed and "ended" in reason:
         reason += f" ({describe(status)})"
-    os.write(verdict_fd, json.dumps({"passed": passed, "reason": reason, "tampered": tampered}).encode())
+    # Short enough for one atomic pipe write (PIPE_BUF), which the caller reads whole.
+    os.write(verdict_fd, json.dumps({"passed": passed, "reason": reason[:500], "tampered": tampered}).encode())
     os._exit(0)
 
 
