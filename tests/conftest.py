@@ -40,6 +40,26 @@ class Installed:
         return _run([str(self.venv / "bin" / "phiforge")], args, self.home, check, env)
 
 
+@pytest.fixture(autouse=True)
+def weak_sandbox_allowed(monkeypatch) -> None:
+    """Tests run their own code in the sandbox: where namespaces are refused they accept weak isolation."""
+    from phiforge.synth import sandbox
+
+    monkeypatch.setattr(sandbox, "_weak_allowed", True)
+
+
+@pytest.fixture(params=["isolated", "plain"])
+def mode(request, monkeypatch) -> str:
+    """Run a sandbox test with namespaces (where this machine allows them) and in the weak fallback."""
+    from phiforge.synth import sandbox
+
+    if request.param == "isolated" and not sandbox.isolation():
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    if request.param == "plain":
+        monkeypatch.setattr(sandbox, "isolation", lambda: False)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory) -> Installed:
     """Build the wheel and install it into a fresh venv.

@@ -25,7 +25,8 @@ def test_decontaminate_onto_an_existing_directory_refuses_and_deletes_nothing(tm
     docs = tmp_path / "in.jsonl"
     docs.write_text(json.dumps({"text": "a plain document about rivers and hills"}) + "\n")
     bench = tmp_path / "bench.jsonl"
-    bench.write_text(json.dumps({"prompt": "def add(a, b): return a + b"}) + "\n")
+    bench.write_text(json.dumps({"prompt": "Return the largest prime factor of the given integer, assuming that the "
+                                           "integer is greater than one and is not itself a prime"}) + "\n")
     mine = tmp_path / "mine"
     (mine / "sub").mkdir(parents=True)
     (mine / "sub" / "thesis.tex").write_text("years of work")

@@ -132,6 +132,14 @@ def test_programmatic_types_verify_their_answers(tmp_path):
         assert all(r["provenance"]["verifier"]["ok"] for r in records)
 
 
+def test_verified_code_records_the_sandboxs_isolation(tmp_path):
+    from phiforge.synth.sandbox import isolation_level
+
+    stats, records, _ = run_type(tmp_path, "code_exercise", lambda m, s, i: pytest.fail("no teacher needed"), count=4)
+    assert stats.kept == 4
+    assert {r["provenance"]["verifier"]["isolation"] for r in records} == {isolation_level()}
+
+
 def test_a_tampered_answer_fails_verification(tmp_path):
     dtype = load_dataset_type("arithmetic")
     from phiforge.synth.workflow import Workflow

@@ -81,9 +81,11 @@ def test_harmful_completion_is_a_failed_verification(tmp_path):
     assert canary.read_text() == "alive"
 
 
-def test_code_problem_without_tests_is_a_user_error():
+def test_code_problem_without_tests_or_entry_point_is_a_user_error():
     with pytest.raises(UserError, match="no 'test'"):
         verify({"verifier": "code", "task_id": "t1"}, "print(1)")
+    with pytest.raises(UserError, match="no 'entry_point'"):
+        verify({"verifier": "code", "task_id": "t1", "test": "def check(candidate):\n    pass\n"}, "print(1)")
 
 
 def test_plurality_measures_the_largest_group():

