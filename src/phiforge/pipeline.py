@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from phiforge import progress
 from phiforge.errors import UserError
 from phiforge.recipe import Recipe, Section
 from phiforge.rundir import StageDir, StageResult, append_metrics, write_manifest
@@ -118,5 +119,16 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
 
 
 def run_all(recipe: Recipe, run_dir: Path) -> None:
-    for stage in stages_of(recipe):
-        run_stage(recipe, run_dir, stage)
+    stages = stages_of(recipe)
+    run = progress.RunProgress(recipe, [s.name for s in stages])
+    progress.activate(run)
+    try:
+        for i, stage in enumerate(stages):
+            run.begin(i)
+            done_before = StageDir(run_dir, stage.name).status() == "done"
+            if not done_before:
+                log.info("%s", run.line())
+            run_stage(recipe, run_dir, stage)
+            run.end(i, ran=not done_before)
+    finally:
+        progress.activate(None)
