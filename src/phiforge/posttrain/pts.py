@@ -34,6 +34,7 @@ from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl, write_with
 from phiforge.synth.verify import verify
 from phiforge.tokenizer import chat_prompt_ids, stop_ids
+from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
 
@@ -544,7 +545,7 @@ def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> 
     model = load_model(model_dir).to(pick_device()).eval()
     tok = load_tokenizer(model_dir)
     write_json(parts / "settings.json", settings)  # only once the model loads: a bad --model leaves nothing
-    columns = (TextColumn("[bold]pts[/]"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn(f"[bold]{bar_label('pts')}[/]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[pairs]} pairs, {task.fields[samples]:,} samples"), TimeRemainingColumn())
     with Progress(*columns) as bar:
         task = bar.add_task("pts", total=len(problems), pairs=0, samples=0)

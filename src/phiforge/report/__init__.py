@@ -195,9 +195,28 @@ def curation_section(cur: dict) -> list[str]:
     return lines
 
 
+def machine_line(recipe) -> str:
+    """What the wall times and training speed depend on: the CPU's instruction set and the training precision."""
+    import os
+
+    import torch
+
+    from phiforge.train.loop import bf16_supported, pick_device
+
+    device = pick_device()
+    bf16 = bf16_supported(device)
+    trained = [getattr(recipe, n) for n in ("pretrain", "midtrain", "sft") if getattr(recipe, n, None) is not None]
+    asked = trained[0].precision if trained else "auto"
+    used = "bf16 autocast" if asked == "bf16" or (asked == "auto" and bf16) else "fp32"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    return (f"Machine: {where}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 "
+            f"{'yes' if bf16 else 'no'}, {torch.get_num_threads()} threads; training precision `{asked}`: {used}.")
+
+
 def run(ctx: StageContext) -> StageResult:
     run_dir = ctx.run_dir
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    lines += [machine_line(ctx.recipe), ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
     members = {s.name for s in stages_of(ctx.recipe)}

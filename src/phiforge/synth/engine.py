@@ -21,6 +21,7 @@ from phiforge.generation import Backend, Sampling
 from phiforge.synth import dataset as ds
 from phiforge.synth.generators import GENERATORS
 from phiforge.synth.workflow import Sample, Workflow
+from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
 
@@ -86,7 +87,7 @@ def generate_dataset(
                     dtype.seeds.max_chars if dtype.seeds else 0)
     workflow = Workflow(dtype, backend, sampling)
     shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
-    with Progress(TextColumn(f"synth {dtype.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
+    with Progress(TextColumn(bar_label(f"synth {dtype.name}")), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("", total=len(samples))
         for k, shard in enumerate(shards):
             stats_path = out_dir / f"shard_{k:05d}.stats.json"

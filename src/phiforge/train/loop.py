@@ -26,6 +26,7 @@ from phiforge.rundir import append_metrics, read_metrics, truncate_metrics
 from phiforge.train.checkpoint import Checkpointer, TrainState
 from phiforge.train.loss import MicroLoss
 from phiforge.train.optim import build_optimizer, build_scheduler
+from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
 
@@ -80,7 +81,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 def progress_bar(label: str) -> Progress:
     return Progress(
-        TextColumn(f"[bold]{label}[/]"),
+        TextColumn(f"[bold]{bar_label(label)}[/]"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]:.3f}"),

@@ -28,6 +28,7 @@ from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl, write_with
 from phiforge.generation import Backend, Sampling, expected_score
 from phiforge.recipe import CurationClassifier
+from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
 
@@ -114,7 +115,7 @@ class TeacherLabeler(Labeler):
 
         self.answers = []
         with Progress(transient=True) as progress:
-            task = progress.add_task(f"teacher labels ({self.backend.model}, {self.method})", total=len(docs))
+            task = progress.add_task(bar_label(f"teacher labels ({self.backend.model}, {self.method})"), total=len(docs))
             for i in range(0, len(docs), self.batch):
                 chunk = docs[i : i + self.batch]
                 convs = [rating_conversation(d.text[: self.max_chars]) for d in chunk]
