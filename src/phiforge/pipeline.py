@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from phiforge import distributed
 from phiforge.errors import UserError
 from phiforge.recipe import Recipe, Section
 from phiforge.rundir import StageDir, StageResult, append_metrics, write_manifest
@@ -86,7 +87,22 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+# Stages every torchrun rank runs together (FSDP2); the others run on rank 0 alone while the rest wait.
+TRAINING_STAGES = ("pretrain", "midtrain", "sft")
+
+
 def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
+    if stage.name in TRAINING_STAGES:
+        _run_stage(recipe, run_dir, stage)
+        distributed.wait_for_main(f"the {stage.name} stage's manifest")
+        return
+    with distributed.main_alone(f"rank 0 to run the {stage.name} stage") as runs_here:
+        if runs_here:
+            _run_stage(recipe, run_dir, stage)
+
+
+def _run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
+    main = distributed.is_main()
     sd = StageDir(run_dir, stage.name)
     digest = config_hash(recipe, stage)
     if sd.status() == "done":
@@ -98,7 +114,9 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
             f"or delete {sd.path} (and the stages after it) to redo it"
         )
     resuming = sd.status() == "partial"
-    sd.begin(digest)
+    if main:
+        sd.begin(digest)
+    distributed.wait_for_main(f"rank 0 to claim {sd.path}")  # a claim it refuses stops every rank here
     log.info("%s: %s", stage.name, "resuming" if resuming else "starting")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -107,9 +125,11 @@ def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
         result = stage.run(StageContext(recipe, run_dir, sd))
     except UserError:
         # Rejected input before any work: leave no directory that would read as a partial run.
-        if [p.name for p in sd.path.iterdir()] == ["started.json"]:
+        if main and [p.name for p in sd.path.iterdir()] == ["started.json"]:
             shutil.rmtree(sd.path)
         raise
+    if not main:
+        return
     inputs = {dep: str(run_dir / dep) for dep in stage.depends_on if StageDir(run_dir, dep).status() == "done"}
     if not sd.metrics_path.is_file():  # stages without a training log still leave their figures here
         append_metrics(sd.metrics_path, {k: v for k, v in result.metrics.items() if not isinstance(v, dict)})
