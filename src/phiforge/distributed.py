@@ -125,13 +125,6 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def all_sum_tensor(t: torch.Tensor) -> torch.Tensor:
-    if active():
-        t = t.detach().clone()
-        dist.all_reduce(t)
-    return t
-
-
 def shard(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: each transformer block its own unit, then the root (embeddings, final norm, head)."""
     from torch.distributed.fsdp import fully_shard
