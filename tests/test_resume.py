@@ -31,7 +31,7 @@ def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp
     checkpoints = run_dir / "pretrain" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if checkpoints.is_dir() and any((p / "state.pt").is_file() for p in checkpoints.iterdir()):
+        if checkpoints.is_dir() and any((p / ".metadata").is_file() for p in checkpoints.iterdir()):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "pretraining ended before it could be killed; raise smoke pretrain steps"

@@ -27,8 +27,9 @@ RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run direct
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 speaks for all ranks; others only warn
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
         force=True,
@@ -68,7 +69,8 @@ def run(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
     rec, rd = _load(recipe, run_dir)
     _preflight(rec, rd, stages_of(rec))
     run_all(rec, rd)
-    console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / 'final'}")
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / 'final'}")
 
 
 def _stage_command(name: str):
@@ -600,6 +602,10 @@ def main() -> None:
     # torch.compile's kernels persist in the user's cache, not a shared /tmp, so reruns start fast.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "phiforge" / "inductor"))
     try:
+        if "RANK" in os.environ:  # started by torchrun: join its process group (phiforge/distributed.py)
+            from phiforge import distributed
+
+            distributed.init()
         app()  # typer reports a bad option or argument itself (exit 2)
     except UserError as e:
         _fail(str(e))

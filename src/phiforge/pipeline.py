@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from phiforge import progress
+from phiforge import distributed, progress
 from phiforge.errors import UserError
 from phiforge.files import remove_stale_temporaries
 from phiforge.recipe import Recipe, Section
@@ -88,12 +89,29 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+# Stages every torchrun rank runs together (FSDP2); the others run on rank 0 alone while the rest wait.
+TRAINING_STAGES = ("pretrain", "midtrain", "sft")
+
+
 def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
-    with run_dir_lock(run_dir):
-        _run_stage(recipe, run_dir, stage)
+    if stage.name in TRAINING_STAGES:
+        with _held(run_dir):
+            _run_stage(recipe, run_dir, stage)
+        distributed.wait_for_main(f"the {stage.name} stage's manifest")
+        return
+    with distributed.main_alone(f"rank 0 to run the {stage.name} stage") as runs_here:
+        if runs_here:
+            with _held(run_dir):
+                _run_stage(recipe, run_dir, stage)
+
+
+def _held(run_dir: Path):
+    """The run directory's lock, taken by rank 0 alone: the other ranks of a torchrun job are the same run."""
+    return run_dir_lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
 
 
 def _run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
+    main = distributed.is_main()
     sd = StageDir(run_dir, stage.name)
     digest = config_hash(recipe, stage)
     if sd.status() == "done":
@@ -105,10 +123,12 @@ def _run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
             f"or delete {sd.path} (and the stages after it) to redo it"
         )
     resuming = sd.status() == "partial"
-    sd.begin(digest)
-    if resuming:  # what a killed write left behind (a checkpoint's size, at scale); the lock says it is no one's now
-        for stale in remove_stale_temporaries(sd.path):
-            log.info("%s: removed %s, left by an interrupted write", stage.name, stale)
+    if main:
+        sd.begin(digest)
+        if resuming:  # what a killed write left behind (a checkpoint's size, at scale); the lock says it is no one's now
+            for stale in remove_stale_temporaries(sd.path):
+                log.info("%s: removed %s, left by an interrupted write", stage.name, stale)
+    distributed.wait_for_main(f"rank 0 to claim {sd.path}")  # a claim it refuses stops every rank here
     log.info("%s: %s", stage.name, "resuming" if resuming else "starting")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -117,9 +137,11 @@ def _run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
         result = stage.run(StageContext(recipe, run_dir, sd))
     except UserError:
         # Rejected input before any work: leave no directory that would read as a partial run.
-        if [p.name for p in sd.path.iterdir()] == ["started.json"]:
+        if main and [p.name for p in sd.path.iterdir()] == ["started.json"]:
             shutil.rmtree(sd.path)
         raise
+    if not main:
+        return
     inputs = {dep: str(run_dir / dep) for dep in stage.depends_on if StageDir(run_dir, dep).status() == "done"}
     if not sd.metrics_path.is_file():  # stages without a training log still leave their figures here
         append_metrics(sd.metrics_path, {k: v for k, v in result.metrics.items() if not isinstance(v, dict)})
@@ -132,7 +154,7 @@ def run_all(recipe: Recipe, run_dir: Path) -> None:
     run = progress.RunProgress(recipe, [s.name for s in stages])
     progress.activate(run)
     try:
-        with run_dir_lock(run_dir):  # one hold for the whole run: no other process slips in between stages
+        with _held(run_dir):  # one hold for the whole run: no other process slips in between stages
             for i, stage in enumerate(stages):
                 run.begin(i)
                 done_before = StageDir(run_dir, stage.name).status() == "done"

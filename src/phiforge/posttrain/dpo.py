@@ -176,8 +176,9 @@ class DPOLoss:
     pad: int
     seed: int
 
-    def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device) -> MicroLoss:
-        idx = rows_at(len(self.pairs), index, self.cfg.batch_size, self.seed)
+    def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device, rank: int = 0,
+                    world: int = 1) -> MicroLoss:
+        idx = rows_at(len(self.pairs), index, self.cfg.batch_size // world, self.seed, rank, world)
         chosen, rejected, tokens = pair_logps(model, [self.pairs[i] for i in idx], self.pad, device)
         ref = torch.from_numpy(self.reference[idx]).to(device=device, dtype=chosen.dtype)
         losses, rc, rr = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.cfg.beta, self.cfg.label_smoothing)

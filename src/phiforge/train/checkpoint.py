@@ -1,12 +1,16 @@
-"""Training state in one place, saved atomically and restored exactly.
+"""Training state in one place, saved atomically and restored exactly, by one process or many.
 
 TrainState gathers what a resumed run needs to continue bit for bit: model, optimizer and scheduler
-state, RNG states and the data position (the optimizer step; batches are a pure function of it).
-Its state_dict() is a plain nested dict, the shape torch.distributed.checkpoint saves sharded.
+state, RNG states (one set per rank) and the data position (the optimizer step; batches are a pure function
+of it). Checkpoints are torch.distributed.checkpoint (DCP) directories: each rank writes its FSDP shards and
+DCP writes `.metadata` last, so the same format serves one process and many and a checkpoint saved by N
+processes loads into M (DCP re-shards).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import re
 import shutil
@@ -15,8 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from phiforge.files import atomic_path, remove_stale_temporaries
+from phiforge import distributed
+from phiforge.files import remove_stale_temporaries
+
+log = logging.getLogger("phiforge")
+
+COMPLETE = ".metadata"  # DCP writes it after every rank's shards: a directory without it is partial
 
 
 @dataclass
@@ -28,32 +39,38 @@ class TrainState:
     tokens_seen: int = 0
 
     def state_dict(self) -> dict:
+        model, optimizer = get_state_dict(self.model, self.optimizer)
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "tokens_seen": self.tokens_seen,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
+            f"rng_rank{distributed.rank()}": rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        key = f"rng_rank{distributed.rank()}"
+        if key in state:  # a rank the saving run did not have keeps its fresh RNG
+            set_rng_state(state[key])
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
 
 
 class Checkpointer:
-    """step_NNNNNNN/ directories under `root`, each written whole or not at all."""
+    """step_NNNNNNN/ directories under `root`, each written whole (into a temp dir, renamed) or not at all."""
 
     def __init__(self, root: Path, keep: int):
         self.root = root
@@ -63,24 +80,45 @@ class Checkpointer:
         if not self.root.is_dir():
             return []
         found = (re.fullmatch(r"step_(\d+)", p.name) for p in self.root.iterdir())
-        return sorted(int(m.group(1)) for m in found if m and (self.root / m.group(0) / "state.pt").is_file())
+        return sorted(int(m.group(1)) for m in found if m and (self.root / m.group(0) / COMPLETE).is_file())
 
     def save(self, state: TrainState) -> Path:
         path = self.root / f"step_{state.step:07d}"
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            torch.save(state.state_dict(), tmp / "state.pt")
-        for old in self.steps()[: -self.keep]:
-            shutil.rmtree(self.root / f"step_{old:07d}", ignore_errors=True)
+        # Every rank writes into the same temp dir (so its name is fixed, not random); rank 0 renames it once all
+        # have written. A run killed before the rename leaves only the .tmp dir, which steps() ignores.
+        tmp = self.root / f".{path.name}.tmp"
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.wait_for_main("the checkpoint directory")
+        dcp.save(state.state_dict(), checkpoint_id=tmp)
+        distributed.wait_for_main("the checkpoint")  # dcp.save returns on rank 0 once all ranks' shards are written
+        if distributed.is_main():
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            for old in self.steps()[: -self.keep]:
+                shutil.rmtree(self.root / f"step_{old:07d}", ignore_errors=True)
         return path
 
     def restore_latest(self, state: TrainState) -> int | None:
-        """Load the newest whole checkpoint; a save killed midway left a temporary as big as one, removed here."""
-        if self.root.is_dir():
+        """Load the newest checkpoint that reads back whole; a damaged one is skipped with a warning. A save killed
+        midway left a temporary as big as a checkpoint: rank 0 removes it (no save runs while a stage restores)."""
+        if distributed.is_main() and self.root.is_dir():
             remove_stale_temporaries(self.root)
-        steps = self.steps()
-        if not steps:
-            return None
-        blob = torch.load(self.root / f"step_{steps[-1]:07d}" / "state.pt", weights_only=False)
-        state.load_state_dict(blob)
-        return steps[-1]
+            for tmp in self.root.glob(".step_*.tmp"):  # save()'s own fixed-name temporaries
+                shutil.rmtree(tmp, ignore_errors=True)
+        distributed.wait_for_main("stale checkpoint temporaries to go")
+        for step in reversed(self.steps()):
+            path = self.root / f"step_{step:07d}"
+            try:
+                saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+                blob = {k: v for k, v in state.state_dict().items()
+                        if k in saved or any(s.startswith(k + ".") for s in saved)}
+                dcp.load(blob, checkpoint_id=path)
+            except Exception as e:  # DCP raises the same CheckpointException on every rank when one fails
+                log.warning("checkpoint %s unreadable (%s); trying the one before", path, str(e).splitlines()[0])
+                continue
+            state.load_state_dict(blob)
+            return step
+        return None

@@ -10,16 +10,21 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from phiforge import distributed
 from phiforge.data.packing import INDEX, Documents, Packed, remove_build_files, write_documents
 from phiforge.files import write_with
 from phiforge.tokenizer import ENDOFTEXT, IM_END
 
 
 def cached_packed(directory: Path, build: Callable[[Path], None]) -> Packed:
-    """The packed shards in `directory`, memory-mapped; `build(directory)` writes them (resumably) the first time."""
-    if not (directory / INDEX).is_file():
-        build(directory)
-    remove_build_files(directory)  # left behind by a pack killed just after writing its index
+    """The packed shards in `directory`, memory-mapped; `build(directory)` writes them (resumably) the first time.
+
+    Under torchrun rank 0 packs while the other ranks wait, then every rank maps the same shards."""
+    if distributed.is_main():
+        if not (directory / INDEX).is_file():
+            build(directory)
+        remove_build_files(directory)  # left behind by a pack killed just after writing its index
+    distributed.wait_for_main(f"the packed data in {directory}")
     return Packed.load(directory)
 
 
@@ -35,7 +40,10 @@ def tokenized(directory: Path, tok: PreTrainedTokenizerBase, texts: Iterable[str
 
 
 def export_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, path: Path) -> None:
-    """An HF directory (safetensors weights, config, tokenizer with chat template) written whole."""
+    """An HF directory (safetensors weights, config, tokenizer with chat template) written whole, by rank 0
+    (the rank that holds the trained weights after a multi-process run)."""
+    if not distributed.is_main():
+        return
     eos = [tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)]
     model.generation_config = GenerationConfig(
         bos_token_id=model.config.bos_token_id, eos_token_id=eos, pad_token_id=model.config.pad_token_id

@@ -34,8 +34,9 @@ class NextTokenLoss:
         # Compiling model and loss together fuses casts, norms and the fp32 cross-entropy (docs/benchmarks.md).
         self.loss_fn = torch.compile(token_loss_sum) if self.compile else token_loss_sum
 
-    def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device) -> MicroLoss:
-        x, y = batch_at(self.data, index, self.batch_size, self.seed)
+    def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device, rank: int = 0,
+                    world: int = 1) -> MicroLoss:
+        x, y = batch_at(self.data, index, self.batch_size // world, self.seed, rank, world)
         loss, n = self.loss_fn(model, x.to(device), y.to(device))
         return MicroLoss(loss, n, x.numel())
 

@@ -1,0 +1,80 @@
+"""Pretraining under torchrun (2 processes, FSDP2 on gloo) takes the same steps as one process, and a 2-process
+run whose rank dies mid-pretraining stops, then resumes in one process to the same end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+
+from conftest import SMOKE, phiforge
+
+STEPS = 40
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    data = yaml.safe_load(SMOKE.read_text())
+    data["pretrain"].update(steps=STEPS, checkpoint_every=5, batch_size=8, seq_len=64, precision="fp32")
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def torchrun(*args, **popen):
+    """2 ranks on this machine, one thread each (the CPUs are shared)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
+               sys.executable, "-m", "phiforge.cli", *map(str, args)]
+    return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def losses(run_dir):
+    return [json.loads(x)["loss"] for x in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics(run_dir):
+    return json.loads((run_dir / "pretrain" / "manifest.json").read_text())["metrics"]
+
+
+def test_two_processes_match_one_and_resume_on_one_after_kill(smoke_run, recipe, tmp_path, copy_stages):
+    runs = {name: tmp_path / name for name in ("one", "two", "killed")}
+    for run_dir in runs.values():
+        run_dir.mkdir()
+        copy_stages(smoke_run, run_dir, "corpus", "synth", "tokenizer")
+
+    phiforge("pretrain", recipe, "--run-dir", runs["one"])
+    two = torchrun("pretrain", recipe, "--run-dir", runs["two"])
+    assert two.wait(600) == 0, two.stderr.read()[-4000:]
+    assert len(losses(runs["two"])) == STEPS
+    assert losses(runs["two"]) == pytest.approx(losses(runs["one"]), abs=2e-3)
+    assert metrics(runs["two"])["val_loss"] == pytest.approx(metrics(runs["one"])["val_loss"], abs=2e-3)
+    assert (runs["two"] / "pretrain" / "model" / "model.safetensors").is_file()
+
+    killed = torchrun("pretrain", recipe, "--run-dir", runs["killed"])
+    checkpoints = runs["killed"] / "pretrain" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None:
+        if checkpoints.is_dir() and any((p / ".metadata").is_file() for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.02)
+    assert killed.poll() is None, "pretraining ended before it could be killed; raise STEPS"
+    # One rank dies: torchrun stops the other and fails, in bounded time rather than a hang.
+    ranks = psutil.Process(killed.pid).children()
+    assert len(ranks) == 2
+    ranks[-1].send_signal(signal.SIGKILL)
+    assert killed.wait(120) != 0
+    assert not (runs["killed"] / "pretrain" / "manifest.json").exists()
+
+    resumed = phiforge("pretrain", recipe, "--run-dir", runs["killed"])  # one process
+    assert "resuming from checkpoint" in resumed.stderr
+    assert 0 < metrics(runs["killed"])["resumed_from"] < STEPS
+    assert losses(runs["killed"]) == pytest.approx(losses(runs["one"]), abs=2e-3)
+    assert metrics(runs["killed"])["val_loss"] == pytest.approx(metrics(runs["one"])["val_loss"], abs=2e-3)
