@@ -204,12 +204,13 @@ def test_credentials_in_base_url_are_sent_as_basic_auth_and_shown_nowhere(tmp_pa
     assert str(down.value).startswith(f"{server.url}/chat/completions: gave up after 1 attempts")
     with pytest.raises(UserError) as bad:
         OpenAIBackend("ftp://alice:s3cret-KEY@example.org/v1", "teacher")
-    recipe = tmp_path / "r.yaml"  # a recipe error echoes the section it rejects
-    recipe.write_text(yaml.safe_dump({"name": "r", "corpus": {"sources": [{"name": "p", "kind": "passkey"}]},
-                                      "teacher": {"backend": "openai", "model": "m", "base_url": url}}))
+    recipe = tmp_path / "r.yaml"  # a recipe error echoes the value it rejects: here the URL, in a number's place
+    recipe.write_text(yaml.safe_dump({"name": "r", "teacher": {"backend": "openai", "model": "m", "base_url": url,
+                                                               "max_tokens": url}}))
     with pytest.raises(UserError) as in_recipe:
         load_recipe(recipe)
-    assert server.url in caplog.text and "'base_url': 'http://127.0.0.1:" in str(in_recipe.value)
+    assert server.url in caplog.text and "(got 'http://127.0.0.1:" in str(in_recipe.value)
+    assert "alice" not in str(in_recipe.value)
     shown = [caplog.text, str(down.value), str(bad.value), str(in_recipe.value),
              *(p.read_bytes().decode(errors="replace") for p in tmp_path.glob("c.sqlite*"))]
     assert not [text for text in shown if "s3cret" in text]

@@ -8,7 +8,7 @@ from phiforge.recipe import load_recipe
 
 
 def test_eta_counts_every_stage_left_and_scales_by_this_runs_speed(monkeypatch):
-    recipe = load_recipe("recipes/tiny.yaml")
+    recipe = load_recipe("tiny")
     names = [s.name for s in stages_of(recipe)]
     now = [1000.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
@@ -30,7 +30,7 @@ def test_eta_counts_every_stage_left_and_scales_by_this_runs_speed(monkeypatch):
 
 
 def test_skipped_stages_do_not_count_as_measured_speed(monkeypatch):
-    recipe = load_recipe("recipes/tiny.yaml")
+    recipe = load_recipe("tiny")
     run = progress.RunProgress(recipe, [s.name for s in stages_of(recipe)])
     run.begin(0)
     run.end(0, ran=False)  # done in an earlier invocation: took no time now

@@ -565,7 +565,9 @@ def _format_error(err: dict, model: type[BaseModel] = BaseModel) -> str:
     given = err.get("input")
     if isinstance(given, (dict, list)) or err["type"] == "value_error":
         return f"{loc}: {msg}" if err["loc"] else msg  # the message names what is wrong; the input is a whole section
-    return without_credentials(f"'{loc}': {msg} (got {reprlib.repr(given)})")  # the input may hold a base_url
+    if isinstance(given, str):  # redact before shortening: a cut URL no longer looks like one
+        given = without_credentials(given)
+    return f"'{loc}': {msg} (got {reprlib.repr(given)})"
 
 
 def _first_error(e: ValidationError) -> dict:
