@@ -140,3 +140,22 @@ def test_a_full_disk_outside_the_atomic_writers_is_one_line_too():
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: no space left on device while writing /runs/x/metrics.jsonl; free some "
                                    "space there and rerun the same command (what was finished is kept)")
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path, caplog):
+    def state(step: int) -> TrainState:
+        torch.manual_seed(step)
+        model = torch.nn.Linear(8, 4)
+        optimizer = torch.optim.AdamW(model.parameters())
+        return TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), step=step)
+
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=2)
+    saved = state(10)
+    ckpt.save(saved)
+    ckpt.save(state(20))
+    for shard in (tmp_path / "checkpoints" / "step_0000020").glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[:40])  # a disk error or a kill mid-copy cut the data
+    restored = state(0)
+    assert ckpt.restore_latest(restored) == 10 and restored.step == 10
+    assert torch.equal(restored.model.weight, saved.model.weight)
+    assert "step_0000020 unreadable" in caplog.text

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from phiforge import distributed
-from phiforge.files import remove_stale_temporaries
+from phiforge.files import full_disk_is_user_error, remove_stale_temporaries
 
 log = logging.getLogger("phiforge")
 
@@ -91,7 +92,16 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         distributed.wait_for_main("the checkpoint directory")
-        dcp.save(state.state_dict(), checkpoint_id=tmp)
+        try:
+            with full_disk_is_user_error(path):
+                try:
+                    dcp.save(state.state_dict(), checkpoint_id=tmp)
+                except CheckpointException as e:  # a BaseException: made an ordinary error, so a full disk is seen
+                    raise RuntimeError(str(e).splitlines()[0]) from e
+        except BaseException:
+            if distributed.is_main():  # a failed save leaves no temporary as big as a checkpoint
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         distributed.wait_for_main("the checkpoint")  # dcp.save returns on rank 0 once all ranks' shards are written
         if distributed.is_main():
             if path.is_dir():
@@ -116,7 +126,7 @@ class Checkpointer:
                 blob = {k: v for k, v in state.state_dict().items()
                         if k in saved or any(s.startswith(k + ".") for s in saved)}
                 dcp.load(blob, checkpoint_id=path)
-            except Exception as e:  # DCP raises the same CheckpointException on every rank when one fails
+            except (Exception, CheckpointException) as e:  # DCP raises the same CheckpointException on every rank
                 log.warning("checkpoint %s unreadable (%s); trying the one before", path, str(e).splitlines()[0])
                 continue
             state.load_state_dict(blob)
