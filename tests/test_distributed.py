@@ -62,12 +62,14 @@ def test_two_processes_match_one_and_resume_on_one_after_kill(smoke_run, recipe,
     checkpoints = runs["killed"] / "pretrain" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and killed.poll() is None:
-        if checkpoints.is_dir() and any((p / ".metadata").is_file() for p in checkpoints.iterdir()):
+        # a complete checkpoint: renamed into place (a `.step_N.tmp` holds .metadata before its rename)
+        if checkpoints.is_dir() and any(p.name.startswith("step_") and (p / ".metadata").is_file()
+                                        for p in checkpoints.iterdir()):
             break
         time.sleep(0.02)
     assert killed.poll() is None, "pretraining ended before it could be killed; raise STEPS"
     # One rank dies: torchrun stops the other and fails, in bounded time rather than a hang.
-    ranks = psutil.Process(killed.pid).children()
+    ranks = [p for p in psutil.Process(killed.pid).children() if "phiforge.cli" in " ".join(p.cmdline())]
     assert len(ranks) == 2
     ranks[-1].send_signal(signal.SIGKILL)
     assert killed.wait(120) != 0
