@@ -90,11 +90,11 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
 
 
 # Stages every torchrun rank runs together (FSDP2); the others run on rank 0 alone while the rest wait.
-TRAINING_STAGES = ("pretrain", "midtrain", "sft")
+ALL_RANK_STAGES = ("pretrain", "midtrain", "sft")  # not rundir.TRAINING_STAGES: DPO still trains on rank 0
 
 
 def run_stage(recipe: Recipe, run_dir: Path, stage: Stage) -> None:
-    if stage.name in TRAINING_STAGES:
+    if stage.name in ALL_RANK_STAGES:
         with _held(run_dir):
             _run_stage(recipe, run_dir, stage)
         distributed.wait_for_main(f"the {stage.name} stage's manifest")

@@ -138,12 +138,14 @@ def plan(recipe: Recipe, gpus: int, gpu: str, mfu: float = DEFAULT_MFU, micro_ba
     if grad_accum < 1:
         warnings.append(f"{gpus:,} GPUs x micro-batch {micro_batch} exceed the global batch of {global_batch:,} sequences: "
                         f"some GPUs would idle; use fewer GPUs or a larger pretrain.batch_size")
-    if not memory(gpus).fits:
-        warnings.append(f"{memory(gpus).total:,.1f} GiB per GPU does not fit {HEADROOM:.0%} of a {gpu}'s {gpu_gib} GiB: "
+    mine = memory(gpus)
+    if not mine.fits:
+        warnings.append(f"{mine.total:,.1f} GiB per GPU does not fit {HEADROOM:.0%} of a {gpu}'s {gpu_gib} GiB: "
                         f"use more GPUs, --checkpointing block or a smaller --micro-batch")
     counts = sorted({*GPU_COUNTS, gpus})
-    table = [{"gpus": n, "memory_gib": memory(n).total, "fits": memory(n).fits, "days": round(days(n), 2)} for n in counts]
+    table = [{"gpus": n, "memory_gib": m.total, "fits": m.fits, "days": round(days(n), 2)}
+             for n, m in ((n, memory(n)) for n in counts)]
     return Plan(gpu, gpus, mfu, micro_batch, checkpointing,
                 {"preset": recipe.model.preset, "parameters": info.parameters,
                  "non_embedding_parameters": info.non_embedding_parameters},
-                stages, flops, memory(gpus), days(gpus), grad_accum, warnings, table)
+                stages, flops, mine, days(gpus), grad_accum, warnings, table)
