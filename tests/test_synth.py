@@ -58,6 +58,14 @@ def test_rewrite_records_provenance(tmp_path):
     assert prov["created"] and len({r["id"] for r in records}) == 4
 
 
+def test_the_teachers_max_tokens_caps_a_steps_own_length(tmp_path):
+    backend = FakeBackend(lambda m, s, i: "Question: What boils?\nAnswer: Water.", model="scripted-teacher")
+    generate_dataset(load_dataset_type("qa_from_passage"), 2, tmp_path / "qa", backend, Sampling(seed=3, max_tokens=64),
+                     1, SEEDS, 64)
+    steps = [r["provenance"]["steps"][0] for r in read_records(tmp_path / "qa")]
+    assert steps and all(s["sampling"]["max_tokens"] == 64 for s in steps)  # the type asks for 160
+
+
 def test_unparseable_replies_are_dropped_and_counted(tmp_path):
     stats, records, _ = run_type(tmp_path, "qa_from_passage", lambda m, s, i: "I cannot do that.")
     assert records == [] and stats.dropped == {"step 1 parse": 4}

@@ -103,7 +103,7 @@ class TeacherConfig(Section):
     max_retries: NonNegInt = 5
     temperature: Annotated[float, Field(ge=0)] = 0.7
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    max_tokens: PositiveInt = 256
+    max_tokens: PositiveInt = 256  # the longest reply of any request: it caps the synth types' own per-step lengths
     cache: bool = True  # on-disk request cache: a rerun or resumed run pays nothing twice
 
     def digest(self) -> str:

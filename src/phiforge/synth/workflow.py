@@ -36,6 +36,8 @@ class Workflow:
     # -- helpers ---------------------------------------------------------------------------------
     def _sampling(self, override: ds.SamplingOverride) -> Sampling:
         changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        if "max_tokens" in changes:  # the recipe's teacher.max_tokens caps every step: it bounds the teacher's cost
+            changes["max_tokens"] = min(changes["max_tokens"], self.sampling.max_tokens)
         return replace(self.sampling, **changes)
 
     def _ask(self, conversations: list[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
