@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import phiforge
 
-from phiforge.data.decontam import BenchmarkIndex, Overlap, decontaminate, load_benchmark, read_rows
+from phiforge.data.decontam import BenchmarkIndex, Overlap, decontaminate, load_benchmark
 from phiforge.errors import UserError
+from phiforge.files import read_rows
 
 CLEAN = [
     "The river froze early that winter, and the ferry stopped running until the thaw in March.",

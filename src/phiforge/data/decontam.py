@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from phiforge.errors import UserError
+from phiforge.files import read_jsonl, read_rows, write_rows
 
 log = logging.getLogger("phiforge")
 
@@ -314,8 +315,6 @@ BUILTIN = {"humaneval": _humaneval}
 
 def load_benchmark(spec: str | Path, overlap: Overlap | None = None) -> Benchmark:
     """A built-in benchmark name or a jsonl file of items (any text fields), matched by `overlap` when given."""
-    from phiforge.files import read_jsonl
-
     path = Path(spec)
     if path.is_file():
         items, name = list(read_jsonl(path)), path.stem
@@ -550,55 +549,7 @@ def batches(rows: Iterable[dict[str, Any]], field: str, max_chars: int = BATCH_B
         yield batch
 
 
-# ---------------------------------------------------------------- files in, files out
-
-
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a jsonl or parquet file, streamed."""
-    from phiforge.files import read_jsonl
-
-    path = Path(path)
-    if path.suffix != ".parquet":
-        yield from read_jsonl(path)
-        return
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path}: not a readable parquet file ({e})") from None
-
-
-def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows atomically as jsonl, or as parquet when the path ends in .parquet."""
-    from phiforge.files import atomic_path, write_jsonl
-
-    path = Path(path)
-    if path.suffix != ".parquet":
-        return write_jsonl(path, rows)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def flush(chunk: list[dict[str, Any]], writer: Any, tmp: Path) -> Any:
-        table = pa.Table.from_pylist(chunk)
-        writer = writer or pq.ParquetWriter(tmp, table.schema)
-        writer.write_table(table)
-        return writer
-
-    count, chunk, writer = 0, [], None
-    with atomic_path(path) as tmp:
-        for row in rows:
-            chunk.append(row)
-            count += 1
-            if len(chunk) == 4096:
-                writer, chunk = flush(chunk, writer, tmp), []
-        if chunk or writer is None:
-            writer = flush(chunk, writer, tmp)
-        writer.close()
-    return count
+# ---------------------------------------------------------------- the command
 
 
 def _checked(rows: Iterable[dict[str, Any]], path: Path, field: str) -> Iterator[dict[str, Any]]:
