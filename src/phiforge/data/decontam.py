@@ -53,6 +53,7 @@ _SLOT = np.random.default_rng(0x5EED).integers(1 << 62, 1 << 63, size=64, dtype=
 _WORD_RE = re.compile(r"-?[0-9a-z\u0080-\u009f\u00a1-\u1fff\u2070-\U0010ffff]+")
 
 BATCH_BYTES = 1 << 21  # documents are hashed ~2 MB at a time
+SHORT_FIELD_COPY = 1.0  # the copy rule asks a short field whole (see BenchmarkIndex)
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
@@ -548,7 +549,7 @@ class BenchmarkIndex:
             mostly_numbers = np.concatenate(field_numbers) * 2 > self.field_words
             short = self.field_n < n
             candidates = (self.field_n > 0) & np.isnan(self.field_fraction) & (~informative_fields | short) & ~mostly_numbers
-            self.copy_need = np.where(short, 1.0, copy_fraction)  # per field: the fraction a copy must hold
+            self.copy_need = np.where(short, SHORT_FIELD_COPY, copy_fraction)  # per field: the fraction a copy must hold
             held = self._copied_in(background, candidates, tables)
             for bench, mine in zip(benchmarks, bench_fields):
                 self.copy_fields[bench.name] = {"indexed": int((candidates[mine] & ~held[mine]).sum()),
@@ -729,7 +730,7 @@ def _report(
                     hits.setdefault(match["item"], []).append(doc["doc"])
         rule = {"rule": "overlap", "n": bench.overlap.n, "fraction": bench.overlap.fraction} if bench.overlap else {
             "rule": "ngram", "n": index.n, "short_n": index.short_n,
-            "copy_rule": {"fraction": index.copy_fraction, "short_field_fraction": 1.0, "fields": index.copy_fields[bench.name]}}
+            "copy_rule": {"fraction": index.copy_fraction, "short_field_fraction": SHORT_FIELD_COPY, "fields": index.copy_fields[bench.name]}}
         per_bench[bench.name] = {
             **rule,
             "items": len(bench.items),
