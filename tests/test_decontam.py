@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import phiforge
 
-from phiforge.data.decontam import BenchmarkIndex, Overlap, decontaminate, load_benchmark, read_rows
+from phiforge.data.decontam import BenchmarkIndex, Overlap, decontaminate, load_benchmark
 from phiforge.errors import UserError
+from phiforge.files import read_rows
 
 CLEAN = [
     "The river froze early that winter, and the ferry stopped running until the thaw in March.",
@@ -165,6 +166,54 @@ def test_every_humaneval_prompt_and_informative_solution_leak_is_removed(form):
     solutions = {i: item["canonical_solution"] for i, item in enumerate(humaneval.items) if i in (7, 10, 25, 95, 129, 160)}
     hits = index.match([LEAKS[form](s) for s in solutions.values()])
     assert [(h.doc, h.matches[0].field) for h in hits] == [(j, "canonical_solution") for j in range(len(solutions))]
+
+
+def solution_fields(index: BenchmarkIndex) -> list[int]:
+    """The field id of each HumanEval item's canonical_solution, in item order."""
+    return [f for f, name in enumerate(index.field_names) if name == "canonical_solution"]
+
+
+@pytest.mark.parametrize("form", LEAKS)
+def test_generic_solution_leaked_alone_is_caught_by_the_copy_rule(form):
+    """Solutions without an informative n-gram (`while b: a, b = b, a % b`) or short are caught as whole copies."""
+    humaneval = load_benchmark("humaneval")
+    index = BenchmarkIndex([humaneval])
+    solutions = [LEAKS[form](item["canonical_solution"]) for item in humaneval.items]
+    copyable = [i for i, f in enumerate(solution_fields(index)) if index.copyable[f]]
+    assert len(copyable) == 37
+    hits = {h.doc: h for h in index.match(solutions)}
+    for i in copyable:
+        (match,) = [m for m in hits[i].matches if m.item == humaneval.ids[i]]
+        assert match.rule == "copy" and match.field == "canonical_solution" and match.coverage == 1
+    # Informative n-grams alone catch 122; what neither rule catches is under 7 words, so never indexed.
+    assert len({h.doc for h in BenchmarkIndex([humaneval], copy_fraction=None).match(solutions)}) == 122
+    missed = [humaneval.items[i]["canonical_solution"] for i in range(164) if i not in hits]
+    assert len(hits) == 151 and all(len(re.findall(r"[a-z0-9]+", m.lower())) < 7 for m in missed)
+
+
+def test_generic_code_in_clean_documents_is_not_removed(tmp_path):
+    """A generic solution is caught only as a copy of most of it; part of one, or one ordinary code holds, is kept."""
+    solution = (
+        "for i in range(len(a)):\n    for j in range(i + 1, len(a)):\n        if a[j] < a[i]:\n"
+        "            a[i], a[j] = a[j], a[i]\n    return a\n"
+    )
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "s", "question": "Sort the quibbleworth ledger in place.", "solution": solution}])
+    part = "\n".join(solution.splitlines()[:2])  # the two loop lines: 14 of its 29 words
+    docs = ["def f(a):\n    " + part + "\n        pass\n", "def sort(a):\n" + solution]
+    kept, report = run(tmp_path, docs, [str(bench)])
+    assert [r["id"] for r in kept] == ["doc-0"]
+    (match,) = report["removed_documents"][0]["matches"]
+    assert (match["rule"], match["field"], match["coverage"]) == ("copy", "solution", 1.0)
+    assert report["benchmarks"]["b"]["copy_rule"]["fields"] == {"indexed": 1, "held_by_background": 0}
+
+
+def test_number_fields_have_no_copy_rule(tmp_path):
+    run_of_numbers = " ".join(str(i) for i in range(1, 17))
+    bench = write_jsonl(tmp_path / "b.jsonl", [{"id": "n", "question": "List the glimmerstone indices of the northern vault.", "answer": run_of_numbers}])
+    kept, report = run(tmp_path, [f"table = [{run_of_numbers}]"], [str(bench)])
+    assert len(kept) == 1
+    index = BenchmarkIndex([load_benchmark(bench)])
+    assert dict(zip(index.field_names, index.copyable.tolist())) == {"id": False, "question": True, "answer": False}
 
 
 def test_overlap_rule_fires_above_its_fraction_and_reports_coverage(tmp_path):

@@ -1,4 +1,4 @@
-"""Atomic file writes: every artifact appears whole or not at all (temp file, then rename).
+"""Atomic file writes (each artifact appears whole or not at all: temp file, then rename); jsonl and parquet rows.
 
 Nothing of the user's is ever replaced by accident: a file at an output path is replaced (as any writer
 would), but a directory only when phiforge wrote it, which it records with a marker file inside
@@ -156,3 +156,47 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object per line")
             yield row
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a jsonl or parquet file, streamed."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        yield from read_jsonl(path)
+        return
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows atomically as jsonl, or as parquet when the path ends in .parquet."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        return write_jsonl(path, rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def flush(chunk: list[dict[str, Any]], writer: Any, tmp: Path) -> Any:
+        table = pa.Table.from_pylist(chunk)
+        writer = writer or pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table)
+        return writer
+
+    count, chunk, writer = 0, [], None
+    with atomic_path(path) as tmp:
+        for row in rows:
+            chunk.append(row)
+            count += 1
+            if len(chunk) == 4096:
+                writer, chunk = flush(chunk, writer, tmp), []
+        if chunk or writer is None:
+            writer = flush(chunk, writer, tmp)
+        writer.close()
+    return count

@@ -1,8 +1,9 @@
 """Benchmark decontamination: drop training documents that share a word n-gram with a benchmark item.
 
 Only informative n-grams count (see `BenchmarkIndex`): number runs, keyword or stop-word runs and idioms
-of ordinary code say nothing about one benchmark item. Per benchmark, the Tulu 3 / OLMo 2 overlap rule
-(`Overlap`) can replace "any one shared n-gram".
+of ordinary code say nothing about one benchmark item. A field with no informative n-gram (generic code),
+or a short one, is matched by a copy of most of it instead, unless ordinary code holds such a copy. Per benchmark, the
+Tulu 3 / OLMo 2 overlap rule (`Overlap`) can replace both.
 
 Normalisation: lowercase; words are maximal runs of ASCII letters and digits and of non-ASCII characters
 (so accents and scripts survive), while ASCII punctuation, NBSP and the Unicode General Punctuation block
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from phiforge.errors import UserError
+from phiforge.files import read_jsonl, read_rows, write_rows
 
 log = logging.getLogger("phiforge")
 
@@ -51,6 +53,7 @@ _SLOT = np.random.default_rng(0x5EED).integers(1 << 62, 1 << 63, size=64, dtype=
 _WORD_RE = re.compile(r"-?[0-9a-z\u0080-\u009f\u00a1-\u1fff\u2070-\U0010ffff]+")
 
 BATCH_BYTES = 1 << 21  # documents are hashed ~2 MB at a time
+SHORT_FIELD_COPY = 1.0  # the copy rule asks a short field whole (see BenchmarkIndex)
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
@@ -187,11 +190,11 @@ class Background:
     def __init__(self, texts: list[str], stop_fraction: float = 0.2, idiom_docs: int = 2):
         self.documents, self.idiom_docs = len(texts), idiom_docs
         # Word hashes only: the n-gram passes below need nothing else, so the text itself is not kept.
-        self._words = [
+        self.word_batches = [
             Words(w.hashes, w.text_of, w.starts, b"")
             for w in (words_of([row["text"] for row in batch]) for batch in batches(({"text": t} for t in texts), "text"))
         ]
-        hashes, counts = _doc_counts((w.hashes, w.text_of) for w in self._words)
+        hashes, counts = _doc_counts((w.hashes, w.text_of) for w in self.word_batches)
         self.stop_words = hashes[counts >= max(1, stop_fraction * len(texts))] if texts else hashes[:0]
         self._idioms: dict[int, np.ndarray] = {}
 
@@ -199,7 +202,7 @@ class Background:
         """Sorted hashes of the n-grams found in idiom_docs or more documents."""
         if n not in self._idioms:
             per_batch = []
-            for words in self._words:
+            for words in self.word_batches:
                 _, g = next(ngrams_of(words, [n]))
                 first = np.flatnonzero(inside(words, np.arange(len(g)), n))
                 per_batch.append((g[first], words.text_of[first]))
@@ -253,12 +256,10 @@ def _keyword_hashes() -> np.ndarray:
 _NUMBER = re.compile(r"-?[0-9]+")
 
 
-def informative_words(words: Words, background: Background) -> np.ndarray:
-    """Per word: False for numbers, single characters, symbols, keywords and the background's stop words.
-
-    Looks at each word's text, so it is for benchmark items (small), not for documents.
+def informative_words(words: Words, texts: list[str], background: Background) -> np.ndarray:
+    """Per word (`texts` are the words as text): False for numbers, single characters, symbols, keywords and the
+    background's stop words. For benchmark items (small), not for documents: it looks at each word's text.
     """
-    texts = [words.phrase(i, 1) for i in range(len(words.hashes))]
     shape_ok = np.array([len(w) > 1 and not _NUMBER.fullmatch(w) and any(c.isalnum() for c in w) for w in texts], dtype=bool)
     common = np.isin(words.hashes, _keyword_hashes()) | np.isin(words.hashes, background.stop_words)
     return shape_ok & ~common
@@ -314,8 +315,6 @@ BUILTIN = {"humaneval": _humaneval}
 
 def load_benchmark(spec: str | Path, overlap: Overlap | None = None) -> Benchmark:
     """A built-in benchmark name or a jsonl file of items (any text fields), matched by `overlap` when given."""
-    from phiforge.files import read_jsonl
-
     path = Path(spec)
     if path.is_file():
         items, name = list(read_jsonl(path)), path.stem
@@ -340,10 +339,10 @@ class Match:
 
     benchmark: str
     item: str
-    rule: str  # "ngram" or "overlap"
+    rule: str  # "ngram", "copy" or "overlap"
     n: int
     field: str
-    coverage: float  # fraction of the field's words inside n-grams the document shares
+    coverage: float  # fraction of the field's words inside n-grams the document shares ("copy": in one copy)
     ngram: str  # the document's first shared n-gram with this field
 
     def as_dict(self) -> dict[str, Any]:
@@ -368,18 +367,20 @@ class Hit:
 
 @dataclass
 class _Table:
-    """Sorted n-gram hashes of one size, the item field and word position of each, and a bit table."""
+    """Sorted n-gram hashes of one size, the item field, word position and informativeness of each, a bit table."""
 
     n: int
     hashes: np.ndarray
     fields: np.ndarray
     positions: np.ndarray
+    informative: np.ndarray
     bits: np.ndarray = field(init=False)
     shift: int = field(init=False)
 
     def __post_init__(self) -> None:
         order = np.argsort(self.hashes, kind="stable")
-        self.hashes, self.fields, self.positions = self.hashes[order], self.fields[order], self.positions[order]
+        self.hashes, self.fields = self.hashes[order], self.fields[order]
+        self.positions, self.informative = self.positions[order], self.informative[order]
         # ~64 slots per indexed n-gram keeps false candidates near 1.5%; 2^16..2^28 slots.
         log2 = int(np.clip(np.ceil(np.log2(max(1, len(self.hashes)) * 64)), 16, 28))
         self.shift = 64 - log2
@@ -402,29 +403,98 @@ class _Table:
         return which, lo[which] + np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
+def _tables(parts: dict[int, list[tuple[np.ndarray, ...]]]) -> list[_Table]:
+    return [
+        _Table(size, *(np.concatenate(column) for column in zip(*columns)))
+        for size, columns in sorted(parts.items())
+        if sum(len(c[0]) for c in columns)
+    ]
+
+
+def _shared(tables: list[_Table], words: Words) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(document word position, field, field word position, informative) of each n-gram `words` share with tables."""
+    grams = dict(ngrams_of(words, [t.n for t in tables]))
+    found = [(np.zeros(0, dtype=np.int64),) * 3 + (np.zeros(0, dtype=bool),)]
+    for table in tables:
+        at = table.candidates(grams[table.n])
+        at = at[inside(words, at, table.n)]
+        which, entry = table.entries(grams[table.n], at)
+        found.append((at[which], table.fields[entry], table.positions[entry], table.informative[entry]))
+    return tuple(np.concatenate(column) for column in zip(*found))
+
+
+def _coverage(
+    keys: tuple[np.ndarray, ...], positions: np.ndarray, n: np.ndarray, length: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group shared n-grams by `keys` (first key first); per group the fraction of its field's words they cover.
+
+    n and length are the n-gram size and field length per entry. Returns (the entries' order, the groups'
+    starts in that order, coverage per group): sorted by position, an n-gram adds the words up to the next
+    one's start, at most n, so overlapping n-grams count each word once.
+    """
+    order = np.lexsort((positions, *keys[::-1]))
+    new = np.zeros(len(order), dtype=bool)
+    new[:1] = True
+    for key in keys:
+        k = key[order]
+        new[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(new)
+    pos, n = positions[order], n[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = new[1:]
+    added = np.where(last, n, np.minimum(np.diff(pos, append=0), n))
+    covered = np.add.reduceat(added, starts) if len(starts) else added[:0]
+    return order, starts, covered / length[order][starts]
+
+
+def _copy_coverage(docs: np.ndarray, fields: np.ndarray, at: np.ndarray, positions: np.ndarray,
+                   n: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (document, field), sorted so: the largest fraction of the field found as one copy in the document.
+
+    One copy: shared n-grams at the same offset between document and field (document position - field
+    position), so the field's words appear in its order, gaps allowed. Returns (document, field, fraction).
+    """
+    order, starts, coverage = _coverage((docs, fields, at - positions), positions, n, length)
+    group_docs, group_fields = docs[order][starts], fields[order][starts]
+    pair = np.flatnonzero(np.diff(group_docs, prepend=-1) | np.diff(group_fields, prepend=-1))
+    best = np.maximum.reduceat(coverage, pair) if len(pair) else coverage
+    return group_docs[pair], group_fields[pair], best
+
+
 class BenchmarkIndex:
-    """The informative n-grams of every text field of every benchmark item.
+    """The n-grams of every text field of every benchmark item that can tell a leak from ordinary text.
 
     Default rule: a field with at least `n` words gives its n-grams; a shorter one with at least `short_n`
     words gives its short_n-grams (a short question can leak too); shorter fields are too generic to index.
-    A benchmark with an `Overlap` rule gives its fields' overlap.n-grams instead. Left out (unless
+    A document sharing one informative n-gram with a field is contaminated. Not informative (unless
     `informative_only` is False): n-grams without one informative word (numbers, keywords, stop words,
     symbols, single letters) and idioms of ordinary code and prose (see `Background`).
+
+    A field with no informative n-gram at all (generic code such as `while b: a, b = b, a % b`), and a short
+    field (under n words, where one short_n-gram is weak evidence), is matched by the copy rule instead
+    (`copy_fraction` None: no copy rule): a document holding `copy_fraction` of its words as one copy, in
+    order; a short field must be copied whole (`i, x in enumerate(xs)` is 80% of a 10-word solution, and
+    common code; a missing word costs a short field most of its short_n-grams anyway). Not for fields mostly of
+    numbers (data), nor for fields of which the background holds such a copy (what ordinary code holds is no
+    evidence of a leak); those keep the rule above.
+
+    A benchmark with an `Overlap` rule gives its fields' informative overlap.n-grams instead.
     """
 
-    def __init__(self, benchmarks: list[Benchmark], n: int = 13, short_n: int = 7, informative_only: bool = True):
+    def __init__(self, benchmarks: list[Benchmark], n: int = 13, short_n: int = 7, informative_only: bool = True,
+                 copy_fraction: float | None = 0.8):
         if not 1 <= short_n <= n <= len(_SLOT):
             raise UserError(f"n-gram sizes must satisfy 1 <= short n ({short_n}) <= n ({n}) <= {len(_SLOT)}")
-        self.benchmarks, self.n, self.short_n = benchmarks, n, short_n
+        self.benchmarks, self.n, self.short_n, self.copy_fraction = benchmarks, n, short_n, copy_fraction
         background = machine_background() if informative_only else None
         self.owner_names: list[tuple[str, str]] = []  # owner id -> (benchmark, item id)
-        self.owner_rule: list[Overlap | None] = []
         self.field_owner: list[int] = []
         self.field_names: list[str] = []
-        field_words: list[np.ndarray] = []
+        field_words, field_n, field_fraction, field_numbers = [], [], [], []
         self.indexed_items: dict[str, int] = {}
         self.ignored_ngrams: dict[str, dict[str, int]] = {}
-        parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        parts: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        bench_fields: list[slice] = []
         for bench in benchmarks:
             texts = []
             for item, item_id in zip(bench.items, bench.ids):
@@ -433,8 +503,8 @@ class BenchmarkIndex:
                     self.field_names.append(name)
                     self.field_owner.append(len(self.owner_names))
                 self.owner_names.append((bench.name, item_id))
-                self.owner_rule.append(bench.overlap)
             base = len(self.field_owner) - len(texts)
+            bench_fields.append(slice(base, len(self.field_owner)))
             words = words_of(texts)
             word_counts = np.bincount(words.text_of, minlength=len(texts))
             field_words.append(word_counts)
@@ -443,42 +513,84 @@ class BenchmarkIndex:
                 size_of = np.where(word_counts >= n, n, np.where(word_counts >= short_n, short_n, 0))
             else:
                 size_of = np.where(word_counts >= bench.overlap.n, bench.overlap.n, 0)
-            informative = informative_words(words, background) if background is not None else None
+            field_n.append(size_of)
+            field_fraction.append(np.full(len(texts), np.nan if bench.overlap is None else bench.overlap.fraction))
+            texts_of_words = [words.phrase(i, 1) for i in range(len(words.hashes))]
+            numbers = np.array([bool(_NUMBER.fullmatch(w)) for w in texts_of_words], dtype=bool)
+            field_numbers.append(np.bincount(words.text_of, weights=numbers, minlength=len(texts)))
+            informative = informative_words(words, texts_of_words, background) if background is not None else None
             ignored = {"without an informative word": 0, "idioms of ordinary text": 0}
-            indexed = set()
             for size, g in ngrams_of(words, sorted({int(s) for s in size_of if s})):
                 keep = np.flatnonzero(inside(words, np.arange(len(g)), size))
                 keep = keep[size_of[words.text_of[keep]] == size]
+                says_something = np.ones(len(keep), dtype=bool)
                 if informative is not None:
                     running = np.concatenate(([0], np.cumsum(informative)))
                     says_something = running[keep + size] > running[keep]
                     ignored["without an informative word"] += int((~says_something).sum())
-                    keep = keep[says_something]
                     idiom = np.isin(g[keep], background.idioms(size))
-                    ignored["idioms of ordinary text"] += int(idiom.sum())
-                    keep = keep[~idiom]
+                    ignored["idioms of ordinary text"] += int((idiom & says_something).sum())
+                    says_something &= ~idiom
                 fields = base + words.text_of[keep]
-                parts.setdefault(size, []).append((g[keep], fields, keep - first_word[words.text_of[keep]]))
-                indexed.update(np.asarray(self.field_owner)[fields].tolist())
-            self.indexed_items[bench.name] = len(indexed)
+                parts.setdefault(size, []).append((g[keep], fields, keep - first_word[words.text_of[keep]], says_something))
             self.ignored_ngrams[bench.name] = ignored
-            if not indexed:
+        self.field_words = np.concatenate(field_words) if field_words else np.zeros(0, dtype=np.int64)
+        self.field_n = np.concatenate(field_n) if field_n else np.zeros(0, dtype=np.int64)
+        self.field_fraction = np.concatenate(field_fraction) if field_fraction else np.zeros(0)
+        field_owner = np.asarray(self.field_owner, dtype=np.int64)
+        tables = _tables(parts)
+        informative_fields = np.zeros(len(self.field_owner), dtype=bool)
+        for table in tables:
+            informative_fields[table.fields[table.informative]] = True
+        copy_fields = np.zeros(len(self.field_owner), dtype=bool)
+        self.copy_need = np.ones(len(copy_fields))
+        self.copy_fields = {b.name: {"indexed": 0, "held_by_background": 0} for b in benchmarks}
+        if background is not None and copy_fraction is not None:
+            mostly_numbers = np.concatenate(field_numbers) * 2 > self.field_words
+            short = self.field_n < n
+            candidates = (self.field_n > 0) & np.isnan(self.field_fraction) & (~informative_fields | short) & ~mostly_numbers
+            self.copy_need = np.where(short, SHORT_FIELD_COPY, copy_fraction)  # per field: the fraction a copy must hold
+            held = self._copied_in(background, candidates, tables)
+            for bench, mine in zip(benchmarks, bench_fields):
+                self.copy_fields[bench.name] = {"indexed": int((candidates[mine] & ~held[mine]).sum()),
+                                                "held_by_background": int((candidates[mine] & held[mine]).sum())}
+            copy_fields = candidates & ~held
+        self.copyable = copy_fields  # per field: matched by the copy rule (its n-grams alone remove nothing)
+        self.tables = _tables({
+            t.n: [(t.hashes[keep], t.fields[keep], t.positions[keep], t.informative[keep] & ~copy_fields[t.fields[keep]])]
+            for t in tables for keep in [t.informative | copy_fields[t.fields]]
+        })
+        indexed = np.zeros(len(self.field_owner), dtype=bool)
+        for table in self.tables:
+            indexed[table.fields] = True
+        for bench, mine in zip(benchmarks, bench_fields):
+            items = len(set(field_owner[mine][indexed[mine]].tolist()))
+            self.indexed_items[bench.name] = items
+            if not items:
                 smallest = short_n if bench.overlap is None else bench.overlap.n
                 raise UserError(
                     f"benchmark '{bench.name}': no item has a text field of {smallest}+ words with an informative"
                     " n-gram, so nothing can be matched"
                 )
-            if len(indexed) < len(bench.items):
+            if items < len(bench.items):
                 log.info(
-                    "benchmark %s: %d of %d items have no informative n-gram and cannot be matched",
-                    bench.name, len(bench.items) - len(indexed), len(bench.items),
+                    "benchmark %s: %d of %d items have no informative n-gram or copyable field and cannot be matched",
+                    bench.name, len(bench.items) - items, len(bench.items),
                 )
-        self.field_words = np.concatenate(field_words) if field_words else np.zeros(0, dtype=np.int64)
-        self.tables = [
-            _Table(size, *(np.concatenate(column) for column in zip(*columns)))
-            for size, columns in sorted(parts.items())
-            if sum(len(c[0]) for c in columns)
-        ]
+
+    def _copied_in(self, background: Background, candidates: np.ndarray, tables: list[_Table]) -> np.ndarray:
+        """Which candidate fields the background holds a copy of (as much as copy_need asks)."""
+        held = np.zeros(len(candidates), dtype=bool)
+        probe = _tables({t.n: [(t.hashes[m], t.fields[m], t.positions[m], t.informative[m])]
+                         for t in tables for m in [candidates[t.fields]]})
+        for words in background.word_batches:
+            at, fields, positions, _ = _shared(probe, words)
+            if not len(at):
+                continue
+            _, copied, fraction = _copy_coverage(words.text_of[at], fields, at, positions, self.field_n[fields],
+                                                 self.field_words[fields])
+            held[copied[fraction >= self.copy_need[copied]]] = True
+        return held
 
     @property
     def ngram_counts(self) -> dict[int, int]:
@@ -487,38 +599,32 @@ class BenchmarkIndex:
     def match(self, texts: list[str]) -> list[Hit]:
         """The contaminated texts among `texts` (indices into it), with what they match."""
         words = words_of(texts)
-        grams = dict(ngrams_of(words, [t.n for t in self.tables]))
-        found = []  # per table: (document word position, field, field word position)
-        for table in self.tables:
-            at = table.candidates(grams[table.n])
-            at = at[inside(words, at, table.n)]
-            which, entry = table.entries(grams[table.n], at)
-            found.append((at[which], table.fields[entry], table.positions[entry], np.full(len(entry), table.n)))
-        if not found:
+        at, fields, positions, informative = _shared(self.tables, words)
+        if not len(at):
             return []
-        at, fields, positions, sizes = (np.concatenate(column) for column in zip(*found))
         docs = words.text_of[at]
-        order = np.lexsort((at, fields, docs))
-        at, fields, positions, sizes, docs = at[order], fields[order], positions[order], sizes[order], docs[order]
-        group_starts = np.flatnonzero(np.diff(docs, prepend=-1) | np.diff(fields, prepend=-1))
+        n, length = self.field_n[fields], self.field_words[fields]
+        order, starts, coverage = _coverage((docs, fields), positions, n, length)
+        group_docs, group_fields = docs[order][starts], fields[order][starts]
+        first_at = np.minimum.reduceat(at[order], starts)
+        any_informative = np.logical_or.reduceat(informative[order], starts)
+        _, _, copied = _copy_coverage(docs, fields, at, positions, n, length)  # same (document, field) order
+        fraction = self.field_fraction[group_fields]
+        overlap = ~np.isnan(fraction)
+        by_overlap = overlap & (coverage > np.nan_to_num(fraction))
+        by_ngram = ~overlap & any_informative
+        by_copy = ~overlap & ~any_informative & (copied >= self.copy_need[group_fields])
         hits: dict[int, dict[int, tuple[int, Match]]] = {}  # document -> owner -> (word position, best match)
-        for lo, hi in zip(group_starts, [*group_starts[1:], len(docs)]):
-            doc, fld, n = int(docs[lo]), int(fields[lo]), int(sizes[lo])
-            length = int(self.field_words[fld])
-            # Words of the field inside any shared n-gram: +1 where one starts, -1 past its end.
-            edges = np.zeros(length + 1, dtype=np.int64)
-            np.add.at(edges, positions[lo:hi], 1)
-            np.add.at(edges, positions[lo:hi] + n, -1)
-            coverage = float((np.cumsum(edges[:length]) > 0).sum()) / length
+        for g in np.flatnonzero(by_overlap | by_ngram | by_copy):
+            doc, fld, start = int(group_docs[g]), int(group_fields[g]), int(first_at[g])
+            rule = "overlap" if by_overlap[g] else "ngram" if by_ngram[g] else "copy"
+            share = float(copied[g] if rule == "copy" else coverage[g])
             owner = self.field_owner[fld]
-            rule = self.owner_rule[owner]
-            if rule is not None and coverage <= rule.fraction:
-                continue
             best = hits.setdefault(doc, {}).get(owner)
-            if best is None or coverage > best[1].coverage:
-                hits[doc][owner] = int(at[lo]), Match(
-                    *self.owner_names[owner], "ngram" if rule is None else "overlap", n, self.field_names[fld],
-                    coverage, words.phrase(int(at[lo]), n),
+            if best is None or share > best[1].coverage:
+                size = int(self.field_n[fld])
+                hits[doc][owner] = start, Match(
+                    *self.owner_names[owner], rule, size, self.field_names[fld], share, words.phrase(start, size)
                 )
         # Matches in the order they start in the document, so a hit's n-gram is the document's first.
         return [Hit(doc, [m for _, m in sorted(hits[doc].values(), key=lambda x: x[0])]) for doc in sorted(hits)]
@@ -550,55 +656,7 @@ def batches(rows: Iterable[dict[str, Any]], field: str, max_chars: int = BATCH_B
         yield batch
 
 
-# ---------------------------------------------------------------- files in, files out
-
-
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a jsonl or parquet file, streamed."""
-    from phiforge.files import read_jsonl
-
-    path = Path(path)
-    if path.suffix != ".parquet":
-        yield from read_jsonl(path)
-        return
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path}: not a readable parquet file ({e})") from None
-
-
-def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows atomically as jsonl, or as parquet when the path ends in .parquet."""
-    from phiforge.files import atomic_path, write_jsonl
-
-    path = Path(path)
-    if path.suffix != ".parquet":
-        return write_jsonl(path, rows)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def flush(chunk: list[dict[str, Any]], writer: Any, tmp: Path) -> Any:
-        table = pa.Table.from_pylist(chunk)
-        writer = writer or pq.ParquetWriter(tmp, table.schema)
-        writer.write_table(table)
-        return writer
-
-    count, chunk, writer = 0, [], None
-    with atomic_path(path) as tmp:
-        for row in rows:
-            chunk.append(row)
-            count += 1
-            if len(chunk) == 4096:
-                writer, chunk = flush(chunk, writer, tmp), []
-        if chunk or writer is None:
-            writer = flush(chunk, writer, tmp)
-        writer.close()
-    return count
+# ---------------------------------------------------------------- the command
 
 
 def _checked(rows: Iterable[dict[str, Any]], path: Path, field: str) -> Iterator[dict[str, Any]]:
@@ -670,8 +728,9 @@ def _report(
             for match in doc["matches"]:
                 if match["benchmark"] == bench.name:
                     hits.setdefault(match["item"], []).append(doc["doc"])
-        rule = {"rule": "ngram", "n": index.n, "short_n": index.short_n} if bench.overlap is None else {
-            "rule": "overlap", "n": bench.overlap.n, "fraction": bench.overlap.fraction}
+        rule = {"rule": "overlap", "n": bench.overlap.n, "fraction": bench.overlap.fraction} if bench.overlap else {
+            "rule": "ngram", "n": index.n, "short_n": index.short_n,
+            "copy_rule": {"fraction": index.copy_fraction, "short_field_fraction": SHORT_FIELD_COPY, "fields": index.copy_fields[bench.name]}}
         per_bench[bench.name] = {
             **rule,
             "items": len(bench.items),
