@@ -400,8 +400,9 @@ def decontaminate(
     overlap_n: Annotated[int, typer.Option("--overlap-n", help="Overlap rule: word n-gram size.")] = 8,
     overlap_fraction: Annotated[float, typer.Option("--overlap-fraction", help="Overlap rule: contaminated above this fraction of an item field's words.")] = 0.5,
 ) -> None:
-    """Remove documents of INPUT that share an informative word n-gram with an --against benchmark item, or
-    whose shared n-grams cover more than --overlap-fraction of an --overlap benchmark item field."""
+    """Remove documents of INPUT that share an informative word n-gram with an --against benchmark item, that hold
+    a copy of an item field with no informative n-gram (a short field whole, a long one 80% in order), or whose shared
+    n-grams cover more than --overlap-fraction of an --overlap benchmark item field."""
     from phiforge.data.decontam import Overlap
     from phiforge.data.decontam import decontaminate as run_decontaminate
     from phiforge.files import write_json
