@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from phiforge.generation import Backend, Sampling
+from phiforge.generation.base import Backend, Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake_server import FakeOpenAIServer
 from phiforge.generation.openai import OpenAIBackend

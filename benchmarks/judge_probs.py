@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.hf import HFBackend
 from phiforge.posttrain.judge import DIGITS, DIMENSIONS, dimension_messages, judge_messages, parse_scores, probs_grade
 

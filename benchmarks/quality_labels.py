@@ -23,7 +23,7 @@ from datatrove.data import Document
 
 from phiforge.data.curation.classifier import SCORES, SHOTS, HeuristicLabeler, TeacherLabeler, rating_conversation
 from phiforge.data.sources import _package_readmes, _python_docs
-from phiforge.generation import Sampling, expected_score
+from phiforge.generation.base import Sampling, expected_score
 from phiforge.generation.hf import HFBackend
 
 # Where a README's explanatory prose starts (hand-picked: the first paragraph that explains what the package does).

@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.hf import HFBackend
 
 TOPICS = ["fractions", "photosynthesis", "prime numbers", "Python lists", "gravity", "the water cycle",

@@ -15,7 +15,7 @@ import torch
 from conftest import phiforge
 from phiforge.errors import UserError
 from phiforge.files import OUTPUT_MARKER, atomic_path, remove_stale_temporaries, write_jsonl, write_text, write_with
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake import FakeBackend
 from phiforge.train.checkpoint import Checkpointer, TrainState

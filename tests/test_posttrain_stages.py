@@ -127,15 +127,14 @@ def test_dpo_without_pairs_skips_training_and_says_so(planted_model, tmp_path):
 def test_eval_scores_a_trained_dpo_stage_and_not_a_skipped_one(tmp_path):
     from phiforge.eval.stage import models_to_evaluate
     from phiforge.recipe import load_recipe
-    from phiforge.rundir import StageDir
-    from phiforge.stage import StageContext
+    from phiforge.pipeline import context
 
     run_dir = tmp_path / "run"
     for name in ("sft", "dpo"):
         (run_dir / name).mkdir(parents=True)
         (run_dir / name / "manifest.json").write_text("{}")
     (run_dir / "sft" / "model").mkdir()
-    ctx = StageContext(load_recipe(SMOKE), run_dir, StageDir(run_dir, "eval"))
+    ctx = context(load_recipe(SMOKE), run_dir, "eval")
     assert list(models_to_evaluate(ctx)) == ["sft"]  # a dpo stage that skipped (no pairs) left no model
     (run_dir / "dpo" / "model").mkdir()
     assert list(models_to_evaluate(ctx)) == ["sft", "dpo"]

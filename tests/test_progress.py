@@ -12,7 +12,7 @@ def test_eta_counts_every_stage_left_and_scales_by_this_runs_speed(monkeypatch):
     names = [s.name for s in stages_of(recipe)]
     now = [1000.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
-    run = progress.RunProgress(recipe, names)
+    run = progress.RunProgress(recipe, stages_of(recipe))
     assert all(e > 0 for e in run.estimates)
     run.begin(0)
     assert abs(run.eta() - sum(run.estimates)) < 1e-6  # nothing measured yet: the reference estimates
@@ -31,7 +31,7 @@ def test_eta_counts_every_stage_left_and_scales_by_this_runs_speed(monkeypatch):
 
 def test_skipped_stages_do_not_count_as_measured_speed(monkeypatch):
     recipe = load_recipe("tiny")
-    run = progress.RunProgress(recipe, [s.name for s in stages_of(recipe)])
+    run = progress.RunProgress(recipe, stages_of(recipe))
     run.begin(0)
     run.end(0, ran=False)  # done in an earlier invocation: took no time now
     run.begin(1)

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from phiforge.errors import UserError
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake import FakeBackend
 

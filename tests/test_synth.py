@@ -9,7 +9,7 @@ import pytest
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
-from phiforge.generation import Sampling
+from phiforge.generation.base import Sampling
 from phiforge.generation.fake import FakeBackend
 from phiforge.synth.dataset import builtin_types, load_dataset_type
 from phiforge.synth.engine import generate_dataset, read_records

@@ -9,7 +9,8 @@ import pytest
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
-from phiforge.generation import Sampling, load_backend
+from phiforge.generation import load_backend
+from phiforge.generation.base import Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake_server import FakeOpenAIServer
 from phiforge.generation.openai import OpenAIBackend

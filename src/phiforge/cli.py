@@ -14,10 +14,38 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.core import TyperGroup
 
 from phiforge.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="The Phi-4 training recipe, stage by stage.")
+class _WithStageCommands(TyperGroup):
+    """The commands below, and `phiforge STAGE RECIPE` for every stage in phiforge/stages.py without a command of its
+    own (synth's also inspects samples; pts, dpo and hallucination are tools on files), added on first need:
+    importing the stages (torch, transformers, matplotlib) takes seconds `phiforge recipes list` should not pay."""
+
+    def list_commands(self, ctx):
+        self._add_stage_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in self.commands:
+            self._add_stage_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def _add_stage_commands(self) -> None:
+        from phiforge.stages import STAGES
+
+        stage_app = typer.Typer()
+        stage_app.callback()(lambda: None)  # a group even when one stage is left to add
+        for stage in STAGES:
+            if stage.name not in self.commands:
+                stage_app.command(name=stage.name)(_stage_command(stage))
+        for name, command in typer.main.get_group(stage_app).commands.items():
+            self.add_command(command, name)
+
+
+app = typer.Typer(cls=_WithStageCommands, add_completion=False, no_args_is_help=True,
+                  help="The Phi-4 training recipe, stage by stage.")
 model_app = typer.Typer(no_args_is_help=True, help="Model presets and architecture facts.")
 app.add_typer(model_app, name="model")
 console = Console()
@@ -27,7 +55,9 @@ RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run direct
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 speaks for all ranks; others only warn
+    from phiforge import distributed
+
+    quiet = not distributed.is_main()  # under torchrun rank 0 speaks for all ranks; others only warn
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -63,46 +93,37 @@ def _preflight(recipe, run_dir: Path, stages) -> None:
 @app.command()
 def run(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
     """Run every stage of RECIPE in order; finished stages are skipped, a partial one resumes."""
+    from phiforge import distributed
     from phiforge.pipeline import run_all, stages_of
+    from phiforge.rundir import FINAL_DIR
 
     _setup_logging()
     rec, rd = _load(recipe, run_dir)
     _preflight(rec, rd, stages_of(rec))
     run_all(rec, rd)
-    if os.environ.get("RANK", "0") == "0":
-        console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / 'final'}")
+    if distributed.is_main():
+        console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / FINAL_DIR}")
 
 
-def _stage_command(name: str):
+def run_stage_command(name: str, recipe: Path, run_dir: Optional[Path]) -> None:
+    """Run RECIPE's stage `name` alone into run_dir (default runs/<recipe name>): what `phiforge NAME RECIPE` does."""
+    from phiforge.pipeline import run_stage, stages_of
+
+    _setup_logging()
+    rec, rd = _load(recipe, run_dir)
+    stage = next((s for s in stages_of(rec) if s.name == name), None)
+    if stage is None:
+        raise UserError(f"{recipe}: has no '{name}' section, so there is no {name} stage to run")
+    _preflight(rec, rd, [stage])
+    run_stage(rec, rd, stage)
+
+
+def _stage_command(stage):
     def command(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
-        from phiforge.pipeline import run_stage, stages_of
+        run_stage_command(stage.name, recipe, run_dir)
 
-        _setup_logging()
-        rec, rd = _load(recipe, run_dir)
-        stage = next((s for s in stages_of(rec) if s.name == name), None)
-        if stage is None:
-            raise UserError(f"{recipe}: has no '{name}' section, so there is no {name} stage to run")
-        _preflight(rec, rd, [stage])
-        run_stage(rec, rd, stage)
-
-    command.__doc__ = STAGE_HELP[name]
+    command.__doc__ = stage.help
     return command
-
-
-STAGE_HELP = {
-    "corpus": "Gather RECIPE's corpus sources, split held-out text, generate SFT and eval sets.",
-    "synth": "Generate RECIPE's synthetic datasets (seeds, teacher workflows, verification, provenance).",
-    "tokenizer": "Train the byte-level BPE (or adopt tokenizer.path) from the corpus.",
-    "pretrain": "Pretrain from RECIPE's 'pretrain' section (needs corpus and tokenizer).",
-    "midtrain": "Midtrain: longer context, higher RoPE base, lr / 10 (needs pretrain or midtrain.init_from).",
-    "sft": "Supervised fine-tuning in ChatML (needs a model: the previous stage or sft.init_from).",
-    "eval": "Evaluate the untrained model, every finished stage and eval.models.",
-    "report": "Write report.md, plots and final/ from the run's finished stages.",
-}
-
-for _name in STAGE_HELP:
-    if _name != "synth":  # synth has its own command below (it also inspects samples)
-        app.command(name=_name)(_stage_command(_name))
 
 
 @app.command()
@@ -132,7 +153,7 @@ def synth(
             raise UserError("synth inspect needs a FILE: a jsonl written by the synth stage")
         show_sample(console, file, index)
         return
-    _stage_command("synth")(Path(target), run_dir)
+    run_stage_command("synth", Path(target), run_dir)
 
 
 @app.command()
@@ -332,8 +353,8 @@ def hallucination(
 @app.command()
 def status(run_dir: Path) -> None:
     """Show each stage of RUN_DIR as done, partial or pending."""
-    from phiforge.pipeline import STAGE_NAMES
     from phiforge.rundir import StageDir, read_metrics
+    from phiforge.stages import STAGES
     from phiforge.train.checkpoint import Checkpointer
 
     if not run_dir.is_dir():
@@ -342,7 +363,7 @@ def status(run_dir: Path) -> None:
     for col in ("stage", "status", "detail"):
         table.add_column(col)
     colors = {"done": "green", "partial": "yellow", "pending": "dim"}
-    for name in STAGE_NAMES:
+    for name in (s.name for s in STAGES):
         sd = StageDir(run_dir, name)
         st = sd.status()
         detail = ""

@@ -22,9 +22,7 @@ from phiforge.errors import UserError
 from phiforge.files import ensure_dir, full_disk_is_user_error, write_json, write_text
 
 Status = Literal["done", "partial", "pending"]
-
-# stages that leave STAGE/model, in run order (a post-training stage without pairs leaves none)
-TRAINING_STAGES = ("pretrain", "midtrain", "sft", "dpo", "judge_dpo", "hallucination")
+FINAL_DIR = "final"  # in the run directory: a copy of the last model the run trained, written after its last stage
 
 
 @dataclass
@@ -52,8 +50,8 @@ class StageDir:
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.is_file():
             raise UserError(
-                f"stage '{self.name}' has not finished in {self.run_dir} "
-                f"(run `phiforge {self.name} RECIPE --run-dir {self.run_dir}` or `phiforge run`)"
+                f"stage '{self.name}' has not finished in {self.run_dir} (run `phiforge {self.name} RECIPE "
+                f"--run-dir {self.run_dir}` or `phiforge run RECIPE --run-dir {self.run_dir}`)"
             )
         return json.loads(self.manifest_path.read_text())
 
@@ -74,13 +72,11 @@ class StageDir:
 
 @dataclass
 class StageResult:
-    outputs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def write_manifest(
-    stage: StageDir, config_hash: str, inputs: dict[str, str], result: StageResult, wall_time_s: float
-) -> None:
+def write_manifest(stage: StageDir, config_hash: str, inputs: dict[str, str], outputs: dict[str, str],
+                   result: StageResult, wall_time_s: float) -> None:
     write_json(
         stage.manifest_path,
         {
@@ -88,7 +84,7 @@ def write_manifest(
             "status": "done",
             "config_hash": config_hash,
             "inputs": inputs,
-            "outputs": result.outputs,
+            "outputs": outputs,
             "metrics": result.metrics,
             "wall_time_s": round(wall_time_s, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from phiforge import progress
 from phiforge.data import synthetic_math
 from phiforge.data.sources import iter_documents, split_heldout
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_jsonl
 from phiforge.recipe import Recipe
 from phiforge.rundir import StageResult
-from phiforge.stage import StageContext
+from phiforge.stage import Stage, StageContext
 
 log = logging.getLogger("phiforge")
 
@@ -22,8 +23,8 @@ def source_stage(recipe: Recipe, name: str) -> str:
 
 
 def source_docs(ctx: StageContext, name: str, split: str = "train") -> Iterator[str]:
-    """Documents of one data source from its finished stage, read one at a time."""
-    path = ctx.upstream(source_stage(ctx.recipe, name)) / split / f"{name}.jsonl"
+    """Documents of one data source from its finished stage (split: its `train` or `heldout` output), one at a time."""
+    path = ctx.input(source_stage(ctx.recipe, name), split) / f"{name}.jsonl"
     return (row["text"] for row in read_jsonl(path))
 
 
@@ -117,8 +118,17 @@ def run(ctx: StageContext) -> StageResult:
             "docs_removed": sum(s["contaminated_docs_removed"] for s in stats.values()),
             "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
         }
-    return StageResult(
-        outputs={"train": "train/", "heldout": "heldout/", "sft": "sft.jsonl", "problems": "problems_heldout.jsonl"}
-        | ({"curation": "curation/"} if curation is not None else {}),
-        metrics=metrics,
-    )
+    return StageResult(metrics=metrics)
+
+
+def _estimate(recipe: Recipe) -> float:
+    labels = recipe.curation.classifier.label_sample if recipe.curation and recipe.curation.classifier else 0
+    return progress.FIXED_S + labels * progress.LABEL_S
+
+
+STAGE = Stage(
+    "corpus", "Gather RECIPE's corpus sources, split held-out text, generate SFT and eval sets.", run, "corpus",
+    outputs={"train": "train/", "heldout": "heldout/", "sft": "sft.jsonl", "problems": "problems_heldout.jsonl",
+             "curation": "curation/"},
+    estimate=_estimate,
+)

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
+from phiforge import progress
 from phiforge.data.corpus import source_docs
 from phiforge.eval.tasks import TASKS, EvalInput, load_problems
 from phiforge.files import write_json
 from phiforge.model import build_model, load_config, load_model
-from phiforge.rundir import TRAINING_STAGES, StageDir, StageResult, append_metrics
-from phiforge.stage import StageContext
+from phiforge.recipe import Recipe
+from phiforge.rundir import StageDir, StageResult, append_metrics
+from phiforge.stage import Stage, StageContext
 from phiforge.tokenizer import load_tokenizer
 from phiforge.train.loop import autocast, pick_device
 
@@ -26,9 +28,7 @@ def models_to_evaluate(ctx: StageContext) -> dict[str, Path | None]:
     found: dict[str, Path | None] = {}
     if StageDir(ctx.run_dir, "pretrain").status() == "done":
         found["untrained"] = None
-    for name in TRAINING_STAGES:
-        if StageDir(ctx.run_dir, name).status() == "done" and (ctx.run_dir / name / "model").is_dir():
-            found[name] = ctx.run_dir / name / "model"
+    found |= ctx.trained_models()
     for path in ctx.recipe.eval.models:
         found[Path(path).name] = Path(path)
     return found
@@ -49,9 +49,8 @@ def evaluate(name: str, model, tok, ctx: StageContext, heldout: list[str], probl
 
 
 def run(ctx: StageContext) -> StageResult:
-    corpus = ctx.upstream("corpus")
     heldout = [d for name in ctx.recipe.data_sources() for d in source_docs(ctx, name, "heldout")]
-    problems = load_problems(corpus / "problems_heldout.jsonl")
+    problems = load_problems(ctx.input("corpus", "problems"))
     all_results = {}
     for name, path in models_to_evaluate(ctx).items():
         cached = ctx.out / "models" / f"{name}.json"
@@ -59,7 +58,7 @@ def run(ctx: StageContext) -> StageResult:
             all_results[name] = json.loads(cached.read_text())
             continue
         if path is None:
-            pre = ctx.run_dir / "pretrain" / "model"
+            pre = ctx.input("pretrain", "model")
             model, tok = build_model(load_config(str(pre)), ctx.recipe.seed), load_tokenizer(pre)
         else:
             model, tok = load_model(path), load_tokenizer(path)
@@ -69,4 +68,17 @@ def run(ctx: StageContext) -> StageResult:
         write_json(cached, all_results[name])
         append_metrics(ctx.stage.metrics_path, {"model": name, **all_results[name]})
     write_json(ctx.out / "results.json", all_results)
-    return StageResult(outputs={"results": "results.json"}, metrics=all_results)
+    return StageResult(metrics=all_results)
+
+
+def _estimate(recipe: Recipe) -> float:
+    cfg = recipe.eval
+    return progress.FIXED_S + cfg.max_problems * 0.2 + cfg.passkey_trials * len(cfg.passkey_lengths)
+
+
+# eval scores the corpus's held-out text and problems: a post-training-only recipe has none (its dpo and
+# hallucination stages compare the models before and after themselves). The models it scores carry their
+# tokenizers, so the tokenizer section is not part of its config hash.
+STAGE = Stage("eval", "Evaluate the untrained model, every finished stage and eval.models.", run, "eval",
+              outputs={"results": "results.json"}, needs=lambda recipe: recipe.corpus is not None,
+              hash_skips=("tokenizer",), estimate=_estimate)

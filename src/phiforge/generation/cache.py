@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 from phiforge.errors import UserError
 from phiforge.files import disk_full, full_disk_is_user_error
-from phiforge.generation import Backend, IncrementalBackend, Messages, OnDone, Request, Sampling, expand, regroup
+from phiforge.generation.base import Backend, IncrementalBackend, Messages, OnDone, Request, Sampling, expand, regroup
 
 log = logging.getLogger("phiforge")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from phiforge.generation import Messages, Sampling
+from phiforge.generation.base import Messages, Sampling
 
 Reply = Callable[[Messages, Sampling, int], str]
 Probs = Callable[[Messages, Sequence[str]], dict[str, float]]

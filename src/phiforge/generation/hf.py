@@ -17,7 +17,7 @@ import torch
 
 from phiforge.errors import UserError
 from phiforge.files import atomic_path
-from phiforge.generation import Messages, Sampling, matches_choice
+from phiforge.generation.base import Messages, Sampling, matches_choice
 
 log = logging.getLogger("phiforge")
 

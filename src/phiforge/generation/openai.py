@@ -23,7 +23,7 @@ import httpx2 as httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from phiforge.errors import UserError, without_credentials
-from phiforge.generation import Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
+from phiforge.generation.base import Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
 
 log = logging.getLogger("phiforge")
 

@@ -6,7 +6,7 @@ import math
 from typing import Any, Sequence
 
 from phiforge.errors import UserError
-from phiforge.generation import Messages, Sampling, expand, matches_choice, regroup
+from phiforge.generation.base import Messages, Sampling, expand, matches_choice, regroup
 
 
 class VLLMBackend:

@@ -24,7 +24,7 @@ from typing import Literal
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
-from phiforge.generation import Backend, Messages, Sampling
+from phiforge.generation.base import Backend, Messages, Sampling
 from phiforge.synth.verify import exact, numeric
 
 log = logging.getLogger("phiforge")

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
-from phiforge.generation import Backend, Messages, Sampling, expected_score
+from phiforge.generation.base import Backend, Messages, Sampling, expected_score
 from phiforge.posttrain.dpo import _messages
 from phiforge.progress import bar_label
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from phiforge import progress
 from phiforge.data.packing import IGNORE, Examples, write_documents, write_shards
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
 from phiforge.model import load_model
 from phiforge.recipe import SFTConfig
 from phiforge.rundir import StageResult
-from phiforge.stage import StageContext
+from phiforge.stage import TRAINING_OUTPUTS, Stage, StageContext
 from phiforge.tokenizer import IM_END, IM_SEP, IM_START, add_chatml, load_tokenizer
 from phiforge.train.export import cached_packed, export_model
 from phiforge.train.loop import train
@@ -58,7 +59,7 @@ def data_path(ctx: StageContext) -> Path:
     """sft.data, else the synthetic data engine's conversations when the recipe has one, else the corpus stage's."""
     cfg = ctx.recipe.sft
     assert cfg is not None
-    return Path(cfg.data) if cfg.data is not None else ctx.upstream("synth" if ctx.recipe.synth else "corpus") / "sft.jsonl"
+    return Path(cfg.data) if cfg.data is not None else ctx.input("synth" if ctx.recipe.synth else "corpus", "sft")
 
 
 def train_sft(model: PreTrainedModel, tok: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]],
@@ -89,13 +90,14 @@ def run(ctx: StageContext) -> StageResult:
     recipe = ctx.recipe
     cfg = recipe.sft
     assert cfg is not None
-    if cfg.init_from is not None:
-        source = Path(cfg.init_from)
-    else:
-        source = ctx.upstream("midtrain" if recipe.midtrain is not None else "pretrain") / "model"
+    source = ctx.start_model(cfg.init_from)
     model = load_model(source)
     # A model directory that carries its tokenizer (any HF causal LM) brings it; else the run's.
-    tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.upstream("tokenizer") / "tokenizer")
+    tok = load_tokenizer(source if (source / "tokenizer_config.json").is_file() else ctx.input("tokenizer", "tokenizer"))
     metrics = train_sft(model, tok, read_conversations(data_path(ctx)), ctx.out, cfg, recipe.seed)
-    return StageResult(outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
-                       metrics={"init_from": str(source), **metrics})
+    return StageResult(metrics={"init_from": str(source), **metrics})
+
+
+STAGE = Stage("sft", "Supervised fine-tuning in ChatML (needs a model: the previous stage or sft.init_from).", run, "sft",
+              outputs=TRAINING_OUTPUTS, trains=True, passes_model=True, all_ranks=True,
+              estimate=lambda recipe: progress.FIXED_S + progress.training_s(recipe.sft))

@@ -12,26 +12,15 @@ import logging
 import random
 from pathlib import Path
 
+from phiforge import progress
 from phiforge.data import synthetic_math
 from phiforge.files import read_jsonl, write_json, write_jsonl
-from phiforge.generation import Backend, Messages
+from phiforge.generation.base import Backend, Messages
 from phiforge.recipe import HallucinationSection, PTSSection, Recipe
-from phiforge.rundir import StageDir, StageResult
-from phiforge.stage import StageContext
+from phiforge.rundir import StageResult
+from phiforge.stage import Stage, StageContext
 
 log = logging.getLogger("phiforge")
-
-
-def model_dir(ctx: StageContext, init_from: str | Path | None) -> Path:
-    """init_from (`smollm2` is the embedded SmolLM2-135M-Instruct), else the last training stage's model."""
-    if init_from is not None:
-        if str(init_from) == "smollm2":
-            from phiforge.generation.hf import smollm2_dir
-
-            return smollm2_dir()
-        return Path(init_from)
-    last = [n for n in ("pretrain", "midtrain", "sft") if getattr(ctx.recipe, n) is not None][-1]
-    return ctx.upstream(last) / "model"
 
 
 def generated_problems(cfg: PTSSection, count: int, seed: int, heldout: bool) -> list[dict]:
@@ -46,7 +35,7 @@ def run_pts_stage(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.pts
     assert cfg is not None
-    source = model_dir(ctx, cfg.init_from)
+    source = ctx.start_model(cfg.init_from)
     if cfg.data is not None:
         train = read_problems(Path(cfg.data))
         heldout = read_problems(Path(cfg.heldout_data)) if cfg.heldout_data is not None else []
@@ -58,29 +47,7 @@ def run_pts_stage(ctx: StageContext) -> StageResult:
     search = PTSConfig(**cfg.model_dump(include={f.name for f in dataclasses.fields(PTSConfig)}))
     log.info("pts: %d training problems, %d held out, searching %s", len(train), len(heldout), source)
     summary = run_pts(source, ctx.out / "problems.jsonl", ctx.out / "pairs.jsonl", search)
-    return StageResult(
-        outputs={"pairs": "pairs.jsonl", "problems": "problems.jsonl", "heldout": "heldout.jsonl",
-                 "pivot_plot": "pairs.pivots.png"},
-        metrics={"init_from": str(source), "heldout_problems": len(heldout), **summary},
-    )
-
-
-POSTTRAIN_STAGES = ("pts", "dpo", "judge_dpo", "hallucination")  # in run order
-
-
-def start_model(ctx: StageContext, stage: str, init_from: str | Path | None) -> Path:
-    """init_from, else the model the post-training stages before `stage` leave: the last one's trained model, or
-    the model it worked on when it trained nothing (pts searches; a stage without pairs skips training), else the
-    last training stage's."""
-    if init_from is not None:
-        return model_dir(ctx, init_from)
-    for name in reversed(POSTTRAIN_STAGES[: POSTTRAIN_STAGES.index(stage)]):
-        if getattr(ctx.recipe, name) is None:
-            continue
-        if (ctx.upstream(name) / "model").is_dir():
-            return ctx.run_dir / name / "model"
-        return Path(StageDir(ctx.run_dir, name).manifest()["metrics"]["init_from"])
-    return model_dir(ctx, None)
+    return StageResult(metrics={"init_from": str(source), "heldout_problems": len(heldout), **summary})
 
 
 def run_dpo_stage(ctx: StageContext) -> StageResult:
@@ -90,8 +57,8 @@ def run_dpo_stage(ctx: StageContext) -> StageResult:
     recipe: Recipe = ctx.recipe
     cfg = recipe.dpo
     assert cfg is not None
-    pairs = Path(cfg.pairs) if cfg.pairs is not None else ctx.upstream("pts") / "pairs.jsonl"
-    source = start_model(ctx, "dpo", cfg.init_from)
+    pairs = Path(cfg.pairs) if cfg.pairs is not None else ctx.input("pts", "pairs")
+    source = ctx.start_model(cfg.init_from)
     if not any(True for _ in read_jsonl(pairs)):
         # A weak model or a strict search can leave nothing to learn from: say so, train nothing.
         log.warning("dpo: %s holds no pairs (PTS found no pivotal token that passed its checks); "
@@ -100,19 +67,17 @@ def run_dpo_stage(ctx: StageContext) -> StageResult:
         return StageResult(metrics={"skipped": "no pairs", "pairs": 0, "init_from": str(source)})
     summary = run_dpo(source, pairs, ctx.out, cfg, recipe.seed)
     metrics: dict = {"init_from": str(source), **summary}
-    outputs = {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"}
-    heldout = list(read_jsonl(ctx.upstream("pts") / "heldout.jsonl")) if recipe.pts is not None else []
+    heldout = list(read_jsonl(ctx.input("pts", "heldout"))) if recipe.pts is not None else []
     if heldout:
         assert recipe.pts is not None
         result, rows = compare(source, ctx.out / "model", heldout, recipe.pts.max_new_tokens, recipe.pts.batch_size)
         write_jsonl(ctx.out / "heldout_replies.jsonl", rows)
         write_json(ctx.out / "heldout.json", result)
         metrics["heldout"] = result
-        outputs["heldout"] = "heldout.json"
         b, a, m = result["before"], result["after"], result["mcnemar"]
         log.info("dpo: held-out accuracy %.3f -> %.3f on %d problems (McNemar exact p = %.3g: %d improved, %d regressed)",
                  b["accuracy"], a["accuracy"], b["n"], m["p_value"], m["improved"], m["regressed"])
-    return StageResult(outputs=outputs, metrics=metrics)
+    return StageResult(metrics=metrics)
 
 
 def llm(ctx: StageContext, spec: str, cache_dir: Path) -> Backend:
@@ -164,18 +129,16 @@ def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
 
     cfg = ctx.recipe.judge_dpo
     assert cfg is not None
-    source = start_model(ctx, "judge_dpo", cfg.init_from)
+    source = ctx.start_model(cfg.init_from)
     judged = judge_pairs(ctx, source)
-    outputs = {"pairs": "pairs.jsonl", "judge_summary": "pairs.summary.json"}
     if not judged["pairs"]:
         log.warning("judge_dpo: the judge kept no pair (%d prompts, %d of %d answers without readable scores, %d "
                     "prompts with fewer than two readable grades or a gap under min_gap %g); skipping training: the "
                     "model is unchanged. Try more max_prompts or samples, a lower min_gap, or a stronger judge.",
                     judged["prompts"], judged["unparseable"], judged["responses"], judged["no_pair"], cfg.min_gap)
-        return StageResult(outputs=outputs, metrics={"skipped": "no pairs", "init_from": str(source), "judging": judged})
+        return StageResult(metrics={"skipped": "no pairs", "init_from": str(source), "judging": judged})
     summary = run_dpo(source, ctx.out / "pairs.jsonl", ctx.out, cfg, ctx.recipe.seed)
-    return StageResult(outputs=outputs | {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"},
-                       metrics={"init_from": str(source), "judging": judged, **summary})
+    return StageResult(metrics={"init_from": str(source), "judging": judged, **summary})
 
 
 def simpleqa_graded(model: Path, cfg: HallucinationSection, seed: int) -> list[dict]:
@@ -234,10 +197,8 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
 
     recipe, cfg = ctx.recipe, ctx.recipe.hallucination
     assert cfg is not None
-    source = start_model(ctx, "hallucination", cfg.init_from)
+    source = ctx.start_model(cfg.init_from)
     built = hallucination_data(ctx, source)
-    outputs = {"sft_data": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
-               "data_summary": "data/summary.json", "rates": "rates.json"}
     graded = {"before": simpleqa_graded(source, cfg, recipe.seed)}
     rates = {"before": simpleqa_rates(graded["before"])}
     metrics: dict = {"init_from": str(source), "data": built}
@@ -245,7 +206,7 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
         log.warning("hallucination: no pairs (the model knew none of the questions and declined all of them: "
                     "nothing to correct); skipping training: the model is unchanged.")
         write_json(ctx.out / "rates.json", rates)
-        return StageResult(outputs=outputs, metrics=metrics | {"skipped": "no pairs", "rates": rates})
+        return StageResult(metrics=metrics | {"skipped": "no pairs", "rates": rates})
     start = source
     if cfg.sft_steps:
         from phiforge.model import load_model
@@ -273,6 +234,43 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
              f", bogus declined {b['bogus_refusal']:.3f} -> {a['bogus_refusal']:.3f}" if "bogus_refusal" in b else "")
     log.info("hallucination: answers not wrong (right or declined): %d improved, %d regressed, McNemar exact p = %.3g",
              m["improved"], m["regressed"], m["p_value"])
-    outputs |= {"heldout_grades": "heldout_grades.jsonl"} | ({"sft_model": "sft/model/"} if cfg.sft_steps else {})
-    return StageResult(outputs=outputs | {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"},
-                       metrics=metrics | {"rates": rates})
+    return StageResult(metrics=metrics | {"rates": rates})
+
+
+def _dpo_estimate(recipe: Recipe) -> float:
+    heldout = recipe.pts.heldout_problems if recipe.pts is not None else 0  # answered before and after
+    return progress.FIXED_S + progress.training_s(recipe.dpo, pairs=True) + 2 * heldout * progress.GREEDY_ANSWER_S
+
+
+def _judge_dpo_estimate(recipe: Recipe) -> float:
+    cfg = recipe.judge_dpo
+    answers = cfg.max_prompts * cfg.samples * cfg.max_tokens * progress.TEACHER_TOKEN_S
+    return progress.FIXED_S + progress.training_s(cfg, pairs=True) + answers
+
+
+DPO_OUTPUTS = {"model": "model/", "metrics": "metrics.jsonl", "summary": "summary.json"}  # when it trained
+PTS = Stage(
+    "pts", "Pivotal Token Search on the previous stage's model (or pts.init_from): single-token DPO pairs.",
+    run_pts_stage, "pts", passes_model=True,
+    outputs={"pairs": "pairs.jsonl", "problems": "problems.jsonl", "heldout": "heldout.jsonl",
+             "pivot_plot": "pairs.pivots.png"},
+    estimate=lambda recipe: progress.FIXED_S + recipe.pts.problems * recipe.pts.samples * progress.SAMPLE_S,
+)
+DPO = Stage(
+    "dpo", "DPO on the pts pairs (or dpo.pairs), compared with the model it started from on held-out problems.",
+    run_dpo_stage, "dpo", outputs=DPO_OUTPUTS | {"heldout": "heldout.json"}, trains=True, passes_model=True,
+    estimate=_dpo_estimate,
+)
+JUDGE_DPO = Stage(
+    "judge_dpo", "DPO round 2: an LLM judge grades the model's answers to SFT prompts; DPO on best vs worst.",
+    run_judge_dpo_stage, "judge_dpo", outputs={"pairs": "pairs.jsonl", "judge_summary": "pairs.summary.json"}
+    | DPO_OUTPUTS, trains=True, passes_model=True, uses_teacher=True, estimate=_judge_dpo_estimate,
+)
+HALLUCINATION = Stage(
+    "hallucination", "Hallucination mitigation: refusal data and pairs from SimpleQA-graded answers, DPO, rates.",
+    run_hallucination_stage, "hallucination", trains=True, passes_model=True, uses_teacher=True,
+    outputs={"sft_data": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
+             "data_summary": "data/summary.json", "rates": "rates.json", "heldout_grades": "heldout_grades.jsonl",
+             "sft_model": "sft/model/"} | DPO_OUTPUTS,
+    estimate=lambda recipe: progress.FIXED_S + progress.training_s(recipe.hallucination, pairs=True),
+)

@@ -1,9 +1,8 @@
-"""Report stage: report.md with loss curves and evaluation tables, and the final model directory."""
+"""Report stage: report.md with loss curves and evaluation tables, and where the final model is."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phiforge.files import write_text, write_with  # noqa: E402
-from phiforge.pipeline import STAGE_NAMES, stages_of  # noqa: E402
-from phiforge.rundir import TRAINING_STAGES, StageDir, StageResult, read_metrics  # noqa: E402
-from phiforge.stage import StageContext  # noqa: E402
+from phiforge.rundir import FINAL_DIR, StageDir, StageResult, read_metrics  # noqa: E402
+from phiforge.stage import Stage, StageContext  # noqa: E402
 
 
 def plot_losses(run_dir: Path, stage: str, path: Path) -> None:
@@ -98,9 +96,7 @@ def eval_tables(results: dict) -> list[str]:
 def posttrain_lines(manifests: dict) -> list[str]:
     """PTS's search figures and pivot plot; DPO's pairs, margins and held-out before/after comparison; the judge's
     grades and pairs of DPO round 2; the hallucination stage's data and SimpleQA rates before and after."""
-    from phiforge.posttrain.stages import POSTTRAIN_STAGES
-
-    lines: list[str] = ["", "## Post-training"] if any(s in manifests for s in POSTTRAIN_STAGES) else []
+    lines: list[str] = []
     if "pts" in manifests:
         m = manifests["pts"]["metrics"]
         lines += ["", f"Pivotal Token Search on `{m['init_from']}`:", "",
@@ -156,7 +152,7 @@ def posttrain_lines(manifests: dict) -> list[str]:
                       f"answers not wrong (right, or declined) {w['improved']} improved, {w['regressed']} regressed, "
                       f"p = {w['p_value']:.3g}; right answers to facts {c['improved']} gained, {c['regressed']} lost, "
                       f"p = {c['p_value']:.3g}."]
-    return lines
+    return ["", "## Post-training", *lines] if lines else []
 
 
 def dpo_line(what: str, m: dict) -> str:
@@ -195,7 +191,7 @@ def curation_section(cur: dict) -> list[str]:
     return lines
 
 
-def machine_line(recipe) -> str:
+def machine_line(ctx: StageContext) -> str:
     """What the wall times and training speed depend on: the CPU's instruction set and the training precision."""
     import os
 
@@ -205,7 +201,7 @@ def machine_line(recipe) -> str:
 
     device = pick_device()
     bf16 = bf16_supported(device)
-    trained = [getattr(recipe, n) for n in ("pretrain", "midtrain", "sft") if getattr(recipe, n, None) is not None]
+    trained = [s.section_of(ctx.recipe) for s in ctx.stages if s.all_ranks and s.section_of(ctx.recipe) is not None]
     asked = trained[0].precision if trained else "auto"
     used = "bf16 autocast" if asked == "bf16" or (asked == "auto" and bf16) else "fp32"
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
@@ -216,13 +212,12 @@ def machine_line(recipe) -> str:
 def run(ctx: StageContext) -> StageResult:
     run_dir = ctx.run_dir
     lines = [f"# phiforge run report: {ctx.recipe.name}", "", f"Run directory `{run_dir}`, written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
-    lines += [machine_line(ctx.recipe), ""]
+    lines += [machine_line(ctx), ""]
     lines += ["## Stages", "", "| stage | status | wall time (s) | key figures |", "|---|---|---|---|"]
     manifests = {}
-    members = {s.name for s in stages_of(ctx.recipe)}
-    for stage in STAGE_NAMES[:-1]:  # every stage but this one
-        sd = StageDir(run_dir, stage)
-        if sd.status() == "pending" and stage not in members:
+    for declared in ctx.before():  # every stage but this one
+        stage, sd = declared.name, StageDir(run_dir, declared.name)
+        if sd.status() == "pending" and declared.section_of(ctx.recipe) is None:
             continue  # not part of this recipe (a post-training-only recipe has no tokenizer or eval stage)
         if sd.status() != "done":
             lines.append(f"| {stage} | {sd.status()} | | |")
@@ -269,14 +264,14 @@ def run(ctx: StageContext) -> StageResult:
 
     lines += posttrain_lines(manifests)
     plots = ctx.out / "plots"
-    trained = [s for s in TRAINING_STAGES if s in manifests and (run_dir / s / "model").is_dir()]
+    trained = list(ctx.trained_models())
     if trained:
         lines += ["", "## Training loss", ""]
         for stage in trained:
             plot_losses(run_dir, stage, plots / f"loss_{stage}.png")
             lines.append(f"![{stage} loss](report/plots/loss_{stage}.png)")
     if "eval" in manifests:
-        results = json.loads((run_dir / "eval" / "results.json").read_text())
+        results = json.loads(ctx.input("eval", "results").read_text())
         lines += ["", "## Evaluation", "", *eval_tables(results)]
         for task, metric, ylabel in (("long_context", "loss", "held-out loss, far half of window"),
                                      ("passkey", "acc", "passkey accuracy")):
@@ -284,10 +279,12 @@ def run(ctx: StageContext) -> StageResult:
                 plot_by_length(results, task, metric, ylabel, plots / f"{task}.png")
                 lines += ["", f"![{task}](report/plots/{task}.png)"]
 
-    if trained:
-        last = run_dir / trained[-1] / "model"
-        write_with(run_dir / "final", lambda p: shutil.copytree(last, p))
-        lines += ["", f"## Final model", "", f"`{run_dir / 'final'}` is the {trained[-1]} model; load it with",
+    if trained:  # the pipeline copies it there once this last stage has run
+        lines += ["", "## Final model", "", f"`{run_dir / FINAL_DIR}` is the {trained[-1]} model; load it with",
                   "`AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`."]
     write_text(run_dir / "report.md", "\n".join(lines) + "\n")
-    return StageResult(outputs={"report": "../report.md", "plots": "plots/", "final": "../final/"})
+    return StageResult()
+
+
+STAGE = Stage("report", "Write report.md and plots from the run's finished stages (the pipeline then copies final/).",
+              run, "eval", outputs={"report": "../report.md", "plots": "plots/"})

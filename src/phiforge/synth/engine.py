@@ -17,7 +17,7 @@ from typing import Iterable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from phiforge.files import read_jsonl, write_json, write_jsonl
-from phiforge.generation import Backend, Sampling
+from phiforge.generation.base import Backend, Sampling
 from phiforge.synth import dataset as ds
 from phiforge.synth.generators import GENERATORS
 from phiforge.synth.workflow import Sample, Workflow

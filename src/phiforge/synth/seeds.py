@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
-from phiforge.generation import Backend, Sampling
+from phiforge.generation.base import Backend, Sampling
 
 RATING_PROMPT = (
     "Rate the educational value of the following {kind} for teaching a student, from 0 (useless) to 10 "

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from phiforge import progress
 from phiforge.data.sources import split_heldout
 from phiforge.files import read_jsonl, write_jsonl
-from phiforge.generation import Backend, default_sampling, load_backend
+from phiforge.generation import default_sampling, load_backend
+from phiforge.generation.base import Backend
 from phiforge.recipe import Recipe, TeacherConfig
 from phiforge.rundir import StageResult
-from phiforge.stage import StageContext
+from phiforge.stage import Stage, StageContext
 from phiforge.synth import seeds as seed_curation
 from phiforge.synth.dataset import DatasetType, load_dataset_type
 from phiforge.synth.engine import generate_dataset, read_records
@@ -32,7 +34,7 @@ def _seed_pool(ctx: StageContext, backend: Backend | None) -> list[dict]:
     pool = []
     for cfg in ctx.recipe.synth.seeds:
         if cfg.source is not None:
-            docs = (row["text"] for row in read_jsonl(ctx.upstream("corpus") / "train" / f"{cfg.source}.jsonl"))
+            docs = (row["text"] for row in read_jsonl(ctx.input("corpus", "train") / f"{cfg.source}.jsonl"))
         else:
             docs = read_source_texts(cfg.path, cfg.field)
         rater = backend if ctx.recipe.synth.rate_seeds else None
@@ -64,7 +66,7 @@ def run(ctx: StageContext) -> StageResult:
     if recipe.corpus.decontaminate:  # the same benchmarks as the corpus, synthetic data included
         from phiforge.data.corpus import decontamination_index
 
-        problems = list(read_jsonl(ctx.upstream("corpus") / "problems_heldout.jsonl"))
+        problems = list(read_jsonl(ctx.input("corpus", "problems")))
         index = decontamination_index(recipe.corpus.decontaminate, problems)
     items_hit: dict[str, set[str]] = {}
     teacher = recipe.teacher or TeacherConfig()
@@ -97,7 +99,20 @@ def run(ctx: StageContext) -> StageResult:
             "docs_removed": sum(s["contaminated_removed"] for s in stats.values()),
             "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
         }
-    return StageResult(
-        outputs={"seeds": "seeds.jsonl", "datasets": "datasets/", "train": "train/", "heldout": "heldout/", "sft": "sft.jsonl"},
-        metrics=metrics,
-    )
+    return StageResult(metrics=metrics)
+
+
+_GENERATORS = ("arithmetic", "algebra", "unit_conversion", "code_exercise")  # programmatic, no teacher
+
+
+def _estimate(recipe: Recipe) -> float:
+    max_tokens = recipe.teacher.max_tokens if recipe.teacher else 0
+    teacher = sum(d.count for d in recipe.synth.datasets if d.type not in _GENERATORS)
+    return progress.FIXED_S + teacher * 3 * max_tokens * progress.TEACHER_TOKEN_S  # about three teacher calls a sample
+
+
+STAGE = Stage(
+    "synth", "Generate RECIPE's synthetic datasets (seeds, teacher workflows, verification, provenance).", run, "synth",
+    outputs={"seeds": "seeds.jsonl", "datasets": "datasets/", "train": "train/", "heldout": "heldout/", "sft": "sft.jsonl"},
+    estimate=_estimate,
+)

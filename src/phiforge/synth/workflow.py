@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from phiforge.errors import UserError
-from phiforge.generation import Backend, Messages, Sampling
+from phiforge.generation.base import Backend, Messages, Sampling
 from phiforge.synth import dataset as ds
 from phiforge.synth.verify import final_number, verify
 from phiforge.synth.verify import plurality as plurality_vote

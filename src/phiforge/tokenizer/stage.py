@@ -8,7 +8,7 @@ from phiforge.data.corpus import source_docs
 from phiforge.errors import UserError
 from phiforge.files import write_with
 from phiforge.rundir import StageResult
-from phiforge.stage import StageContext
+from phiforge.stage import Stage, StageContext
 from phiforge.tokenizer import load_tokenizer, missing_chatml, train_tokenizer
 
 
@@ -37,6 +37,9 @@ def run(ctx: StageContext) -> StageResult:
     write_with(ctx.out / "tokenizer", tok.save_pretrained)
     sample = "def add(a, b):\n    return a + b\n\nThe answer is 42."
     return StageResult(
-        outputs={"tokenizer": "tokenizer/"},
         metrics={"vocab_size": len(tok), "sample_tokens": len(tok(sample)["input_ids"]), "sample_chars": len(sample)},
     )
+
+
+STAGE = Stage("tokenizer", "Train the byte-level BPE (or adopt tokenizer.path) from the corpus.", run, "tokenizer",
+              outputs={"tokenizer": "tokenizer/"}, needs=lambda recipe: recipe.corpus is not None)

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from phiforge import progress
 from phiforge.data.corpus import source_docs
 from phiforge.data.packing import (DocRefs, Documents, Stream, mix_documents, mixture_table, over_epoch_limit,
                                    read_index, write_shards)
 from phiforge.errors import UserError
 from phiforge.model import build_model, config_for_tokenizer, extend_context, load_config, load_model
 from phiforge.rundir import StageResult
-from phiforge.stage import StageContext
+from phiforge.stage import TRAINING_OUTPUTS, Stage, StageContext
 from phiforge.tokenizer import document_separator_id, load_tokenizer
 from phiforge.train.export import cached_packed, export_model, tokenized, unigram_loss
 from phiforge.train.loop import train
@@ -36,7 +37,7 @@ def _pack_heldout(ctx: StageContext, tok, names: list[str], seq_len: int, shard_
 
 def run_pretrain(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.recipe.pretrain, ctx.recipe.seed
-    tok = load_tokenizer(ctx.upstream("tokenizer") / "tokenizer")
+    tok = load_tokenizer(ctx.input("tokenizer", "tokenizer"))
     eos = document_separator_id(tok)
     names = list(cfg.shares)
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size
@@ -68,7 +69,6 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     result = train(model, cfg, cfg.lr, objective, ctx.out, "pretrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
-        outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
         metrics={
             "parameters": n_params,
             **result.metrics(),
@@ -83,9 +83,9 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     recipe = ctx.recipe
     cfg, pre, seed = recipe.midtrain, recipe.pretrain, recipe.seed
     assert cfg is not None
-    tok = load_tokenizer(ctx.upstream("tokenizer") / "tokenizer")
+    tok = load_tokenizer(ctx.input("tokenizer", "tokenizer"))
     eos = document_separator_id(tok)
-    source = cfg.init_from or ctx.upstream("pretrain") / "model"
+    source = ctx.start_model(cfg.init_from)
     base_config = load_config(str(source))
     context = base_config.max_position_embeddings * cfg.context_multiplier
     model = load_model(source, extend_context(base_config, context, cfg.rope_theta))
@@ -124,7 +124,6 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     result = train(model, cfg, lr, objective, ctx.out, "midtrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
-        outputs={"model": "model/", "data": "data/", "metrics": "metrics.jsonl"},
         metrics={
             "context": context,
             "rope_theta": cfg.rope_theta,
@@ -133,3 +132,11 @@ def run_midtrain(ctx: StageContext) -> StageResult:
             "mixture": read_index(ctx.out / "data" / "train")["mixture"],
         },
     )
+
+
+PRETRAIN = Stage("pretrain", "Pretrain from RECIPE's 'pretrain' section (needs corpus and tokenizer).", run_pretrain,
+                 "pretrain", outputs=TRAINING_OUTPUTS, trains=True, passes_model=True, all_ranks=True,
+                 estimate=lambda recipe: progress.FIXED_S + progress.training_s(recipe.pretrain))
+MIDTRAIN = Stage("midtrain", "Midtrain: longer context, higher RoPE base, lr / 10 (needs pretrain or midtrain.init_from).",
+                 run_midtrain, "midtrain", outputs=TRAINING_OUTPUTS, trains=True, passes_model=True, all_ranks=True,
+                 estimate=lambda recipe: progress.FIXED_S + progress.training_s(recipe.midtrain))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from phiforge.data.curation.classifier import FileLabels, HeuristicLabeler, Labeler, TeacherLabeler
-from phiforge.generation import Backend
+from phiforge.generation.base import Backend
 from phiforge.recipe import CurationConfig
 
 
@@ -30,7 +30,7 @@ def curate(
     """
     from phiforge.data.curation.pipeline import run_curation
     from phiforge.errors import UserError
-    from phiforge.generation import Sampling
+    from phiforge.generation.base import Sampling
 
     if teacher is None and labels is None and config.classifier.labels == "heuristic":
         heuristic_labels = True

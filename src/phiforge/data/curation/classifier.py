@@ -26,7 +26,7 @@ from datatrove.pipeline.base import PipelineStep
 from phiforge.data.curation.steps import add_provenance
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl, write_with
-from phiforge.generation import Backend, Sampling, expected_score
+from phiforge.generation.base import Backend, Sampling, expected_score
 from phiforge.recipe import CurationClassifier
 from phiforge.progress import bar_label
 
