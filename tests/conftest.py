@@ -102,3 +102,16 @@ def copy_stages():
             shutil.copytree(src / name, dst / name)
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A running one-node Slurm (tests/slurm_cluster.py); SLURM_CONF points sbatch, squeue... at it."""
+    import slurm_cluster
+
+    if missing := slurm_cluster.missing_daemons():
+        pytest.fail(f"Slurm is not installed ({', '.join(missing)} not found): `{slurm_cluster.INSTALL}` "
+                    "(.ci/run installs them), then rerun")
+    with slurm_cluster.running(tmp_path_factory.mktemp("slurm")) as cluster, pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+        yield cluster

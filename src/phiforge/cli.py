@@ -524,6 +524,32 @@ def _read_text(path: Path) -> str:
         raise UserError(f"cannot read {path}: {e}") from None
 
 
+launch_app = typer.Typer(no_args_is_help=True, help="Launch a recipe on a cluster's scheduler.")
+app.add_typer(launch_app, name="launch")
+
+
+@launch_app.command("slurm")
+def launch_slurm(
+    recipe: RecipeArg,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="Ranks per node: one per GPU (CPU processes with --cpu).")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes in the job; torchrun's rendezvous is on the first.")] = 1,
+    run_dir: RunDirOpt = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition (default: the cluster's).")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit, e.g. 2-00:00:00.")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Request no GPUs: the ranks are CPU processes (gloo).")] = False,
+    submit: Annotated[bool, typer.Option("--submit", help="Submit the script with sbatch and print the job id.")] = False,
+) -> None:
+    """Write RUN_DIR/slurm.sbatch: torchrun on every node running `phiforge run RECIPE` (and submit it)."""
+    from phiforge import launch
+
+    _, rd = _load(recipe, run_dir)  # the recipe is checked before anything is written
+    script = launch.write_script(rd, launch.sbatch_script(recipe, rd, nodes, gpus_per_node, not cpu, partition, time))
+    console.print(f"wrote {script}")
+    if submit:
+        job = launch.submit(script)
+        console.print(f"submitted job {job}; its log: {rd.resolve() / f'slurm-{job}.out'}")
+
+
 mixture_app = typer.Typer(no_args_is_help=True, help="The pretraining data mixture.")
 app.add_typer(mixture_app, name="mixture")
 

@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +150,13 @@ def make_executor(stage: Stage, cfg: CurationConfig, logs: Path, depends=None):
     if cfg.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
+        # The jobs run datatrove's `launch_pickled_pipeline` from PATH: this Python's bin first, so they use the
+        # installation that submitted them even when its environment was not activated.
+        here = shlex.quote(str(Path(sys.executable).parent))
         return SlurmPipelineExecutor(
             stage.pipeline, tasks=stage.tasks, time=cfg.slurm_time, partition=cfg.slurm_partition,
             logging_dir=logging_dir, job_name=f"phiforge-{stage.name}", depends=depends,
+            env_command=f'export PATH={here}:"$PATH"',
         )
     if cfg.executor == "ray":
         from datatrove.executor import RayPipelineExecutor
