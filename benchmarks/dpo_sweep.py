@@ -24,7 +24,8 @@ from phiforge.posttrain.compare import greedy_replies
 from phiforge.stats import accuracy, mcnemar_exact
 from phiforge.posttrain.dpo import run_dpo
 from phiforge.posttrain.stages import generated_problems
-from phiforge.recipe import DPOConfig, PTSSection
+from phiforge.posttrain.dpo_config import DPOConfig
+from phiforge.recipe import PTSStageConfig
 from phiforge.synth.verify import verify
 
 
@@ -52,7 +53,7 @@ def main() -> None:
         model = smollm2_dir()
     else:
         model = Path(args.model)
-    family = PTSSection(families=[args.family])
+    family = PTSStageConfig(families=[args.family])
     dev = generated_problems(family, args.dev_offset + args.dev, args.seed, heldout=False)[args.dev_offset:]
     t0 = time.process_time()
     base_file = args.out / "base.json"  # the untrained model's dev outcomes, reused when settings are added

@@ -49,7 +49,8 @@ def make_model_and_tokenizer(pairs: list[dict]):
 def ours(model, tok, rows: list[dict], steps: int, batch: int) -> list[float]:
     import json
 
-    from phiforge.posttrain.dpo import DPOConfig, DPOLoss, all_logps, read_pairs
+    from phiforge.posttrain.dpo import DPOLoss, all_logps, read_pairs
+    from phiforge.posttrain.dpo_config import DPOConfig
     from phiforge.rundir import read_metrics
     from phiforge.train.loop import train
 

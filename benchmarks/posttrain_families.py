@@ -16,7 +16,7 @@ from phiforge.data import synthetic_math
 from phiforge.posttrain.compare import greedy_replies
 from phiforge.stats import accuracy
 from phiforge.posttrain.stages import generated_problems
-from phiforge.recipe import PTSSection
+from phiforge.recipe import PTSStageConfig
 from phiforge.synth.verify import verify
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     else:
         model = Path(args.model)
     for family in args.families:
-        cfg = PTSSection(families=[family])
+        cfg = PTSStageConfig(families=[family])
         train = generated_problems(cfg, args.problems, 0, heldout=False)
         heldout = generated_problems(cfg, 10_000, 0, heldout=True)
         t0 = time.process_time()

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from planted import PlantedLM, planted_tokenizer  # noqa: E402
 
-from phiforge.posttrain.pts import PTSConfig, Search  # noqa: E402
+from phiforge.posttrain.pts.config import PTSConfig  # noqa: E402
+from phiforge.posttrain.pts.search import Search  # noqa: E402
 
 PROBLEM = {"prompt": "Q", "answer": "7", "verifier": "numeric"}
 # (pivot position, solution length, p(answer 7) in the model; sampling at temperature 0.6 sharpens it)

@@ -3,7 +3,7 @@
 PTS samples many completions of a few prefixes (the rows of one search step). Both sides draw --rows
 completions of --prefixes distinct prefixes of a SmolLM2-135M-Instruct reply to a `groups` word problem,
 --tokens new tokens at temperature 0.6, top-p 0.95, top-k 20, in one batch:
-- ours: `posttrain.pts.sample` (each distinct prefix read once and its KV cache shared, rows leave at EOS,
+- ours: `posttrain.pts.sampler.sample` (each distinct prefix read once and its KV cache shared, rows leave at EOS,
   draws among the top-k only, a KV cache with room for the new tokens);
 - peer: `model.generate(do_sample=True, ...)` on the left-padded prefixes, each repeated rows/prefixes times.
 Rounds alternate the two; completions per second and the ratio are printed per round and as a median.
@@ -32,7 +32,8 @@ def main() -> None:
 
     from phiforge.generation.hf import smollm2_dir
     from phiforge.model import load_model
-    from phiforge.posttrain.pts import PTSConfig, sample
+    from phiforge.posttrain.pts.config import PTSConfig
+    from phiforge.posttrain.pts.sampler import sample
     from phiforge.tokenizer import chat_prompt_ids, load_tokenizer, stop_ids
 
     directory = smollm2_dir()

@@ -46,7 +46,7 @@ def make_model(preset: str, vocab: int, seq_len: int, seed: int):
 
 def ours(model, rows: np.ndarray, steps: int, batch: int, precision: str, compile_: bool) -> list[float]:
     from phiforge.data.packing import Packed
-    from phiforge.recipe import TrainConfig
+    from phiforge.config import TrainConfig
     from phiforge.rundir import read_metrics
     from phiforge.train.loop import train
     from phiforge.train.loss import NextTokenLoss

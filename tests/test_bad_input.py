@@ -384,7 +384,7 @@ def _user_error_or(read: Callable[[Path], object], path: Path, text: str):
 @given(text=_rows({"prompt": st.just("Q"), "answer": st.just("7"),
                    "verifier": st.sampled_from(["numeric", "exact", "math"])}))
 def test_property_pts_problems(tmp_path, text):
-    from phiforge.posttrain.pts import read_problems
+    from phiforge.posttrain.pts.runner import read_problems
     from phiforge.synth.verify import VERIFIERS
 
     problems = _user_error_or(read_problems, tmp_path / "p.jsonl", text)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from phiforge.posttrain.dpo import DPOConfig, dpo_loss, pair_logps, read_pairs, run_dpo
+from phiforge.posttrain.dpo import dpo_loss, pair_logps, read_pairs, run_dpo
+from phiforge.posttrain.dpo_config import DPOConfig
 from phiforge.tokenizer import chat_prompt_ids
 from phiforge.tokenizer import load_tokenizer
 

@@ -9,8 +9,9 @@ import pytest
 
 from phiforge.eval.tasks import TASKS, EvalInput
 from phiforge.generation.fake import FakeBackend
-from phiforge.posttrain.hallucination import (BOGUS_REFUSAL, REFUSAL, HallucinationConfig, Question, bogus_questions,
+from phiforge.posttrain.hallucination import (BOGUS_REFUSAL, REFUSAL, Question, bogus_questions,
                                               generate_facts, grade, grade_all, is_refusal, run_hallucination)
+from phiforge.posttrain.hallucination_config import HallucinationConfig
 from phiforge.recipe import EvalConfig
 from phiforge.tokenizer import load_tokenizer
 

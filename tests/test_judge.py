@@ -10,8 +10,10 @@ import pytest
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.fake import FakeBackend
 from phiforge.generation.hf import HFBackend
-from phiforge.posttrain.dpo import DPOConfig, run_dpo
-from phiforge.posttrain.judge import JudgeConfig, parse_scores, run_judge_pairs
+from phiforge.posttrain.dpo import run_dpo
+from phiforge.posttrain.dpo_config import DPOConfig
+from phiforge.posttrain.judge import parse_scores, run_judge_pairs
+from phiforge.posttrain.judge_config import JudgeConfig
 
 from conftest import phiforge
 from planted import train_planted_hf

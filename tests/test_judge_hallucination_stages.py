@@ -3,7 +3,6 @@ place of the recipe's teacher, the run, its rerun, the report, the no-pairs path
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,8 +14,7 @@ from conftest import SMOKE, phiforge
 from planted import train_planted_hf
 from phiforge.errors import UserError
 from phiforge.generation.fake import FakeBackend
-from phiforge.posttrain.judge import JudgeConfig
-from phiforge.recipe import JudgeDPOSection, load_recipe
+from phiforge.recipe import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +186,6 @@ def test_prompts_default_to_user_turns_of_the_sft_conversations(planted, tmp_pat
     got = sft_prompts(ctx, 10, 0)
     assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, [rows[0][:2], rows[1][:1]]))
     assert len(sft_prompts(ctx, 1, 0)) == 1
-
-
-def test_judge_section_mirrors_judge_config():
-    section = JudgeDPOSection(steps=1)
-    for f in dataclasses.fields(JudgeConfig):
-        if f.name != "seed":  # the recipe's seed
-            assert getattr(section, f.name) == f.default, f.name
 
 
 def write_smoke(path: Path, **sections) -> Path:

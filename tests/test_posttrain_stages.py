@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +12,7 @@ from conftest import SMOKE, phiforge
 from planted import train_planted_hf
 from phiforge.errors import UserError
 from phiforge.stats import accuracy, mcnemar_exact, wilson
-from phiforge.posttrain.pts import PTSConfig
-from phiforge.recipe import PTSSection, load_recipe
+from phiforge.recipe import load_recipe
 
 
 
@@ -35,12 +33,6 @@ def test_wilson_and_mcnemar_on_hand_computed_numbers():
     assert mcnemar_exact(before, after) == {"improved": 9, "regressed": 1, "p_value": pytest.approx(22 / 1024)}
     assert mcnemar_exact(before, before)["p_value"] == 1.0  # no discordant problem: no evidence of change
     assert accuracy(after)["correct"] == 14 and accuracy(after)["accuracy"] == pytest.approx(0.7)
-
-
-def test_pts_section_mirrors_pts_config():
-    section = PTSSection()
-    for f in dataclasses.fields(PTSConfig):
-        assert getattr(section, f.name) == f.default, f.name
 
 
 @pytest.mark.parametrize(
@@ -138,3 +130,23 @@ def test_eval_scores_a_trained_dpo_stage_and_not_a_skipped_one(tmp_path):
     assert list(models_to_evaluate(ctx)) == ["sft"]  # a dpo stage that skipped (no pairs) left no model
     (run_dir / "dpo" / "model").mkdir()
     assert list(models_to_evaluate(ctx)) == ["sft", "dpo"]
+
+
+def test_pts_and_dpo_commands_run_the_recipes_stages_with_options_overriding_it(planted_model, tmp_path):
+    run_dir, recipe = tmp_path / "run", posttrain_recipe(tmp_path, planted_model)
+    phiforge("pts", recipe, "--run-dir", run_dir, "--samples", "10", "--round-size", "5")
+    settings = json.loads((run_dir / "pts" / "pairs.jsonl.parts" / "settings.json").read_text())["config"]
+    assert settings["samples"] == 10 and settings["round_size"] == 5 and settings["max_new_tokens"] == 8
+    pairs = json.loads((run_dir / "pts" / "manifest.json").read_text())["metrics"]["pairs"]
+    assert pairs >= 1
+    # --epochs replaces the section's steps: one pass over the pairs at batch size 2
+    phiforge("dpo", recipe, "--run-dir", run_dir, "--epochs", "1")
+    assert json.loads((run_dir / "dpo" / "manifest.json").read_text())["metrics"]["steps"] == max(1, round(pairs / 2))
+    status = phiforge("status", run_dir).stdout
+    assert "pts" in status and "dpo" in status and status.count("done") == 2
+    proc = phiforge("pts", recipe, "--run-dir", run_dir, "--p-gap", "0", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --p-gap: Input should be greater than 0"
+    proc = phiforge("pts", recipe, "--run-dir", run_dir, "--model", planted_model, check=False)
+    assert proc.returncode == 2 and "--model: not with a RECIPE" in proc.stderr
+    proc = phiforge("hallucination", recipe, "--run-dir", run_dir, "--samples", "2", check=False)
+    assert proc.returncode == 2 and "has no 'hallucination' section" in proc.stderr

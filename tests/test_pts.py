@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from phiforge.model import build_model, phi3_config
-from phiforge.posttrain.pts import (Estimate, PTSConfig, gap_bounds, sample, search_problem, search_problems,
-                                    split_point)
+from phiforge.posttrain.pts.config import PTSConfig
+from phiforge.posttrain.pts.estimates import Estimate, gap_bounds, split_point
+from phiforge.posttrain.pts.sampler import sample
+from phiforge.posttrain.pts.search import search_problem, search_problems
 
 from conftest import phiforge
 from planted import PlantedLM, planted_tokenizer, train_planted_hf
@@ -56,7 +56,7 @@ def test_an_oracle_that_never_changes_its_mind_yields_no_pairs(always):
 
 def test_pivot_without_a_measured_margin_is_not_exported():
     tok = planted_tokenizer()
-    cfg = PTSConfig(max_new_tokens=16, min_margin=1.01)  # no pair can show this margin
+    cfg = PTSConfig(max_new_tokens=16).model_copy(update={"min_margin": 1.01})  # no pair can show this margin
     result = search_problem(PlantedLM(tok), tok, PROBLEM, cfg)
     assert len(result.pivots) == 2 and result.pairs == []
 
@@ -72,7 +72,7 @@ def test_end_pairs_off_leaves_out_pairs_with_an_end_of_reply_token():
     kept = search_problem(model, tok, PROBLEM, cfg, check=short)
     assert [pv["position"] for pv in kept.pivots] == [4, 4]
     assert {(p["chosen"], p["rejected"]) for p in kept.pairs} == {("<|im_end|>", "x")}
-    left_out = search_problem(model, tok, PROBLEM, replace(cfg, end_pairs=False), check=short)
+    left_out = search_problem(model, tok, PROBLEM, cfg.model_copy(update={"end_pairs": False}), check=short)
     assert [pv["position"] for pv in left_out.pivots] == [4, 4] and left_out.pairs == []
     assert left_out.samples < kept.samples  # no completions spent measuring pairs it would drop
 
@@ -153,8 +153,8 @@ def test_a_search_finds_the_same_alone_or_beside_others():
     model = PlantedLM(tok, pivot=3, length=10)
     problems = [(i, PROBLEM) for i in range(4)]
     cfg = PTSConfig(max_new_tokens=12, batch_size=64)
-    alone = {r.index: r for r in search_problems(model, tok, problems, replace(cfg, concurrent=1))}
-    together = {r.index: r for r in search_problems(model, tok, problems, replace(cfg, concurrent=3))}
+    alone = {r.index: r for r in search_problems(model, tok, problems, cfg.model_copy(update={"concurrent": 1}))}
+    together = {r.index: r for r in search_problems(model, tok, problems, cfg.model_copy(update={"concurrent": 3}))}
     assert alone == together and sorted(alone) == [0, 1, 2, 3]
     assert {r.samples for r in alone.values()} != {cfg.samples}  # seeds differ by problem: not all skipped
     assert search_problem(model, tok, PROBLEM, cfg, index=2) == alone[2]

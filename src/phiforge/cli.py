@@ -16,7 +16,12 @@ from rich.logging import RichHandler
 from rich.table import Table
 from typer.core import TyperGroup
 
+from phiforge.cli_options import model_options, option_name, overridden, validated
 from phiforge.errors import UserError
+from phiforge.posttrain.dpo_config import DPOConfig
+from phiforge.posttrain.hallucination_config import HallucinationConfig, HallucinationQuestions
+from phiforge.posttrain.judge_config import JudgeConfig
+from phiforge.posttrain.pts.config import PTSConfig
 
 class _WithStageCommands(TyperGroup):
     """The commands below, and `phiforge STAGE RECIPE` for every stage in phiforge/stages.py without a command of its
@@ -72,12 +77,13 @@ def _setup_logging(verbose: bool = False) -> None:
     hf_logging.set_verbosity_error()
 
 
-def _load(recipe_path: Path, run_dir: Optional[Path]):
-    from phiforge.recipe import load_recipe
+def _load(recipe_path, run_dir: Optional[Path]):
+    """A recipe (a path or name, or one already loaded) and its run directory."""
+    from phiforge.recipe import Recipe, load_recipe
 
     from phiforge.synth.sandbox import allow_weak_isolation
 
-    recipe = load_recipe(recipe_path)
+    recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
     allow_weak_isolation(recipe.sandbox.allow_weak_isolation)
     return recipe, (run_dir or Path("runs") / recipe.name)
 
@@ -105,8 +111,8 @@ def run(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
         console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / FINAL_DIR}")
 
 
-def run_stage_command(name: str, recipe: Path, run_dir: Optional[Path]) -> None:
-    """Run RECIPE's stage `name` alone into run_dir (default runs/<recipe name>): what `phiforge NAME RECIPE` does."""
+def run_stage_command(name: str, recipe, run_dir: Optional[Path]) -> None:
+    """`phiforge NAME RECIPE`: the stage NAME of RECIPE (a path or name, or a loaded recipe) alone."""
     from phiforge.pipeline import run_stage, stages_of
 
     _setup_logging()
@@ -197,69 +203,99 @@ def curate(
                   f"{out / 'curated'}, {out / 'stats.json'}")
 
 
+# --- the post-training tools: each method's options are its settings model's fields (cli_options.py) ------------
+
+StageRecipeArg = Annotated[Optional[Path], typer.Argument(metavar="[RECIPE]",
+    help="A recipe (a YAML file or a built-in recipe's name): run its stage of this name into --run-dir instead, "
+         "with the settings options given here in place of the recipe section's values.")]
+
+
+def _tool_stage(name: str, recipe: Path, run_dir: Optional[Path], given: dict, others_set: list[str]) -> None:
+    """`phiforge TOOL RECIPE`: the recipe's `name` stage, the settings options given overriding its section."""
+    tool_only = [flag for flag in others_set if flag != "--run-dir"]
+    if tool_only:
+        raise UserError(f"{', '.join(tool_only)}: not with a RECIPE, whose '{name}' section says what the stage "
+                        "reads; give it without RECIPE to run the tool alone")
+    if given:
+        from phiforge.recipe import load_recipe
+
+        loaded = load_recipe(recipe)
+        section = getattr(loaded, name)
+        if section is not None:  # (without one, run_stage_command says so)
+            recipe = loaded.model_copy(update={name: overridden(section, given)})
+    run_stage_command(name, recipe, run_dir)
+
+
+def _tool_inputs(command: str, run_dir: Optional[Path], **inputs: Optional[Path]) -> None:
+    """Without a RECIPE the tool needs its inputs as options."""
+    missing = [option_name(k) for k, v in inputs.items() if v is None]
+    if missing:
+        raise UserError(f"{command} needs {', '.join(missing)} (or a RECIPE, to run the recipe's stage)")
+    if run_dir is not None:
+        raise UserError("--run-dir goes with a RECIPE; the tool alone writes to --out")
+
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="HF causal LM directory (with its tokenizer).")]
+
+
 @app.command()
+@model_options(PTSConfig)
 def pts(
-    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
-    problems: Annotated[Path, typer.Option("--problems", help="jsonl of {prompt, answer, verifier}.")],
-    out: Annotated[Path, typer.Option("--out", help="Pairs jsonl; OUT.parts/ keeps finished problems.")],
-    mode: Annotated[str, typer.Option(help="adaptive: sample until a bound decides; fixed: --samples each.")] = "adaptive",
-    samples: Annotated[int, typer.Option(help="Completions per prefix (fixed) or at most (adaptive).")] = 50,
-    p_gap: Annotated[float, typer.Option(help="Jump in p(success) that makes a token pivotal.")] = 0.2,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    top_k: int = 20,
-    max_new_tokens: int = 256,
-    end_pairs: Annotated[bool, typer.Option(help="Keep pairs with an end-of-reply token on either side.")] = True,
-    concurrent: Annotated[int, typer.Option(help="Problems searched at once, their samples sharing each batch.")] = 8,
-    seed: int = 0,
+    recipe: StageRecipeArg = None,
+    model: ModelOpt = None,
+    problems: Annotated[Optional[Path], typer.Option("--problems", help="jsonl of {prompt, answer, verifier}.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Pairs jsonl; OUT.parts/ keeps finished problems.")] = None,
+    run_dir: RunDirOpt = None,
+    *,
+    given: dict,
+    others_set: list,
 ) -> None:
-    """Pivotal Token Search: single-token DPO pairs where p(success) jumps along the model's own solutions."""
-    from phiforge.posttrain.pts import PTSConfig, run_pts
+    """Pivotal Token Search: single-token DPO pairs where p(success) jumps along the model's own solutions.
+
+    With RECIPE: the recipe's pts stage, the options given overriding its pts section."""
+    if recipe is not None:
+        return _tool_stage("pts", recipe, run_dir, given, others_set)
+    from phiforge.posttrain.pts.runner import run_pts
 
     _setup_logging()
-    if mode not in ("adaptive", "fixed"):
-        raise UserError(f"--mode must be adaptive or fixed, got {mode!r}")
-    cfg = PTSConfig(p_gap=p_gap, mode=mode, samples=samples, temperature=temperature, top_p=top_p, top_k=top_k,
-                    max_new_tokens=max_new_tokens, end_pairs=end_pairs, concurrent=concurrent, seed=seed)
-    summary = run_pts(model, problems, out, cfg)
+    _tool_inputs("pts", run_dir, model=model, problems=problems, out=out)
+    summary = run_pts(model, problems, out, validated(PTSConfig, given))
     console.print(f"[green]done[/]: {summary['pairs']} pairs from {summary['searched']}/{summary['problems']} "
                   f"problems, {summary['samples']:,} sampled completions -> {out}")
 
 
-@app.command()
-def dpo(
-    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory (with its tokenizer).")],
-    pairs: Annotated[Path, typer.Option("--pairs", help="jsonl of PTS token pairs or {prompt, chosen, rejected}.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory; OUT/model is the trained HF model.")],
-    beta: Annotated[float, typer.Option(help="Strength of the pull towards the reference model.")] = 0.1,
-    lr: float = 5e-7,
-    steps: Annotated[int | None, typer.Option(help="Training steps (default: from --epochs).")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Passes over the pairs, instead of --steps (default 5).")] = None,
-    batch_size: int = 8,
-    label_smoothing: Annotated[float, typer.Option(help="Conservative DPO: assumed rate of flipped labels.")] = 0.0,
-    seed: int = 0,
-) -> None:
-    """Direct Preference Optimization of MODEL on PAIRS, on the shared training loop."""
-    from pydantic import ValidationError
+SeedOpt = Annotated[int, typer.Option(help="Seed (a recipe's stage takes the recipe's seed).")]
 
-    from phiforge.posttrain.dpo import DPOConfig, run_dpo
+
+@app.command()
+@model_options(DPOConfig, exclude={"init_from"})  # --model is the model
+def dpo(
+    recipe: StageRecipeArg = None,
+    model: ModelOpt = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="jsonl of PTS token pairs or {prompt, chosen, rejected}.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory; OUT/model is the trained HF model.")] = None,
+    seed: SeedOpt = 0,
+    run_dir: RunDirOpt = None,
+    *,
+    given: dict,
+    others_set: list,
+) -> None:
+    """Direct Preference Optimization of MODEL on PAIRS, on the shared training loop; 5 epochs unless --steps or
+    --epochs.
+
+    With RECIPE: the recipe's dpo stage, the options given overriding its dpo section."""
+    length = {"steps", "epochs"} & set(given)
+    if recipe is not None:
+        # one training length given replaces the section's, whichever of the two that is
+        return _tool_stage("dpo", recipe, run_dir, ({"steps": None, "epochs": None} if len(length) == 1 else {}) | given, others_set)
+    from phiforge.posttrain.dpo import run_dpo
 
     _setup_logging()
-    try:
-        if steps is None and epochs is None:
-            epochs = 5.0
-        cfg = DPOConfig(steps=steps, epochs=epochs, lr=lr, beta=beta,
-                        batch_size=batch_size, label_smoothing=label_smoothing)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
-        raise UserError(where + err["msg"].removeprefix("Value error, ")) from None
+    _tool_inputs("dpo", run_dir, model=model, pairs=pairs, out=out)
+    cfg = validated(DPOConfig, given if length else given | {"epochs": 5.0})
     s = run_dpo(model, pairs, out, cfg, seed)
     console.print(f"[green]done[/]: {s['pairs']} pairs, {s['steps']} steps ({s['passes']} passes); log p(chosen) - log p(rejected) "
                   f"{s['margin_before']:+.3f} -> {s['margin_after']:+.3f}; model in {out / 'model'}")
-
-
-# --- judge-guided DPO pairs and hallucination mitigation -------------------------------------------------------
 
 
 def _llm(option: str, model: str, backend: str, url: Optional[str], key_env: Optional[str], cache_dir: Path):
@@ -281,66 +317,79 @@ def _llm(option: str, model: str, backend: str, url: Optional[str], key_env: Opt
 BackendOpt = Annotated[str, typer.Option(help="hf (a model directory or smollm2), openai or vllm.")]
 
 
-@app.command("judge-pairs")
+@model_options(JudgeConfig)
 def judge_pairs(
-    model: Annotated[Path, typer.Option("--model", help="The policy: HF causal LM directory with a chat template.")],
-    prompts: Annotated[Path, typer.Option("--prompts", help="jsonl of {prompt: string or chat messages}.")],
-    out: Annotated[Path, typer.Option("--out", help="Pairs jsonl for `phiforge dpo`; OUT.cache/ makes reruns resume.")],
+    recipe: StageRecipeArg = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="The policy: HF causal LM directory with a chat template.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="jsonl of {prompt: string or chat messages}.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Pairs jsonl for `phiforge dpo`; OUT.cache/ makes reruns resume.")] = None,
     judge: Annotated[str, typer.Option(help="Judge model: smollm2, an HF directory, or the served model name.")] = "smollm2",
     judge_backend: BackendOpt = "hf",
     judge_url: Annotated[Optional[str], typer.Option(help="openai: the endpoint, e.g. http://localhost:8000/v1.")] = None,
     judge_key_env: Annotated[Optional[str], typer.Option(help="openai: environment variable holding the key.")] = None,
-    method: Annotated[str, typer.Option(help="generate: the judge writes score lines; probs: its digit probabilities "
-                                         "per dimension (for small judges such as smollm2).")] = "generate",
-    samples: Annotated[int, typer.Option(help="Responses sampled per prompt.")] = 4,
-    min_gap: Annotated[float, typer.Option(help="Least mean-score gap (0-10) between chosen and rejected.")] = 2.0,
-    temperature: float = 0.8,
-    max_tokens: int = 256,
-    seed: int = 0,
+    seed: SeedOpt = 0,
+    run_dir: RunDirOpt = None,
+    *,
+    given: dict,
+    others_set: list,
 ) -> None:
-    """Judge-guided DPO pairs: sample responses from MODEL, have an LLM judge grade them, pair best with worst."""
+    """Judge-guided DPO pairs: sample responses from MODEL, have an LLM judge grade them, pair best with worst.
+
+    With RECIPE: the recipe's judge_dpo stage (the pairs, then DPO on them), the options given overriding its
+    judge_dpo section."""
+    if recipe is not None:
+        return _tool_stage("judge_dpo", recipe, run_dir, given, others_set)
     from phiforge.generation import load_policy
-    from phiforge.posttrain.judge import JudgeConfig, run_judge_pairs
+    from phiforge.posttrain.judge import run_judge_pairs
 
     _setup_logging()
-    if method not in ("generate", "probs"):
-        raise UserError(f"--method {method!r}: use generate or probs")
-    cfg = JudgeConfig(method=method, samples=samples, min_gap=min_gap, temperature=temperature,  # type: ignore[arg-type]
-                      max_tokens=max_tokens, seed=seed)
+    _tool_inputs("judge-pairs", run_dir, model=model, prompts=prompts, out=out)
+    cfg = validated(JudgeConfig, given)
     cache = out.parent / f"{out.name}.cache"
     s = run_judge_pairs(load_policy(model, cache), _llm("--judge", judge, judge_backend, judge_url, judge_key_env, cache),
-                        prompts, out, cfg)
+                        prompts, out, cfg, seed)
     console.print(f"[green]done[/]: {s['pairs']} pairs from {s['prompts']} prompts ({s['responses']} responses, "
                   f"{s['unparseable']} unparseable judge answers) -> {out}")
 
 
+app.command("judge-pairs")(judge_pairs)
+app.command("judge_dpo", help="The judge_dpo stage of RECIPE (as `phiforge status` names it): `judge-pairs RECIPE`.")(
+    judge_pairs)
+
+
 @app.command()
+@model_options(HallucinationQuestions, HallucinationConfig)
 def hallucination(
-    model: Annotated[Path, typer.Option("--model", help="HF causal LM directory with a chat template.")],
-    out: Annotated[Path, typer.Option("--out", help="Directory for sft.jsonl, pairs.jsonl, grades.jsonl, summary.json.")],
-    qa: Annotated[Optional[Path], typer.Option("--qa", help="jsonl of {question, answer, aliases?, verifier?}; default: generated facts.")] = None,
-    facts: Annotated[int, typer.Option(help="Generated facts to ask when there is no --qa.")] = 200,
-    bogus: Annotated[int, typer.Option(help="Made-up-entity questions to add.")] = 50,
-    samples: Annotated[int, typer.Option(help="Sampled answers per question beside the greedy one.")] = 4,
-    known_share: Annotated[float, typer.Option(help="Share of right answers that makes a question known.")] = 0.5,
+    recipe: StageRecipeArg = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="HF causal LM directory with a chat template.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Directory for sft.jsonl, pairs.jsonl, grades.jsonl, summary.json.")] = None,
     grader: Annotated[Optional[str], typer.Option(help="LLM grader (smollm2, a directory, a served model); default: rules.")] = None,
     grader_backend: BackendOpt = "hf",
     grader_url: Optional[str] = None,
     grader_key_env: Optional[str] = None,
-    seed: int = 0,
+    seed: SeedOpt = 0,
+    run_dir: RunDirOpt = None,
+    *,
+    given: dict,
+    others_set: list,
 ) -> None:
-    """Hallucination mitigation data: refusal SFT targets and DPO pairs from MODEL's graded answers."""
+    """Hallucination mitigation data: refusal SFT targets and DPO pairs from MODEL's graded answers.
+
+    With RECIPE: the recipe's hallucination stage (the data, DPO, rates before and after), the options given
+    overriding its hallucination section."""
+    if recipe is not None:
+        return _tool_stage("hallucination", recipe, run_dir, given, others_set)
     from phiforge.generation import load_policy
-    from phiforge.posttrain.hallucination import (HallucinationConfig, bogus_questions, generate_facts, read_qa,
-                                                   run_hallucination)
+    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, read_qa, run_hallucination
 
     _setup_logging()
-    cfg = HallucinationConfig(samples=samples, known_share=known_share, seed=seed)
-    questions = read_qa(qa) if qa else generate_facts(facts, seed)
-    questions += bogus_questions(bogus, seed)
+    _tool_inputs("hallucination", run_dir, model=model, out=out)
+    asked, cfg = validated(HallucinationQuestions, given), validated(HallucinationConfig, given)
+    questions = read_qa(asked.qa) if asked.qa else generate_facts(asked.facts, seed)
+    questions += bogus_questions(asked.bogus, seed)
     cache = out / "cache"
     judge = _llm("--grader", grader, grader_backend, grader_url, grader_key_env, cache) if grader else None
-    s = run_hallucination(load_policy(model, cache), questions, out, cfg, judge)
+    s = run_hallucination(load_policy(model, cache), questions, out, cfg, judge, seed)
     table = Table(title=f"greedy answers: {s['questions']} questions, {s['bogus_questions']} bogus")
     table.add_column("rate")
     table.add_column("value", justify="right")

@@ -7,31 +7,21 @@ Each stage has its own section; `phiforge STAGE RECIPE` runs one section alone a
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from phiforge import recipes
+from phiforge.config import (RECIPE_DIR, Fraction, NameOrPath, NonNegInt, PositiveFloat, PositiveInt, RecipePath,
+                             Section, TrainConfig)
 from phiforge.errors import UserError, without_credentials
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def digest(self) -> str:
-        """Stable hash of this section: a finished stage is reused only when it matches."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+from phiforge.posttrain.dpo_config import DPOConfig
+from phiforge.posttrain.hallucination_config import HallucinationConfig, HallucinationQuestions
+from phiforge.posttrain.judge_config import JudgeConfig
+from phiforge.posttrain.pts.config import PTSConfig
 
 
 SourceKind = Literal["python_source", "python_docs", "package_readmes", "synthetic_math", "passkey", "jsonl"]
@@ -42,7 +32,7 @@ class SourceConfig(Section):
 
     name: str
     kind: SourceKind
-    path: Path | None = None  # for kind: jsonl
+    path: RecipePath | None = None  # for kind: jsonl
     field: str = "text"  # for kind: jsonl
     max_docs: PositiveInt = 20_000
     max_chars: PositiveInt = 2_000_000
@@ -84,7 +74,7 @@ class CorpusConfig(Section):
 class TokenizerConfig(Section):
     vocab_size: Annotated[int, Field(ge=512)] = 8192
     # A path to an existing HF tokenizer (e.g. the real Phi-4 one) skips training.
-    path: Path | None = None
+    path: RecipePath | None = None
     max_training_chars: PositiveInt = 20_000_000
 
 
@@ -123,7 +113,7 @@ class SeedSourceConfig(Section):
     """Where seeds come from: a corpus source by name, or a jsonl/parquet file."""
 
     source: str | None = None
-    path: Path | None = None
+    path: RecipePath | None = None
     field: str = "text"
     kind: Literal["text", "code"] = "text"
     max_seeds: PositiveInt = 100
@@ -142,7 +132,7 @@ class SeedSourceConfig(Section):
 
 
 class SynthDatasetConfig(Section):
-    type: str  # a built-in dataset type (`phiforge synth types`) or a YAML file
+    type: NameOrPath  # a built-in dataset type (`phiforge synth types`) or a YAML file
     count: PositiveInt  # samples to make (before verification drops some)
     name: str | None = None  # default: the type's name
 
@@ -160,35 +150,7 @@ class SynthConfig(Section):
 
 class ModelConfig(Section):
     # A preset name (see `phiforge model list`) or a path to an HF config.json / model directory.
-    preset: str = "tiny"
-
-
-class TrainConfig(Section):
-    """What every training stage shares: optimizer, schedule, batch, checkpointing, precision."""
-
-    steps: PositiveInt
-    batch_size: PositiveInt = 16
-    grad_accum: PositiveInt = 1
-    lr: PositiveFloat = 1e-3
-    min_lr_ratio: Fraction = 0.0
-    warmup_steps: NonNegInt = 0
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile: bool = False
-    checkpoint_every: PositiveInt = 100
-    keep_checkpoints: PositiveInt = 2
-    log_every: PositiveInt = 10
-    eval_every: NonNegInt = 0  # held-out loss every N steps; 0 = only at the end
-    init_from: Path | None = None  # an HF model directory to start from instead of the previous stage
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainConfig":
-        if self.steps is not None and self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
-        return self
+    preset: NameOrPath = "tiny"
 
 
 class MixtureSource(Section):
@@ -244,87 +206,35 @@ class MidtrainConfig(PackedConfig):
 
 class SFTConfig(PackedConfig):
     seq_len: PositiveInt = 256
-    data: Path | None = None  # jsonl of {"messages": [...]}; default: the corpus stage's generated set
+    data: RecipePath | None = None  # jsonl of {"messages": [...]}; default: the corpus stage's generated set
 
 
-# --- post-training (issue 6): Pivotal Token Search and DPO as recipe stages after sft ---
+# --- post-training: each method's settings are its own model (posttrain/*config*.py); a stage's section adds its inputs
 
 ProblemFamily = Literal["add", "sub", "mul", "linear", "successor", "groups"]  # data/synthetic_math.py's generators
 
 
-class PTSSection(Section):
-    """The `pts:` stage: PTSConfig's search settings (posttrain/pts.py; a test keeps the two in step)
-    plus the model to search and the training problems."""
+class PTSStageConfig(PTSConfig):
+    """The `pts:` stage: PTSConfig's search settings plus the model to search and the training problems."""
 
-    init_from: str | None = None  # `smollm2` or an HF model directory; default: the previous training stage's model
-    problems: PositiveInt = 200  # problems from the programmatic generators' training split
-    families: list[ProblemFamily] = ["add", "sub", "mul", "linear", "successor"]
-    data: Path | None = None  # jsonl of {prompt, answer, verifier} instead of generated problems
-    # held-out problems (key-hash split, disjoint from training) on which the dpo stage compares the
-    # model before and after; with `data`, give `heldout_data` (same format) or none are compared
-    heldout_problems: NonNegInt = 200
-    heldout_data: Path | None = None
-    p_gap: Annotated[float, Field(gt=0, le=1)] = 0.2
-    mode: Literal["adaptive", "fixed"] = "adaptive"
-    samples: PositiveInt = 50
-    round_size: PositiveInt = 10
-    z: PositiveFloat = 2.5
-    temperature: PositiveFloat = 0.6
-    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    top_k: NonNegInt = 20
-    max_new_tokens: PositiveInt = 256
-    min_p: Fraction = 0.2
-    max_p: Fraction = 0.8
-    alternatives: PositiveInt = 4
-    min_margin: Fraction = 0.2
-    end_pairs: bool = True  # keep pairs with an end-of-reply token on either side
-    batch_size: PositiveInt = 256
-    concurrent: PositiveInt = 8  # problems searched at once, their samples sharing each batch
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _p_range(self) -> "PTSSection":
-        if self.min_p > self.max_p:
-            raise ValueError(f"min_p ({self.min_p}) exceeds max_p ({self.max_p})")
-        return self
+    init_from: NameOrPath | None = Field(
+        None, description="`smollm2` or an HF model directory; default: the previous training stage's model.")
+    problems: PositiveInt = Field(200, description="Problems from the programmatic generators' training split.")
+    families: list[ProblemFamily] = Field(["add", "sub", "mul", "linear", "successor"],
+                                          description="The generators the problems come from.")
+    data: RecipePath | None = Field(
+        None, description="jsonl of {prompt, answer, verifier} instead of generated problems.")
+    heldout_problems: NonNegInt = Field(
+        200, description="Held-out problems (key-hash split, disjoint from training) the dpo stage compares on.")
+    heldout_data: RecipePath | None = Field(
+        None, description="With `data`: held-out problems in the same format; none: no comparison.")
 
 
-class DPOConfig(TrainConfig):
-    """The loop's settings with DPO's defaults (a small constant lr, no decay) and its own knobs."""
-
-    lr: PositiveFloat = 5e-7
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    schedule: Literal["linear", "cosine", "constant"] = "constant"
-    batch_size: PositiveInt = 8
-    beta: PositiveFloat = 0.1
-    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0  # conservative DPO: the label is wrong with this probability
-    max_length: Annotated[int, Field(gt=1)] = 2048  # prompt + response; the prompt is cut from the left
-    checkpoint_every: PositiveInt = 50
-    # Training length: `steps`, or `epochs` (passes over the pairs) to make it follow the pair count. A PTS run
-    # finds a number of pairs that is not known in advance, and on SmolLM2 the passes decided the outcome: about
-    # 5 helped, 15 over the same pairs broke the model (docs/posttrain.md).
-    steps: PositiveInt | None = None  # type: ignore[assignment]
-    epochs: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _one_length(self) -> "DPOConfig":
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give the training length as either steps or epochs (passes over the pairs), not "
-                             + ("both" if self.steps else "neither"))
-        return self
-
-    def for_pairs(self, pairs: int) -> "DPOConfig":
-        """These settings with `epochs` turned into steps for `pairs` pairs (at least one step)."""
-        if self.steps is not None:
-            return self
-        steps = max(1, round(self.epochs * pairs / (self.batch_size * self.grad_accum)))
-        return self.model_copy(update={"steps": steps, "warmup_steps": min(self.warmup_steps, steps)})
-
-
-class DPOSection(DPOConfig):
+class DPOStageConfig(DPOConfig):
     """The `dpo:` stage: DPOConfig plus where pairs come from (the pts stage's, or a jsonl file)."""
 
-    pairs: Path | None = None  # PTS token pairs or {prompt, chosen, rejected}; default: the pts stage's pairs
+    pairs: RecipePath | None = Field(
+        None, description="PTS token pairs or {prompt, chosen, rejected}; default: the pts stage's pairs.")
     # init_from (TrainConfig's) `smollm2` or a directory; default: the model the pts stage searched, else the
     # previous training stage's
 
@@ -338,24 +248,17 @@ def _llm_spec(value: str, key: str) -> str:
                      "an HF model directory (with config.json) or a .gguf file")
 
 
-class JudgeDPOSection(DPOConfig):
+class JudgeDPOStageConfig(DPOConfig, JudgeConfig):
     """The `judge_dpo:` stage, DPO round 2: the previous post-training model answers prompts `samples` times, an LLM
-    judge grades the answers (posttrain/judge.py's JudgeConfig keys, a test keeps them in step), best and worst
-    become a pair, and DPO (every DPOConfig key) trains on the pairs."""
+    judge grades the answers (JudgeConfig's keys), best and worst become a pair, and DPO (every DPOConfig key)
+    trains on the pairs."""
 
-    prompts: Path | None = None  # jsonl of {prompt: string or messages}; default: user turns of the run's SFT data
-    max_prompts: PositiveInt = 64  # prompts drawn from the SFT conversations (a `prompts` file is used whole)
-    # `teacher` (the recipe's teacher section: hf, openai or vllm), `smollm2`, or an HF model directory / .gguf file
-    judge: str = "teacher"
-    # generate: the judge writes three score lines; probs: its digit probabilities per dimension (small judges)
-    method: Literal["generate", "probs"] = "generate"
-    samples: Annotated[int, Field(ge=2)] = 4
-    min_gap: Annotated[float, Field(ge=0)] = 2.0
-    temperature: PositiveFloat = 0.8
-    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    max_tokens: PositiveInt = 256  # per policy answer
-    judge_max_tokens: PositiveInt = 256
-    batch_prompts: PositiveInt = 16
+    prompts: RecipePath | None = Field(
+        None, description="jsonl of {prompt: string or messages}; default: user turns of the run's SFT data.")
+    max_prompts: PositiveInt = Field(
+        64, description="Prompts drawn from the SFT conversations (a `prompts` file is used whole).")
+    judge: NameOrPath = Field(
+        "teacher", description="`teacher` (the recipe's teacher section), `smollm2`, or an HF directory / .gguf file.")
     # init_from (TrainConfig's) `smollm2` or a directory; default: the previous post-training stage's model
 
     @field_validator("judge")
@@ -364,27 +267,22 @@ class JudgeDPOSection(DPOConfig):
         return _llm_spec(value, "judge")
 
 
-class HallucinationSection(DPOConfig):
+class HallucinationStageConfig(DPOConfig, HallucinationConfig, HallucinationQuestions):
     """The `hallucination:` stage: refusal data and DPO pairs from the previous post-training model's SimpleQA-graded
-    answers (posttrain/hallucination.py; HallucinationConfig's keys), DPO on the pairs (every DPOConfig key), and
+    answers (HallucinationQuestions' and HallucinationConfig's keys), DPO on the pairs (every DPOConfig key), and
     SimpleQA rates of the model before and after on held-out facts and bogus questions."""
 
-    qa: Path | None = None  # jsonl of {question, answer, aliases?, verifier?}; default: generated training facts
-    facts: PositiveInt = 200  # generated facts (training split) when there is no `qa`
-    bogus: NonNegInt = 50  # made-up-entity questions in the training data
-    heldout_qa: Path | None = None  # held-out questions for the before/after rates; default: generated held-out facts
-    heldout_facts: PositiveInt = 100
-    heldout_bogus: NonNegInt = 50  # other made-up-entity questions than the training ones
-    samples: NonNegInt = 4  # sampled answers per question beside the greedy one
-    temperature: PositiveFloat = 0.8
-    max_tokens: PositiveInt = 64
-    known_share: Annotated[float, Field(gt=0, le=1)] = 0.5
-    grader: str | None = None  # an LLM grader of fact answers, named like judge_dpo.judge; default: the rules
+    heldout_qa: RecipePath | None = Field(
+        None, description="Held-out questions for the before/after rates; default: generated held-out facts.")
+    heldout_facts: PositiveInt = Field(100, description="Generated held-out facts for the rates.")
+    heldout_bogus: NonNegInt = Field(50, description="Other made-up-entity questions than the training ones.")
+    grader: NameOrPath | None = Field(
+        None, description="An LLM grader of fact answers, named like judge_dpo.judge; default: the rules.")
     # SFT on the stage's refusal data (data/sft.jsonl) before the DPO, at the section's batch_size, to teach the
-    # Phi-4 chat format and the refusal texts first (docs/posttrain.md has what it did on SmolLM2); 0: none
-    sft_steps: NonNegInt = 0
-    sft_lr: PositiveFloat = 1e-5
-    sft_seq_len: PositiveInt = 256
+    # Phi-4 chat format and the refusal texts first (docs/posttrain.md has what it did on SmolLM2)
+    sft_steps: NonNegInt = Field(0, description="SFT steps on the refusal data before the DPO; 0: none.")
+    sft_lr: PositiveFloat = Field(1e-5, description="Learning rate of that SFT.")
+    sft_seq_len: PositiveInt = Field(256, description="Sequence length of that SFT.")
     # init_from (TrainConfig's) `smollm2` or a directory; default: the previous post-training stage's model
 
     @field_validator("grader")
@@ -409,9 +307,9 @@ class EvalConfig(Section):
     max_problems: PositiveInt = 200
     instruction_prompts: PositiveInt = 44  # instructions: prompts with a format constraint, 4 of each kind
     batch_size: PositiveInt = 16
-    models: list[Path] = []  # extra HF model dirs to evaluate beside the run's checkpoints
+    models: list[RecipePath] = []  # extra HF model dirs to evaluate beside the run's checkpoints
     # simpleqa: a {question, answer} jsonl; default: generated held-out facts
-    qa: Path | None = None
+    qa: RecipePath | None = None
     bogus_questions: NonNegInt = 20  # simpleqa: made-up-entity questions whose refusal rate is reported
 
 
@@ -433,10 +331,10 @@ class Recipe(Section):
     pretrain: PretrainConfig | None = None
     midtrain: MidtrainConfig | None = None
     sft: SFTConfig | None = None
-    pts: PTSSection | None = None
-    dpo: DPOSection | None = None
-    judge_dpo: JudgeDPOSection | None = None
-    hallucination: HallucinationSection | None = None
+    pts: PTSStageConfig | None = None
+    dpo: DPOStageConfig | None = None
+    judge_dpo: JudgeDPOStageConfig | None = None
+    hallucination: HallucinationStageConfig | None = None
     eval: EvalConfig = EvalConfig()
     curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
     sandbox: SandboxConfig = SandboxConfig()
@@ -507,25 +405,6 @@ class Recipe(Section):
         if self.judge_dpo is not None and self.judge_dpo.prompts is None and self.sft is None:
             raise ValueError("judge_dpo needs prompts: an sft section (its conversations' user turns) or judge_dpo.prompts")
         return self
-
-
-def _resolve_paths(data: object, base: Path) -> object:
-    """Make relative `path`-like values relative to the recipe file, not the working directory."""
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            is_file_type = k == "type" and isinstance(v, str) and v.endswith((".yaml", ".yml"))
-            if (k in {"path", "data", "init_from", "pairs", "heldout_data", "qa", "prompts", "heldout_qa", "judge", "grader"} or is_file_type) and isinstance(v, str) and not Path(v).is_absolute():
-                candidate = base / v
-                out[k] = str(candidate) if candidate.exists() else v
-            elif k == "preset" and isinstance(v, str) and (base / v).exists():
-                out[k] = str(base / v)
-            else:
-                out[k] = _resolve_paths(v, base)
-        return out
-    if isinstance(data, list):
-        return [_resolve_paths(v, base) for v in data]
-    return data
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:
@@ -631,12 +510,17 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _beside(path: Path) -> dict:
+    """The validation context that resolves a recipe file's path fields (config.RecipePath) against its directory."""
+    return {RECIPE_DIR: path.parent.resolve()}
+
+
 def load_recipe(path: Path | str) -> Recipe:
     """RECIPE: a YAML file, or the name of a built-in recipe (`phiforge recipes list`)."""
     path = recipes.locate(path)
     data = _read_yaml(path)
     try:
-        return Recipe.model_validate(_resolve_paths(data, path.parent.resolve()))
+        return Recipe.model_validate(data, context=_beside(path))
     except ValidationError as e:
         raise UserError(f"{path}: {_format_error(_first_error(e), Recipe)}") from None
 
@@ -687,7 +571,7 @@ class CurationInput(Section):
 
     name: str
     kind: CurationInputKind
-    path: Path | None = None  # every kind but corpus
+    path: RecipePath | None = None  # every kind but corpus
     glob: str | None = None  # e.g. "*.jsonl.gz"; default: every file under path
     text_key: str = "text"  # jsonl / parquet
     id_key: str = "id"  # jsonl / parquet
@@ -776,7 +660,7 @@ def load_teacher(path: Path | str) -> TeacherConfig | None:
     if "teacher" not in data:
         return None
     try:
-        return TeacherConfig.model_validate(_resolve_paths(data["teacher"], path.parent.resolve()))
+        return TeacherConfig.model_validate(data["teacher"], context=_beside(path))
     except ValidationError as e:
         err = _first_error(e)
         raise UserError(f"{path}: {_format_error(err | {'loc': ('teacher', *err['loc'])}, Recipe)}") from None
@@ -789,7 +673,7 @@ def load_curation(path: Path | str) -> CurationConfig:
     if "curation" not in data:
         raise UserError(f"{path}: has no 'curation:' section (see docs/design.md, curation pipeline)")
     try:
-        return CurationConfig.model_validate(_resolve_paths(data["curation"], path.parent.resolve()))
+        return CurationConfig.model_validate(data["curation"], context=_beside(path))
     except ValidationError as e:
         err = _first_error(e)
         raise UserError(f"{path}: {_format_error(err | {'loc': ('curation', *err['loc'])}, Recipe)}") from None

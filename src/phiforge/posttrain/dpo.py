@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from phiforge.data.packing import rows_at
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_with
-from phiforge.recipe import DPOConfig  # noqa: F401  (defined with the recipe's dpo section)
+from phiforge.posttrain.dpo_config import DPOConfig
 from phiforge.train.loss import MicroLoss
 
 log = logging.getLogger("phiforge")

@@ -18,13 +18,15 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from phiforge.config import values_of
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.generation.base import Backend, Messages, Sampling
+from phiforge.posttrain.hallucination_config import HallucinationConfig
 from phiforge.synth.verify import exact, numeric
 
 log = logging.getLogger("phiforge")
@@ -261,19 +263,6 @@ def rates(grades: list[Grade], bogus_grades: list[Grade] = ()) -> dict[str, floa
 # --- training data -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HallucinationConfig:
-    samples: int = 4  # sampled answers per question, beside the greedy one
-    temperature: float = 0.8
-    max_tokens: int = 64
-    known_share: float = 0.5  # a question counts as known when at least this share of its answers is correct
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.samples < 0 or not 0 < self.known_share <= 1:
-            raise UserError("hallucination: need --samples >= 0 and 0 < --known-share <= 1")
-
-
 @dataclass
 class Graded:
     """One question, the model's answers (greedy first) and their grades."""
@@ -290,13 +279,13 @@ class Graded:
         return next((a for a, x in zip(self.answers, self.grades) if x == g), None)
 
 
-def ask(policy: Backend, questions: list[Question], cfg: HallucinationConfig) -> list[list[str]]:
+def ask(policy: Backend, questions: list[Question], cfg: HallucinationConfig, seed: int) -> list[list[str]]:
     """Each question's greedy answer followed by cfg.samples sampled ones."""
     convs = [[{"role": "user", "content": q.question}] for q in questions]
-    greedy = policy.chat(convs, Sampling(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed), 1)
+    greedy = policy.chat(convs, Sampling(temperature=0.0, max_tokens=cfg.max_tokens, seed=seed), 1)
     if not cfg.samples:
         return greedy
-    sampled = policy.chat(convs, Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed),
+    sampled = policy.chat(convs, Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed),
                           cfg.samples)
     return [g + s for g, s in zip(greedy, sampled)]
 
@@ -329,7 +318,7 @@ def training_data(graded: list[Graded], cfg: HallucinationConfig) -> tuple[list[
 
 
 def run_hallucination(policy: Backend, questions: list[Question], out: Path, cfg: HallucinationConfig,
-                      grader: Backend | None = None) -> dict:
+                      grader: Backend | None = None, seed: int = 0) -> dict:
     """Ask, grade, and write OUT/grades.jsonl, OUT/sft.jsonl, OUT/pairs.jsonl and OUT/summary.json.
 
     `questions` may mix facts and bogus questions. Wrap `policy` (and `grader`) in CachedBackend to resume.
@@ -344,7 +333,7 @@ def run_hallucination(policy: Backend, questions: list[Question], out: Path, cfg
         task = bar.add_task("ask", total=len(questions))
         for start in range(0, len(questions), chunk_size):
             chunk = questions[start : start + chunk_size]
-            answers = ask(policy, chunk, cfg)
+            answers = ask(policy, chunk, cfg, seed)
             flat_q = [q for q, a in zip(chunk, answers) for _ in a]
             grades, bad = grade_all(flat_q, [t for a in answers for t in a], grader)
             unreadable += bad
@@ -368,7 +357,7 @@ def run_hallucination(policy: Backend, questions: list[Question], out: Path, cfg
         "pairs": dict(Counter(row["kind"] for row in pairs)),
         "grader": grader.model if grader is not None else "rules",
         "grader_unreadable": unreadable,
-        "config": asdict(cfg),
+        "config": values_of(cfg, HallucinationConfig) | {"seed": seed},
     }
     write_json(out / "summary.json", summary)
     return summary

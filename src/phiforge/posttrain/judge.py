@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from phiforge.config import values_of
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.generation.base import Backend, Messages, Sampling, expected_score
 from phiforge.posttrain.dpo import _messages
+from phiforge.posttrain.judge_config import JudgeConfig
 from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
@@ -78,23 +78,6 @@ def dimension_messages(conversation: Messages, response: str, dimension: str) ->
 
 # "Accuracy: 8", "**Style**: 7/10", '"detail": 9' (JSON); the last mention of each dimension counts.
 _SCORE = {d: re.compile(rf"\b{d}\b[*\"'\s]*[:=][*\s]*(\d+(?:\.\d+)?)", re.IGNORECASE) for d in DIMENSIONS}
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    method: Literal["generate", "probs"] = "generate"  # the judge writes RUBRIC's score lines, or its digit probabilities
-    samples: int = 4  # responses sampled per prompt
-    min_gap: float = 2.0  # best and worst mean scores (0-10) must differ by at least this
-    temperature: float = 0.8  # policy sampling; the judge answers greedily
-    top_p: float = 0.95
-    max_tokens: int = 256  # per policy response
-    judge_max_tokens: int = 256
-    batch_prompts: int = 16  # prompts sampled and judged per step (the progress bar's unit)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.samples < 2 or self.min_gap < 0 or self.batch_prompts < 1:
-            raise UserError("judge-pairs: need --samples >= 2 and --min-gap >= 0")
 
 
 def judge_messages(conversation: Messages, response: str) -> Messages:
@@ -178,7 +161,8 @@ def read_prompts(path: Path) -> list[Messages]:
     return prompts
 
 
-def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Path, cfg: JudgeConfig) -> dict:
+def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Path, cfg: JudgeConfig,
+                    seed: int = 0) -> dict:
     """Judge-guided pairs for every prompt of `prompts_path` into `out` (jsonl `phiforge dpo` reads), with
     OUT-stem.summary.json. Wrap both backends in CachedBackend to make a rerun resume."""
     conversations = read_prompts(prompts_path)
@@ -192,7 +176,7 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
         for start in range(0, len(conversations), cfg.batch_prompts):
             chunk = conversations[start : start + cfg.batch_prompts]
             # Seeds differ per chunk (and so per prompt), yet stay fixed across reruns: the cache hits.
-            for conversation, graded in zip(chunk, judge_prompts(policy, judge, chunk, cfg, cfg.seed + start * cfg.samples)):
+            for conversation, graded in zip(chunk, judge_prompts(policy, judge, chunk, cfg, seed + start * cfg.samples)):
                 stats["responses"] += len(graded)
                 stats["unparseable"] += sum(g["score"] is None for g in graded)
                 scores += [g["score"] for g in graded if g["score"] is not None]
@@ -212,5 +196,6 @@ def run_judge_pairs(policy: Backend, judge: Backend, prompts_path: Path, out: Pa
         log.warning("judge: %d of %d judge answers had no readable scores and were skipped",
                     stats["unparseable"], stats["responses"])
     rubric = RUBRIC if cfg.method == "generate" else DIMENSION_RUBRICS
-    write_json(out.parent / f"{out.stem}.summary.json", stats | {"config": vars(cfg), "rubric": rubric})
+    config = values_of(cfg, JudgeConfig) | {"seed": seed}
+    write_json(out.parent / f"{out.stem}.summary.json", stats | {"config": config, "rubric": rubric})
     return stats

@@ -6,7 +6,6 @@ to decline what it does not know and measures SimpleQA's rates before and after.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
@@ -16,14 +15,14 @@ from phiforge import progress
 from phiforge.data import synthetic_math
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.generation.base import Backend, Messages
-from phiforge.recipe import HallucinationSection, PTSSection, Recipe
+from phiforge.recipe import HallucinationStageConfig, PTSStageConfig, Recipe
 from phiforge.rundir import StageResult
 from phiforge.stage import Stage, StageContext
 
 log = logging.getLogger("phiforge")
 
 
-def generated_problems(cfg: PTSSection, count: int, seed: int, heldout: bool) -> list[dict]:
+def generated_problems(cfg: PTSStageConfig, count: int, seed: int, heldout: bool) -> list[dict]:
     """Problems of cfg.families from one side of the key-hash split, in PTS's {prompt, answer, verifier} form."""
     families = tuple(synthetic_math.BY_NAME[f] for f in cfg.families)
     return [{"prompt": p.question, "answer": p.answer, "verifier": "numeric", "key": p.key}
@@ -31,7 +30,7 @@ def generated_problems(cfg: PTSSection, count: int, seed: int, heldout: bool) ->
 
 
 def run_pts_stage(ctx: StageContext) -> StageResult:
-    from phiforge.posttrain.pts import PTSConfig, read_problems, run_pts
+    from phiforge.posttrain.pts.runner import read_problems, run_pts
 
     recipe, cfg = ctx.recipe, ctx.recipe.pts
     assert cfg is not None
@@ -44,9 +43,8 @@ def run_pts_stage(ctx: StageContext) -> StageResult:
         heldout = generated_problems(cfg, cfg.heldout_problems, recipe.seed, heldout=True) if cfg.heldout_problems else []
     write_jsonl(ctx.out / "problems.jsonl", train)
     write_jsonl(ctx.out / "heldout.jsonl", heldout)
-    search = PTSConfig(**cfg.model_dump(include={f.name for f in dataclasses.fields(PTSConfig)}))
     log.info("pts: %d training problems, %d held out, searching %s", len(train), len(heldout), source)
-    summary = run_pts(source, ctx.out / "problems.jsonl", ctx.out / "pairs.jsonl", search)
+    summary = run_pts(source, ctx.out / "problems.jsonl", ctx.out / "pairs.jsonl", cfg)
     return StageResult(metrics={"init_from": str(source), "heldout_problems": len(heldout), **summary})
 
 
@@ -108,7 +106,7 @@ def judge_pairs(ctx: StageContext, policy: Path) -> dict:
     """Judge-guided pairs of `policy`'s answers in OUT/pairs.jsonl (OUT/pairs.summary.json); both models are cached
     in OUT/cache/requests.sqlite, so a killed stage pays for no answer or grade twice."""
     from phiforge.generation import load_policy
-    from phiforge.posttrain.judge import JudgeConfig, run_judge_pairs
+    from phiforge.posttrain.judge import run_judge_pairs
 
     recipe, cfg = ctx.recipe, ctx.recipe.judge_dpo
     assert cfg is not None
@@ -116,11 +114,10 @@ def judge_pairs(ctx: StageContext, policy: Path) -> dict:
     if prompts is None:
         prompts = ctx.out / "prompts.jsonl"
         write_jsonl(prompts, ({"prompt": p} for p in sft_prompts(ctx, cfg.max_prompts, recipe.seed)))
-    fields = {f.name for f in dataclasses.fields(JudgeConfig)} - {"seed"}
-    judging = JudgeConfig(**cfg.model_dump(include=fields), seed=recipe.seed)
     judge = llm(ctx, cfg.judge, ctx.out / "cache")
     log.info("judge_dpo: %s answers %s, %s judges", policy, prompts, judge.model)
-    stats = run_judge_pairs(load_policy(policy, ctx.out / "cache"), judge, Path(prompts), ctx.out / "pairs.jsonl", judging)
+    stats = run_judge_pairs(load_policy(policy, ctx.out / "cache"), judge, Path(prompts), ctx.out / "pairs.jsonl", cfg,
+                            recipe.seed)
     return stats | {"judge": judge.model, "prompts_file": str(prompts)}
 
 
@@ -141,7 +138,7 @@ def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
     return StageResult(metrics={"init_from": str(source), "judging": judged, **summary})
 
 
-def simpleqa_graded(model: Path, cfg: HallucinationSection, seed: int) -> list[dict]:
+def simpleqa_graded(model: Path, cfg: HallucinationStageConfig, seed: int) -> list[dict]:
     """The simpleqa eval task's graded answers of `model`, one row per question: held-out facts (heldout_qa, else
     generated) and the held-out bogus questions."""
     import torch
@@ -175,8 +172,7 @@ def hallucination_data(ctx: StageContext, policy: Path) -> dict:
     The bogus questions avoid the held-out ones the rates are measured on (the simpleqa task's, seed recipe.seed).
     """
     from phiforge.generation import load_policy
-    from phiforge.posttrain.hallucination import (HallucinationConfig, bogus_questions, generate_facts, read_qa,
-                                                   run_hallucination)
+    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, read_qa, run_hallucination
 
     recipe, cfg = ctx.recipe, ctx.recipe.hallucination
     assert cfg is not None
@@ -185,10 +181,8 @@ def hallucination_data(ctx: StageContext, policy: Path) -> dict:
     questions = (read_qa(cfg.qa) if cfg.qa is not None else generate_facts(cfg.facts, recipe.seed)) + bogus[: cfg.bogus]
     data = ctx.out / "data"
     grader = llm(ctx, cfg.grader, data / "cache") if cfg.grader is not None else None
-    asking = HallucinationConfig(samples=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                 known_share=cfg.known_share, seed=recipe.seed)
     log.info("hallucination: %s answers %d questions (%d bogus)", policy, len(questions), cfg.bogus)
-    return run_hallucination(load_policy(policy, data / "cache"), questions, data, asking, grader)
+    return run_hallucination(load_policy(policy, data / "cache"), questions, data, cfg, grader, recipe.seed)
 
 
 def run_hallucination_stage(ctx: StageContext) -> StageResult:

@@ -1,0 +1,42 @@
+"""PTS's settings: the `pts:` recipe section's search keys and `phiforge pts`'s options, declared once here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from phiforge.config import Fraction, NonNegInt, PositiveFloat, PositiveInt, Section
+
+
+class PTSConfig(Section):
+    p_gap: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.2, description="A jump in p(success) at least this big makes a token pivotal.")
+    mode: Literal["adaptive", "fixed"] = Field(
+        "adaptive", description="adaptive: sample until a bound decides each comparison; fixed: always the full samples.")
+    samples: PositiveInt = Field(50, description="Completions per prefix (fixed) or at most (adaptive).")
+    round_size: PositiveInt = Field(10, description="adaptive: completions added per open prefix per round.")
+    z: PositiveFloat = Field(
+        2.5, description="adaptive: Wilson bound width; above 1.96 because every round looks again.")
+    temperature: PositiveFloat = Field(0.6, description="Sampling temperature.")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling: the head reaching this mass.")
+    top_k: NonNegInt = Field(20, description="Draw among the k most likely tokens; 0: all.")
+    max_new_tokens: PositiveInt = Field(256, description="Longest sampled solution, in tokens.")
+    min_p: Fraction = Field(0.2, description="Search a question only when min_p <= p(success | Q) <= max_p.")
+    max_p: Fraction = Field(0.8, description="See min_p.")
+    alternatives: PositiveInt = Field(
+        4, description="Most likely other next tokens tried for the opposite side of a pair.")
+    min_margin: Fraction = Field(
+        0.2, description="Keep a pair only if p(chosen) - p(rejected) >= this, both freshly measured.")
+    # Single-token DPO on "<|im_end|>" over "\n" pairs taught SmolLM2-135M to end every reply early
+    # (docs/posttrain.md), so a recipe can leave them out.
+    end_pairs: bool = Field(True, description="Keep pairs with an end-of-reply token on either side.")
+    batch_size: PositiveInt = Field(256, description="Sequences per forward pass.")
+    concurrent: PositiveInt = Field(8, description="Problems searched at once, their samples sharing each batch.")
+    seed: int = Field(0, description="Seed of the sampling (with each problem's index).")
+
+    @model_validator(mode="after")
+    def _p_range(self) -> "PTSConfig":
+        if self.min_p > self.max_p:
+            raise ValueError(f"min_p ({self.min_p}) exceeds max_p ({self.max_p})")
+        return self

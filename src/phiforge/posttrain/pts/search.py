@@ -1,0 +1,269 @@
+"""The search: PTS for one problem as a generator of sampling requests, and the driver that serves several
+searches' requests in one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from phiforge.posttrain.pts.config import PTSConfig
+from phiforge.posttrain.pts.estimates import Estimate, gap_bounds, split_point
+from phiforge.posttrain.pts.sampler import head, sample
+from phiforge.synth.verify import verify
+from phiforge.tokenizer import chat_prompt_ids, stop_ids
+
+Prefix = tuple[int, ...]  # solution token ids after the chat prompt
+
+
+@dataclass
+class ProblemResult:
+    """What PTS found for one problem; `samples` counts every completion it sampled."""
+
+    index: int
+    status: Literal["searched", "skipped", "no_trace"]
+    p_success: float
+    samples: int
+    pivots: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+
+
+def eos_and_pad(tok: PreTrainedTokenizerBase) -> tuple[set[int], int]:
+    """The ids that end a reply, and the id that pads a batch (an end id when the tokenizer has no pad)."""
+    eos = set(stop_ids(tok))
+    return eos, tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+
+
+@dataclass
+class Request:
+    """Rows a search needs one sampled completion each of, with the uniforms `sample` draws them by."""
+
+    rows: list[list[int]]
+    uniforms: torch.Tensor
+
+
+T = TypeVar("T")
+# A search step: it yields Requests, is sent back the completions (new token ids per row), and returns a T.
+Steps = Generator[Request, list[list[int]], T]
+
+
+class Search:
+    """PTS for one problem: cached p(success) estimates over prefixes of the model's own solutions.
+
+    The methods that sample are generators (Steps): a driver (`search_problems`, or `complete` for one search
+    alone) samples what they yield and sends the completions back."""
+
+    def __init__(self, model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
+                 check: Callable[[str], bool], seed: int):
+        self.model, self.tok, self.cfg, self.check = model, tok, cfg, check
+        self.prompt = chat_prompt_ids(tok, problem["prompt"])
+        self.eos, self.pad = eos_and_pad(tok)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cache: dict[Prefix, Estimate] = {}
+        self.samples = 0
+
+    def complete(self, steps: Steps[T]) -> T:
+        """Run `steps` alone, sampling each request as it comes; its return value."""
+        return next(drive(self.model, self.cfg, self.eos, self.pad, iter([(0, steps)]), 1))[1]
+
+    def rollouts(self, prefixes: list[Prefix]) -> Steps[list[tuple[Prefix, bool]]]:
+        """One completion per entry (whole solution ids, oracle verdict); the estimates take them in."""
+        uniforms = torch.rand(len(prefixes), self.cfg.max_new_tokens, generator=self.generator)
+        outs = yield Request([self.prompt + list(p) for p in prefixes], uniforms)
+        self.samples += len(outs)
+        done = []
+        for p, new in zip(prefixes, outs):
+            solution = p + tuple(new)
+            ok = self.check(self.text(solution))
+            est = self.cache.setdefault(p, Estimate())
+            est.n += 1
+            est.successes += ok
+            done.append((solution, ok))
+        return done
+
+    def text(self, solution: Prefix) -> str:
+        return self.tok.decode(list(solution), skip_special_tokens=True)
+
+    def estimate(self, prefixes: list[Prefix], target: int) -> Steps[None]:
+        """Top every prefix's estimate up to `target` completions, all in one batch."""
+        todo: list[Prefix] = []
+        for p in dict.fromkeys(prefixes):
+            est = self.cache.setdefault(p, Estimate())
+            if p and p[-1] in self.eos:  # a finished solution: its verdict is p(success), no sampling
+                if not est.exact:
+                    est.successes, est.n, est.exact = int(self.check(self.text(p))), 1, True
+            elif est.n < target:
+                todo += [p] * (target - est.n)
+        if todo:
+            yield from self.rollouts(todo)
+
+    def settled(self, a: Prefix, b: Prefix, gap: float) -> bool:
+        lo, hi = gap_bounds(self.cache[a], self.cache[b], self.cfg.z)
+        at_cap = all(self.cache[p].exact or self.cache[p].n >= self.cfg.samples for p in (a, b))
+        return at_cap or lo >= gap or hi < gap
+
+    def jumps(self, comparisons: list[tuple[Prefix, Prefix]], gap: float) -> Steps[list[bool]]:
+        """|p(a) - p(b)| >= gap for each (a, b); adaptive mode samples only until a bound decides it."""
+        if self.cfg.mode == "fixed":
+            yield from self.estimate([p for c in comparisons for p in c], self.cfg.samples)
+        else:
+            open_, target = list(comparisons), 0
+            while open_:
+                target = min(self.cfg.samples, target + self.cfg.round_size)
+                yield from self.estimate([p for c in open_ for p in c], target)
+                open_ = [(a, b) for a, b in open_ if not self.settled(a, b, gap)]
+        return [abs(self.cache[a].p - self.cache[b].p) >= gap for a, b in comparisons]
+
+    def pivots(self, solution: Prefix) -> Steps[list[int]]:
+        """Positions of pivotal tokens in `solution`: the report's SUBDIVIDE, one tree level per batch."""
+        cum = cumulative_logprobs(self.model, self.prompt, solution)
+        found, level = [], [(0, len(solution))]
+        while level:
+            flags = yield from self.jumps([(solution[:s], solution[:e]) for s, e in level], self.cfg.p_gap)
+            below = []
+            for (s, e), jump in zip(level, flags):
+                if jump and e - s == 1:
+                    found.append(s)
+                elif jump:
+                    k = split_point(cum, s, e)
+                    below += [(s, k), (k, e)]
+            level = below
+        return sorted(found)
+
+    def pair(self, solution: Prefix, i: int) -> Steps[dict | None]:
+        """The pair at pivot i, or None when no alternative next token moves p(success) the other way
+        with p(chosen) - p(rejected) >= min_margin, both sides measured (adaptively) against that margin."""
+        prefix, token = solution[:i], solution[i]
+        if not self.cfg.end_pairs and token in self.eos:
+            return None
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([self.prompt + list(prefix)], device=device)).logits[0, -1]
+        probs, ids = head(logits, self.cfg)
+        others = [t for t, q in zip(ids.tolist(), probs.tolist())
+                  if q > 0 and t != token and (self.cfg.end_pairs or t not in self.eos)][: self.cfg.alternatives]
+        yield from self.jumps([(prefix + (token,), prefix + (t,)) for t in others], self.cfg.min_margin)
+        before, after = self.cache[prefix], self.cache[prefix + (token,)]
+        raises = after.p > before.p
+        p_of = {t: self.cache[prefix + (t,)].p for t in others}
+        if raises:
+            rejected = min(others, key=p_of.get, default=None)
+            chosen = token
+        else:
+            chosen = max(others, key=p_of.get, default=None)
+            rejected = token
+        if chosen is None or rejected is None:
+            return None
+        est_c, est_r = self.cache[prefix + (chosen,)], self.cache[prefix + (rejected,)]
+        moved_other_way = est_r.p < before.p if raises else est_c.p > before.p
+        if not (est_c.n and est_r.n and moved_other_way) or est_c.p - est_r.p < self.cfg.min_margin:
+            return None
+        ids = self.prompt + list(prefix)
+        return {
+            "prompt": self.tok.decode(ids, skip_special_tokens=False),
+            "prompt_token_ids": ids,
+            "chosen": self.tok.decode([chosen]),
+            "rejected": self.tok.decode([rejected]),
+            "chosen_token_id": chosen,
+            "rejected_token_id": rejected,
+            "p_before": round(before.p, 4),
+            "p_chosen": round(est_c.p, 4),
+            "p_rejected": round(est_r.p, 4),
+            "margin": round(est_c.p - est_r.p, 4),
+            "samples": before.n + est_c.n + est_r.n,  # completions behind the three probabilities
+        }
+
+    def problem(self, index: int) -> Steps[ProblemResult]:
+        """PTS on the problem: estimate p(success | Q) from cfg.samples solutions, keep the question when it is
+        within [min_p, max_p], then search one correct and one incorrect finished solution of those."""
+        cfg = self.cfg
+        solutions = yield from self.rollouts([()] * cfg.samples)
+        p = self.cache[()].p
+        if not cfg.min_p <= p <= cfg.max_p:
+            return ProblemResult(index, "skipped", p, self.samples)
+        traces = {}
+        for solution, ok in solutions:
+            if solution and solution[-1] in self.eos:
+                traces.setdefault("correct" if ok else "incorrect", solution)
+        if not traces:
+            return ProblemResult(index, "no_trace", p, self.samples)
+        result = ProblemResult(index, "searched", p, 0)
+        for kind, solution in traces.items():
+            for i in (yield from self.pivots(solution)):
+                before, after = self.cache[solution[:i]], self.cache[solution[: i + 1]]
+                result.pivots.append({"trace": kind, "position": i, "length": len(solution),
+                                      "token_id": solution[i], "p_before": before.p, "p_after": after.p})
+                pair = yield from self.pair(solution, i)
+                if pair is not None:
+                    result.pairs.append({**pair, "problem": index})
+        result.samples = self.samples
+        return result
+
+
+@torch.no_grad()
+def cumulative_logprobs(model: torch.nn.Module, prompt: list[int], solution: Prefix) -> list[float]:
+    """cum[k] = log p(solution[:k] | prompt) under the model's own (unfiltered) distribution."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt + list(solution)], device=device)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+    token_logp = logp.gather(-1, torch.tensor(solution, device=device)[:, None]).squeeze(-1)
+    return [0.0, *token_logp.cumsum(0).tolist()]
+
+
+def drive(model: torch.nn.Module, cfg: PTSConfig, eos: set[int], pad: int, steps: Iterator[tuple[int, Steps[T]]],
+          concurrent: int) -> Iterator[tuple[int, T]]:
+    """Run (key, steps) generators, `concurrent` at a time, each (key, return value) as it ends (not in order).
+
+    Every round samples what all running generators asked for in one call."""
+    running: dict[int, tuple[Steps[T], Request]] = {}
+
+    def start() -> Iterator[tuple[int, T]]:
+        for key, gen in steps:
+            try:
+                running[key] = (gen, next(gen))
+            except StopIteration as done:  # nothing to sample
+                yield key, done.value
+            if len(running) == concurrent:
+                return
+
+    yield from start()
+    while running:
+        rows = [row for _, request in running.values() for row in request.rows]
+        uniforms = torch.cat([request.uniforms for _, request in running.values()])
+        outs = sample(model, rows, cfg, eos, pad, uniforms)
+        at = 0
+        for key, (gen, request) in list(running.items()):
+            mine, at = outs[at : at + len(request.rows)], at + len(request.rows)
+            try:
+                running[key] = (gen, gen.send(mine))
+            except StopIteration as done:
+                del running[key]
+                yield key, done.value
+        yield from start()
+
+
+def search_problems(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problems: Iterable[tuple[int, dict]],
+                    cfg: PTSConfig, check: Callable[[str], bool] | None = None) -> Iterator[ProblemResult]:
+    """PTS on (index, problem)s, cfg.concurrent at a time, each result as its search ends (not in order).
+
+    A search's samples depend only on its seed (cfg.seed and the problem's index): the same alone, beside
+    other searches, or after a resume. `check` replaces the problems' verifiers (tests)."""
+
+    def searches() -> Iterator[tuple[int, Steps[ProblemResult]]]:
+        for index, problem in problems:
+            verdict = check or (lambda text, problem=problem: verify(problem, text).ok)
+            search = Search(model, tok, problem, cfg, verdict, seed=cfg.seed * 1_000_003 + index)
+            yield index, search.problem(index)
+
+    eos, pad = eos_and_pad(tok)
+    for _, result in drive(model, cfg, eos, pad, searches(), cfg.concurrent):
+        yield result
+
+
+def search_problem(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
+                   index: int = 0, check: Callable[[str], bool] | None = None) -> ProblemResult:
+    """PTS on one problem (Search.problem, alone)."""
+    return next(search_problems(model, tok, [(index, problem)], cfg, check))
