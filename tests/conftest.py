@@ -102,3 +102,12 @@ def copy_stages():
             shutil.copytree(src / name, dst / name)
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """A small byte-level BPE with the Phi-4 specials, trained on a few lines."""
+    from phiforge.tokenizer import train_tokenizer
+
+    texts = ["def add(a, b):\n    return a + b\n", "The answer is 42. What is 3 + 4?"] * 50
+    return train_tokenizer(texts, 600)

@@ -310,8 +310,8 @@ def hallucination(
 ) -> None:
     """Hallucination mitigation data: refusal SFT targets and DPO pairs from MODEL's graded answers."""
     from phiforge.generation import load_policy
-    from phiforge.posttrain.hallucination import (HallucinationConfig, bogus_questions, generate_facts, read_qa,
-                                                   run_hallucination)
+    from phiforge.eval.simpleqa import bogus_questions, generate_facts, read_qa
+    from phiforge.posttrain.hallucination import HallucinationConfig, run_hallucination
 
     _setup_logging()
     cfg = HallucinationConfig(samples=samples, known_share=known_share, seed=seed)
@@ -521,8 +521,7 @@ def mixture_plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Tokens drawn, unique tokens and epochs per source of RECIPE's pretraining mixture, before training."""
-    from phiforge.data.mixture import plan
-    from phiforge.data.packing import over_epoch_limit
+    from phiforge.data.mixture import over_epoch_limit, plan
 
     _setup_logging()
     rec, rd = _load(recipe, run_dir)
