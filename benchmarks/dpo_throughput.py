@@ -53,6 +53,7 @@ def ours(model, tok, rows: list[dict], steps: int, batch: int) -> list[float]:
     from phiforge.posttrain.dpo_config import DPOConfig
     from phiforge.rundir import read_metrics
     from phiforge.train.loop import train
+    from phiforge.train.optim import LRSchedule
 
     cfg = DPOConfig(steps=steps, batch_size=batch, lr=1e-5, checkpoint_every=10**6, log_every=10**6)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +61,8 @@ def ours(model, tok, rows: list[dict], steps: int, batch: int) -> list[float]:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         pairs = read_pairs(path, tok, cfg.max_length)
         ref = all_logps(model, pairs, tok.pad_token_id, cfg)
-        train(model, cfg, cfg.lr, DPOLoss(pairs, ref, cfg, tok.pad_token_id, seed=0), Path(tmp), "phiforge dpo")
+        train(model, cfg, LRSchedule(cfg.lr, cfg), DPOLoss(pairs, ref, cfg, tok.pad_token_id, seed=0), Path(tmp),
+              "phiforge dpo")
         rows_ = read_metrics(Path(tmp) / "metrics.jsonl")
     previous = [0] + [r["tokens"] for r in rows_[:-1]]
     return [(r["tokens"] - p) / r["tokens_per_s"] for r, p in zip(rows_, previous)]

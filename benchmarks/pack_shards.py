@@ -52,7 +52,7 @@ def texts(name: str, total_tokens: float) -> list[str]:
 
 
 def old_mix(docs_by_source: dict[str, list[list[int]]], shares: dict[str, float], total: int, seed: int):
-    from phiforge.data.packing import plan_mixture
+    from phiforge.data.mixture import plan_mixture
 
     rng = np.random.default_rng(seed)
     docs_by_source = {name: [d for d in docs_by_source[name] if d] for name in shares}
@@ -71,8 +71,8 @@ def old_mix(docs_by_source: dict[str, list[list[int]]], shares: dict[str, float]
 
 
 def old_path(out: Path, total: int, seq_len: int) -> "object":
-    from phiforge.data.packing import Packed
-    from phiforge.train.export import tokenize
+    from phiforge.data.documents import tokenize
+    from phiforge.data.shards import Packed
 
     tok = FakeTokenizer()
     by_source = {n: tokenize(tok, texts(n, total)) for n in SOURCES}
@@ -85,8 +85,10 @@ def old_path(out: Path, total: int, seq_len: int) -> "object":
 
 
 def shard_path(out: Path, total: int, seq_len: int) -> "object":
-    from phiforge.data.packing import DocRefs, Packed, Stream, mix_documents, write_shards
-    from phiforge.train.export import tokenized
+    from phiforge.data.documents import DocRefs, tokenized
+    from phiforge.data.layouts import Stream
+    from phiforge.data.mixture import mix_documents
+    from phiforge.data.shards import Packed, write_shards
 
     tok = FakeTokenizer()
     sources = [tokenized(out / "documents" / n, tok, texts(n, total)) for n in SOURCES]
@@ -97,8 +99,8 @@ def shard_path(out: Path, total: int, seq_len: int) -> "object":
 
 
 def child(path: str, total: int, seq_len: int, batches: int) -> None:
-    import phiforge.train.export  # noqa: F401  (both paths import it: transformers, torch), before the clock starts
-    from phiforge.data.packing import batch_at
+    import phiforge.data.mixture  # noqa: F401  (both paths import it), before the clock starts
+    from phiforge.data.batches import batch_at
 
     if path == "baseline":
         print(json.dumps({}))

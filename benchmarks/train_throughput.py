@@ -45,16 +45,18 @@ def make_model(preset: str, vocab: int, seq_len: int, seed: int):
 
 
 def ours(model, rows: np.ndarray, steps: int, batch: int, precision: str, compile_: bool) -> list[float]:
-    from phiforge.data.packing import Packed
     from phiforge.config import TrainConfig
+    from phiforge.data.shards import Packed
     from phiforge.rundir import read_metrics
     from phiforge.train.loop import train
     from phiforge.train.loss import NextTokenLoss
+    from phiforge.train.optim import LRSchedule
 
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-3, precision=precision, compile=compile_,
                       checkpoint_every=10**6, log_every=10**6)
     with tempfile.TemporaryDirectory() as tmp:
-        train(model, cfg, cfg.lr, NextTokenLoss(Packed([rows]), None, batch, 0, compile_), Path(tmp), label="phiforge")
+        objective = NextTokenLoss(Packed([rows]), None, batch, 0, compile_)
+        train(model, cfg, LRSchedule(cfg.lr, cfg), objective, Path(tmp), label="phiforge")
         return [batch * (rows.shape[1] - 1) / r["tokens_per_s"] for r in read_metrics(Path(tmp) / "metrics.jsonl")]
 
 

@@ -115,3 +115,12 @@ def slurm(tmp_path_factory):
     with slurm_cluster.running(tmp_path_factory.mktemp("slurm")) as cluster, pytest.MonkeyPatch.context() as env:
         env.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """A small byte-level BPE with the Phi-4 specials, trained on a few lines."""
+    from phiforge.tokenizer import train_tokenizer
+
+    texts = ["def add(a, b):\n    return a + b\n", "The answer is 42. What is 3 + 4?"] * 50
+    return train_tokenizer(texts, 600)

@@ -432,7 +432,7 @@ def test_property_sft_conversations(tmp_path, text):
 @given(text=_rows({"question": st.just("Who?"), "answer": st.just("Ada"), "aliases": st.just(["A"]),
                    "verifier": st.sampled_from(["numeric", "exact", "alias"])}))
 def test_property_qa_files(tmp_path, text):
-    from phiforge.posttrain.hallucination import read_qa
+    from phiforge.eval.simpleqa import read_qa
 
     for q in _user_error_or(read_qa, tmp_path / "qa.jsonl", text) or []:
         assert q.question.strip() and q.answer.strip()

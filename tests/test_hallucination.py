@@ -1,5 +1,5 @@
-"""Hallucination mitigation: SimpleQA grading rules, refusal SFT targets and pairs from a scripted model,
-bogus questions, the simpleqa eval task on a tiny model, and the command."""
+"""Hallucination mitigation: refusal SFT targets and pairs from a scripted model, the simpleqa eval task on a tiny
+model, and the command (SimpleQA's questions and grading: test_simpleqa.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from phiforge.eval.simpleqa import Question
 from phiforge.eval.tasks import TASKS, EvalInput
 from phiforge.generation.fake import FakeBackend
-from phiforge.posttrain.hallucination import (BOGUS_REFUSAL, REFUSAL, Question, bogus_questions,
-                                              generate_facts, grade, grade_all, is_refusal, run_hallucination)
+from phiforge.posttrain.hallucination import BOGUS_REFUSAL, REFUSAL, run_hallucination
 from phiforge.posttrain.hallucination_config import HallucinationConfig
 from phiforge.recipe import EvalConfig
 from phiforge.tokenizer import load_tokenizer
@@ -19,47 +19,6 @@ from conftest import phiforge
 from planted import train_planted_hf
 
 SIX = Question("What is 2 times 3?", "6", verifier="numeric")
-PARIS = Question("What is the capital of France?", "Paris", aliases=("Paris, France",))
-
-
-@pytest.mark.parametrize("q, text, expected", [
-    (SIX, "2 times 3 is 6.", "correct"),
-    (SIX, "It is 6.0", "correct"),
-    (SIX, "The answer is 7.", "incorrect"),
-    (SIX, "Six-ish, roughly", "incorrect"),  # an attempt without the number
-    (SIX, "I don't know.", "not_attempted"),
-    (SIX, "I\u2019m not sure what that is.", "not_attempted"),
-    (SIX, "", "not_attempted"),
-    (PARIS, "The capital is paris.", "correct"),
-    (PARIS, "I'm not sure, but I think it is Paris.", "correct"),  # hedged, yet gives the answer
-    (PARIS, "It is Lyon.", "incorrect"),
-    (PARIS, "Parisian cafes are lovely.", "incorrect"),  # a whole-word match, not a substring
-    (PARIS, "I cannot answer that.", "not_attempted"),
-    (Question("Which module defines `dedent`?", "textwrap", verifier="exact"), " Textwrap ", "correct"),
-    (Question("Which module defines `dedent`?", "textwrap", verifier="exact"), "It is textwrap", "incorrect"),
-    (Question("Capital of Zorbania?", None), "Zorbania City.", "incorrect"),
-    (Question("Capital of Zorbania?", None), "There is no such country; Zorbania does not exist.", "not_attempted"),
-])
-def test_grading_rules(q, text, expected):
-    assert grade(q, text) == expected
-
-
-def test_refusal_targets_are_refusals_and_generators_are_offline_and_split():
-    assert is_refusal(REFUSAL) and is_refusal(BOGUS_REFUSAL)
-    train, heldout = generate_facts(400, 0), generate_facts(100, 0, heldout=True)
-    assert len(train) == 400 and len(heldout) == 100
-    assert not {q.key for q in train} & {q.key for q in heldout}
-    assert {q.key.split(":")[0] for q in train} == {"mul", "unit", "stdlib", "z", "symbol"}
-    import importlib
-    for q in train:  # every answer is right: computed, or checked here by introspection
-        if q.key.startswith("mul:"):
-            _, a, b = q.key.split(":")
-            assert int(q.answer) == int(a) * int(b)
-        if q.key.startswith("stdlib:"):
-            assert hasattr(importlib.import_module(q.answer), q.key.split(":")[1])
-    bogus = bogus_questions(30, 0)
-    assert len({q.question for q in bogus}) == 30 and all(q.bogus for q in bogus)
-    assert bogus == bogus_questions(30, 0)
 
 
 def scripted(messages, sampling, i):
@@ -115,15 +74,6 @@ def test_sft_targets_and_pairs_from_a_scripted_model(tmp_path):
     assert rates["correct_given_attempted"] == pytest.approx(2 / 3) and rates["bogus_refusal"] == 0.5
     assert summary["pairs"] == {"answer_over_refusal": 2, "refusal_over_wrong_answer": 1,
                                 "refusal_over_bogus_answer": 1}
-
-
-def test_an_llm_grader_overrides_the_rules_and_unreadable_verdicts_fall_back():
-    verdicts = iter(["Grade: NOT_ATTEMPTED", "INCORRECT", "hmm"])
-    grader = FakeBackend(lambda m, s, i: next(verdicts))
-    bogus = Question("Capital of Zorbania?", None)
-    grades, unreadable = grade_all([SIX, SIX, SIX, bogus], ["6", "6", "7", "Zorbania City"], grader)
-    assert grades == ["not_attempted", "incorrect", "incorrect", "incorrect"] and unreadable == 1
-    assert grader.calls == 3  # a bogus question has no gold answer to grade against: rules only
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def test_stages_run_report_and_rerun_skips(planted, tmp_path, scripted_teacher, 
     assert hal["sft"]["init_from"] == hal["init_from"] and hal["sft"]["conversations"] >= 1  # SFT on its data, then DPO
     assert (run_dir / "hallucination" / "sft" / "model").is_dir()
     bogus_train = {json.loads(line)["question"] for line in (run_dir / "hallucination" / "data" / "grades.jsonl").open()}
-    from phiforge.posttrain.hallucination import bogus_questions
+    from phiforge.eval.simpleqa import bogus_questions
     assert not bogus_train & {q.question for q in bogus_questions(3, 3)}  # rates are measured on other bogus questions
 
     report = (run_dir / "report.md").read_text()

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import RECIPES, SMOKE, phiforge
 
-from phiforge.data.mixture import plan
-from phiforge.data.packing import DocRefs, mix_documents
+from phiforge.data.documents import DocRefs
+from phiforge.data.mixture import mix_documents, plan
 from phiforge.errors import UserError
 from phiforge.recipe import load_recipe
 
@@ -46,11 +46,11 @@ def test_plan_says_which_sources_lack_unique_tokens(tmp_path):
 
 
 def test_plan_counts_unique_tokens_in_the_run_like_the_packer(tmp_path):
-    from phiforge.data.corpus import source_stage
+    from phiforge.data.documents import tokenize
+    from phiforge.data.sources import source_stage
     from phiforge.files import read_jsonl
     from phiforge.pipeline import run_stage, stages_of
     from phiforge.tokenizer import load_tokenizer
-    from phiforge.train.export import tokenize
 
     recipe, run_dir = load_recipe(SMOKE), tmp_path / "run"
     for stage in stages_of(recipe)[:3]:  # corpus, synth, tokenizer
@@ -69,6 +69,15 @@ def test_plan_counts_unique_tokens_in_the_run_like_the_packer(tmp_path):
         assert planned.unique_tokens == draws[name].unique_tokens
         longest = max(map(len, docs[name])) + 1
         assert planned.tokens <= draws[name].tokens < planned.tokens + longest
+
+
+def test_mixture_reproduces_epochs_per_source():
+    docs = {"small": DocRefs.whole(0, np.full(10, 9)), "big": DocRefs.whole(1, np.full(1000, 9))}  # 100, 10,000 tokens
+    mixed, draws = mix_documents(docs, {"small": 0.5, "big": 0.5}, total_tokens=2000, seed=0)
+    assert draws["small"].epochs == pytest.approx(10, rel=0.05)  # a small source repeats
+    assert draws["big"].epochs == pytest.approx(0.1, rel=0.05)  # a big one is subsampled
+    assert int((mixed.length + 1).sum()) == draws["small"].tokens + draws["big"].tokens
+    assert set(mixed.source[:40].tolist()) == {0, 1}  # shuffled across sources
 
 
 def test_bad_mixture_entry_names_the_key(tmp_path):

@@ -17,9 +17,12 @@ import yaml
 
 from conftest import SMOKE
 
-from phiforge.data import packing
-from phiforge.data.packing import (INDEX, DocRefs, Examples, Packed, Stream, batch_at, mix_documents, pack_stream,
-                                   read_index, write_documents, write_shards)
+from phiforge.data import shards
+from phiforge.data.batches import batch_at
+from phiforge.data.documents import DocRefs, write_documents
+from phiforge.data.layouts import IGNORE, Examples, Stream, pack_stream
+from phiforge.data.mixture import mix_documents
+from phiforge.data.shards import INDEX, Packed, cached_packed, read_index, write_shards
 from phiforge.errors import UserError
 from phiforge.recipe import load_recipe
 
@@ -44,7 +47,7 @@ def pack(directory: Path, seq_len: int = 32) -> None:
 def pack_sft(directory: Path) -> None:
     rng = np.random.default_rng(1)
     examples = [rng.integers(1, 1000, int(n)).tolist() for n in rng.integers(1, 50, 200)]
-    labels = [[t if i % 3 else packing.IGNORE for i, t in enumerate(e)] for e in examples]
+    labels = [[t if i % 3 else IGNORE for i, t in enumerate(e)] for e in examples]
     docs = write_documents(directory / "documents" / "sft", [(examples, labels)])
     write_shards(directory, Examples(docs, 32, pad_id=0), SHARD_TOKENS, {"seed": 1})
 
@@ -55,7 +58,7 @@ def files(directory: Path) -> dict[str, bytes]:
 
 def interrupt_after(monkeypatch, saves: int) -> None:
     """Make the next pack raise after `saves` shard files are written, as a crash mid-way would."""
-    real, count = packing._save, [0]
+    real, count = shards._save, [0]
 
     def save(path: Path, array: np.ndarray) -> None:
         if count[0] == saves:
@@ -63,7 +66,7 @@ def interrupt_after(monkeypatch, saves: int) -> None:
         count[0] += 1
         real(path, array)
 
-    monkeypatch.setattr(packing, "_save", save)
+    monkeypatch.setattr(shards, "_save", save)
 
 
 @pytest.mark.parametrize("build", [pack, pack_sft])
@@ -85,8 +88,8 @@ def test_interrupted_pack_resumes_to_the_same_bytes(tmp_path, monkeypatch, build
     finished |= {n.replace("shard_", "labels_") for n in finished}
 
     written = []
-    real = packing._save
-    monkeypatch.setattr(packing, "_save", lambda path, array: (written.append(path.name), real(path, array)))
+    real = shards._save
+    monkeypatch.setattr(shards, "_save", lambda path, array: (written.append(path.name), real(path, array)))
     build(cut)
     assert files(cut) == whole
     assert finished and not set(written) & finished  # finished shards were skipped, not rewritten
@@ -98,13 +101,13 @@ def test_sigkilled_pack_resumes_to_the_same_bytes(tmp_path):
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
-        from phiforge.data import packing
+        from phiforge.data import shards
         import test_shards
-        real = packing._save
+        real = shards._save
         def slow(path, array):
             real(path, array)
             time.sleep(0.3)
-        packing._save = slow
+        shards._save = slow
         test_shards.pack(Path({str(tmp_path / "cut")!r}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -147,7 +150,7 @@ def test_sft_shards_keep_labels(tmp_path):
     data = Packed.load(tmp_path)
     assert data.labels is not None and all(isinstance(s, np.memmap) and s.dtype == np.int32 for s in data.labels)
     tokens, labels = data.rows(range(len(data)))
-    kept = labels != packing.IGNORE
+    kept = labels != IGNORE
     assert kept.any() and np.array_equal(tokens[kept], labels[kept])
 
 
@@ -173,3 +176,12 @@ def test_shard_tokens_is_validated(tmp_path):
     recipe.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match="pretrain.shard_tokens"):
         load_recipe(recipe)
+
+
+def test_cached_packed_builds_once_and_then_maps_the_shards(tmp_path):
+    built = []
+    first = cached_packed(tmp_path / "data", lambda d: (built.append(d), pack(d)))
+    (tmp_path / "data" / "documents").mkdir()  # left by a pack killed just after its index: cleared, not rebuilt
+    again = cached_packed(tmp_path / "data", lambda d: (built.append(d), pack(d)))
+    assert built == [tmp_path / "data"] and not (tmp_path / "data" / "documents").exists()
+    assert len(again) == len(first) and np.array_equal(again.rows([0, 40])[0], first.rows([0, 40])[0])

@@ -380,7 +380,8 @@ def hallucination(
     if recipe is not None:
         return _tool_stage("hallucination", recipe, run_dir, given, others_set)
     from phiforge.generation import load_policy
-    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, read_qa, run_hallucination
+    from phiforge.eval.simpleqa import bogus_questions, generate_facts, read_qa
+    from phiforge.posttrain.hallucination import run_hallucination
 
     _setup_logging()
     _tool_inputs("hallucination", run_dir, model=model, out=out)
@@ -618,8 +619,7 @@ def mixture_plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Tokens drawn, unique tokens and epochs per source of RECIPE's pretraining mixture, before training."""
-    from phiforge.data.mixture import plan
-    from phiforge.data.packing import over_epoch_limit
+    from phiforge.data.mixture import over_epoch_limit, plan
 
     _setup_logging()
     rec, rd = _load(recipe, run_dir)

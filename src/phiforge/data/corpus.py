@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 from phiforge import progress
 from phiforge.data import synthetic_math
-from phiforge.data.sources import iter_documents, split_heldout
+from phiforge.data.sources import SourceSplitter, iter_documents
 from phiforge.errors import UserError
-from phiforge.files import read_jsonl, write_jsonl
+from phiforge.files import write_jsonl
 from phiforge.recipe import Recipe
 from phiforge.rundir import StageResult
 from phiforge.stage import Stage, StageContext
 
 log = logging.getLogger("phiforge")
-
-
-def source_stage(recipe: Recipe, name: str) -> str:
-    """Which stage holds a data source: the synth stage for a synthetic dataset, else the corpus stage."""
-    return "synth" if recipe.synth and name in recipe.synth.dataset_names() else "corpus"
-
-
-def source_docs(ctx: StageContext, name: str, split: str = "train") -> Iterator[str]:
-    """Documents of one data source from its finished stage (split: its `train` or `heldout` output), one at a time."""
-    path = ctx.input(source_stage(ctx.recipe, name), split) / f"{name}.jsonl"
-    return (row["text"] for row in read_jsonl(path))
 
 
 def gather(recipe: Recipe, names: set[str] | None = None) -> dict[str, list[str]]:
@@ -62,7 +50,7 @@ def run(ctx: StageContext) -> StageResult:
         for p in synthetic_math.generate(cfg.eval_problems, seed + 2000, heldout=True)
     ]
     index = decontamination_index(cfg.decontaminate, problems) if cfg.decontaminate else None
-    items_hit: dict[str, set[str]] = {}
+    splitter = SourceSplitter(ctx.out, index)
     stats = {}
     docs_by_source = gather(ctx.recipe)
     kinds = {s.name: s.kind for s in cfg.sources}
@@ -80,19 +68,12 @@ def run(ctx: StageContext) -> StageResult:
             log.warning("corpus source '%s' yielded no documents", name)
         removed = 0
         if index is not None:
-            from phiforge.data.decontam import drop_contaminated
-
-            kept, hits = drop_contaminated(index, docs)
-            removed = len(docs) - len(kept)
-            docs = kept
-            for bench, item in (pair for h in hits for pair in h.items):
-                items_hit.setdefault(bench, set()).add(item)
+            kept = splitter.decontaminate(docs)
+            removed, docs = len(docs) - len(kept), kept
             if removed:
                 log.info("corpus %-16s %6d docs removed as benchmark contamination", name, removed)
             _check_not_empty(ctx.recipe, name, docs, " left after decontamination")
-        train, held = split_heldout(docs, cfg.heldout_fraction, seed + i)
-        write_jsonl(ctx.out / "train" / f"{name}.jsonl", ({"text": d, "source": name} for d in train))
-        write_jsonl(ctx.out / "heldout" / f"{name}.jsonl", ({"text": d, "source": name} for d in held))
+        train, held = splitter.write(name, docs, cfg.heldout_fraction, seed + i)
         stats[name] = {
             "kind": kinds[name],
             "docs": len(train),
@@ -116,7 +97,7 @@ def run(ctx: StageContext) -> StageResult:
             "ngram": index.n,
             "short_ngram": index.short_n,
             "docs_removed": sum(s["contaminated_docs_removed"] for s in stats.values()),
-            "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
+            "items_hit": splitter.items_hit_by_benchmark(),
         }
     return StageResult(metrics=metrics)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from phiforge import progress
-from phiforge.data.corpus import source_docs
+from phiforge.data.sources import source_docs
 from phiforge.eval.tasks import TASKS, EvalInput, load_problems
 from phiforge.files import write_json
 from phiforge.model import build_model, load_config, load_model

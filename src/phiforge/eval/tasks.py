@@ -14,16 +14,20 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge.data import passkey, synthetic_math
-from phiforge.data.packing import IGNORE, Packed, pack_examples, pack_stream
+from phiforge.data.chat import encode_chat
+from phiforge.data.documents import tokenize
+from phiforge.data.layouts import IGNORE, pack_examples, pack_stream
+from phiforge.data.shards import Packed
 from phiforge.eval.instructions import instruction_set
+from phiforge.eval.simpleqa import graded_replies, heldout_questions, simpleqa_rates
 from phiforge.files import read_jsonl
+from phiforge.generation.greedy import chat_replies, cut, greedy
 from phiforge.recipe import EvalConfig
 from phiforge.stats import wilson
-from phiforge.tokenizer import IM_END, IM_START, chat_prompt_ids, document_separator_id, stop_ids
+from phiforge.tokenizer import IM_END, IM_START, chat_prompt_ids, document_separator_id, pad_id, stop_ids
 from phiforge.train.loss import mean_loss
 
 
@@ -40,7 +44,11 @@ class EvalInput:
     @cached_property
     def heldout_ids(self) -> list[list[int]]:
         """The held-out documents in this model's tokens, shared by the tasks that score text."""
-        return self.tokenizer(self.heldout_docs, add_special_tokens=False)["input_ids"] if self.heldout_docs else []
+        return tokenize(self.tokenizer, self.heldout_docs)
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stops: list[int]) -> list[str]:
+        """generation.greedy with this input's model and batch size."""
+        return greedy(self.model, self.tokenizer, prompts, max_new_tokens, stops, self.cfg.batch_size)
 
 
 TaskFn = Callable[[EvalInput], dict[str, float]]
@@ -53,44 +61,6 @@ def task(name: str) -> Callable[[TaskFn], TaskFn]:
         return fn
 
     return register
-
-
-@torch.no_grad()
-def greedy(inp: EvalInput, prompts: list[list[int]], max_new_tokens: int, stops: list[int]) -> list[str]:
-    """Greedy continuations of token-id prompts, batched with left padding."""
-    tok, model = inp.tokenizer, inp.model
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-    outs: list[str] = []
-    for start in range(0, len(prompts), inp.cfg.batch_size):
-        chunk = prompts[start : start + inp.cfg.batch_size]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        gen = model.generate(
-            input_ids=ids.to(model.device),
-            attention_mask=mask.to(model.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stops,
-            pad_token_id=pad,
-        )
-        outs += tok.batch_decode(gen[:, width:], skip_special_tokens=False)
-    return outs
-
-
-def chat_replies(inp: EvalInput, questions: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy replies to single user turns in the model's chat format, cut where the reply ends (a stop token, or
-    the model opening a new turn)."""
-    tok = inp.tokenizer
-    stops = stop_ids(tok)
-    replies = greedy(inp, [chat_prompt_ids(tok, q) for q in questions], max_new_tokens, stops)
-    return [_cut(r, *tok.convert_ids_to_tokens(stops), IM_START) for r in replies]
-
-
-def _cut(text: str, *markers: str) -> str:
-    for m in markers:
-        text = text.split(m)[0]
-    return text
 
 
 @task("perplexity")
@@ -127,12 +97,12 @@ def problems(inp: EvalInput) -> dict[str, float]:
     tok = inp.tokenizer
     items = inp.problems[: inp.cfg.max_problems]
     stops = stop_ids(tok)
-    completion = greedy(inp, [tok.encode(f"Problem: {p['question']}\nSolution:", add_special_tokens=False) for p in items],
-                        40, stops)
-    chat = greedy(inp, [chat_prompt_ids(tok, p["question"]) for p in items], 40, stops)
+    completion = inp.greedy([tok.encode(f"Problem: {p['question']}\nSolution:", add_special_tokens=False) for p in items],
+                            40, stops)
+    chat = inp.greedy([chat_prompt_ids(tok, p["question"]) for p in items], 40, stops)
 
     def correct(reply: str, answer: str, completion_format: bool) -> bool:
-        reply = _cut(reply, "\n\n", "Problem:", IM_END, IM_START)
+        reply = cut(reply, "\n\n", "Problem:", IM_END, IM_START)
         if completion_format and "Answer:" in reply:
             reply = reply.split("Answer:")[1].split("\n")[0]
         return synthetic_math.extract_answer(reply) == answer
@@ -148,13 +118,10 @@ def problems(inp: EvalInput) -> dict[str, float]:
 
 def _solution_loss(inp: EvalInput, items: list[dict]) -> float:
     """Mean loss of the reference chat answer (worked steps and answer): how close the model is, not just hit or miss."""
-    from phiforge.posttrain.sft import encode_chat
-
     tok = inp.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else document_separator_id(tok)
     convs = [synthetic_math.Problem(p["key"], p["family"], p["question"], p["steps"], p["answer"]).as_messages()
              for p in items]
-    packed = pack_examples([encode_chat(tok, c) for c in convs], inp.seq_len, pad)
+    packed = pack_examples([encode_chat(tok, c) for c in convs], inp.seq_len, pad_id(tok))
     return mean_loss(inp.model, packed, inp.cfg.batch_size)
 
 
@@ -194,7 +161,7 @@ def passkey_retrieval(inp: EvalInput) -> dict[str, float]:
             before = rng.randint(0, fillers)
             prompts.append(tok.encode(passkey.passkey_text(key, before, fillers - before), add_special_tokens=False))
             keys.append(str(key))
-        replies = greedy(inp, prompts, 6, stop_ids(tok))
+        replies = inp.greedy(prompts, 6, stop_ids(tok))
         hits = sum(synthetic_math.extract_answer(r.split(".")[0] or "x") == k for r, k in zip(replies, keys))
         out[f"acc@{length}"] = hits / len(keys)
     out["n"] = inp.cfg.passkey_trials * len(inp.cfg.passkey_lengths)
@@ -219,10 +186,10 @@ def chat_format(inp: EvalInput) -> dict[str, float]:
     tok = inp.tokenizer
     stops = stop_ids(tok)
     ends = tok.convert_ids_to_tokens(stops)
-    replies = greedy(inp, [chat_prompt_ids(tok, q) for q in CHAT_PROBES], 64, stops)
+    replies = inp.greedy([chat_prompt_ids(tok, q) for q in CHAT_PROBES], 64, stops)
 
     def well_formed(reply: str) -> bool:
-        body = _cut(reply, *ends)
+        body = cut(reply, *ends)
         return any(e in reply for e in ends) and body.strip() != "" and IM_START not in body
 
     return {"well_formed": sum(map(well_formed, replies)) / len(replies), "n": len(replies)}
@@ -232,7 +199,7 @@ def chat_format(inp: EvalInput) -> dict[str, float]:
 def instructions(inp: EvalInput) -> dict[str, float]:
     """IFEval-style: the share of prompts whose verifiable format constraint the greedy chat reply meets."""
     items = instruction_set(inp.cfg.instruction_prompts, inp.seed)
-    replies = chat_replies(inp, [prompt for prompt, _ in items], 96)
+    replies = chat_replies(inp.model, inp.tokenizer, [prompt for prompt, _ in items], 96, inp.cfg.batch_size)
     followed = [inst.check(reply) for (_, inst), reply in zip(items, replies)]
     low, high = wilson(sum(followed), len(followed))
     return {"followed": sum(followed) / len(followed), "ci95_low": low, "ci95_high": high, "n": len(followed)}
@@ -242,31 +209,9 @@ def load_problems(path: Path) -> list[dict]:
     return list(read_jsonl(path))
 
 
-def simpleqa_items(inp: EvalInput) -> list[dict]:
-    """Greedy chat answers to held-out questions with known answers (eval.qa, else generated held-out facts) and
-    to made-up-entity questions, each with SimpleQA's grade: one row per question, facts first."""
-    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, grade, read_qa
-
-    facts = read_qa(inp.cfg.qa) if inp.cfg.qa else generate_facts(inp.cfg.max_problems, inp.seed, heldout=True)
-    questions = facts[: inp.cfg.max_problems] + bogus_questions(inp.cfg.bogus_questions, inp.seed)
-    texts = chat_replies(inp, [q.question for q in questions], 48)
-    return [{"question": q.question, "answer": q.answer, "bogus": q.bogus, "reply": t, "grade": grade(q, t)}
-            for q, t in zip(questions, texts)]
-
-
-def simpleqa_rates(items: list[dict]) -> dict[str, float]:
-    """SimpleQA's rates of simpleqa_items' rows, and the share of blank replies."""
-    from phiforge.posttrain.hallucination import rates
-
-    facts, bogus = [r for r in items if not r["bogus"]], [r for r in items if r["bogus"]]
-    # A blank reply grades as not attempted, but it is a broken model rather than a cautious one: count it apart.
-    empty = sum(not r["reply"].strip() for r in items) / len(items)
-    return rates([r["grade"] for r in facts], [r["grade"] for r in bogus]) | {"empty": empty, "n": len(facts),
-                                                                            "n_bogus": len(bogus)}
-
-
 @task("simpleqa")
 def simpleqa(inp: EvalInput) -> dict[str, float]:
-    """SimpleQA's grades of greedy chat answers to held-out facts, and the share of made-up-entity questions the
-    model declines."""
-    return simpleqa_rates(simpleqa_items(inp))
+    """SimpleQA's grades of greedy chat answers to held-out facts (eval.qa, else generated held-out facts), and the
+    share of made-up-entity questions the model declines."""
+    questions = heldout_questions(inp.cfg.qa, inp.cfg.max_problems, inp.cfg.bogus_questions, inp.seed)
+    return simpleqa_rates(graded_replies(inp.model, inp.tokenizer, questions, inp.cfg.batch_size))

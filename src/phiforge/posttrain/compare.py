@@ -15,15 +15,13 @@ from phiforge.synth.verify import verify
 @torch.no_grad()
 def greedy_replies(model_dir: Path, problems: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy chat replies of the model in `model_dir` to each problem's prompt (the format PTS searched with)."""
-    from phiforge.eval.tasks import EvalInput, chat_replies
+    from phiforge.generation.greedy import chat_replies
     from phiforge.model import load_model
-    from phiforge.recipe import EvalConfig
     from phiforge.tokenizer import load_tokenizer
     from phiforge.train.loop import pick_device
 
     model, tok = load_model(model_dir).to(pick_device()).eval(), load_tokenizer(model_dir)
-    inp = EvalInput(model, tok, EvalConfig(batch_size=batch_size), [], problems, 0, 0)
-    return chat_replies(inp, [p["prompt"] for p in problems], max_new_tokens)
+    return chat_replies(model, tok, [p["prompt"] for p in problems], max_new_tokens, batch_size)
 
 
 def compare(before: Path, after: Path, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:

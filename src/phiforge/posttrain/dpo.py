@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from phiforge.data.packing import rows_at
+from phiforge.data.batches import rows_at
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_with
 from phiforge.posttrain.dpo_config import DPOConfig
@@ -211,6 +211,7 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
     from phiforge.tokenizer import add_chatml, load_tokenizer
     from phiforge.train.export import export_model
     from phiforge.train.loop import pick_device, train
+    from phiforge.train.optim import LRSchedule
 
     model = load_model(model_dir)
     tok = load_tokenizer(model_dir)
@@ -228,7 +229,7 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
     ref = reference_logps(model, pairs, pad, out / "reference_logps.npy", cfg)
     log.info("dpo: %d pairs, %d steps of %d (%.1f passes), beta %g, reference log-probs in %s", len(pairs),
              cfg.steps, per_step, cfg.steps * per_step / len(pairs), cfg.beta, out / "reference_logps.npy")
-    result = train(model, cfg, cfg.lr, DPOLoss(pairs, ref, cfg, pad, seed), out, "dpo")
+    result = train(model, cfg, LRSchedule(cfg.lr, cfg), DPOLoss(pairs, ref, cfg, pad, seed), out, "dpo")
     after = all_logps(model, pairs, pad, cfg)
     export_model(model, tok, out / "model")
     summary = {

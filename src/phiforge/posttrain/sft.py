@@ -9,17 +9,21 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phiforge import progress
-from phiforge.data.packing import IGNORE, Examples, write_documents, write_shards
+from phiforge.data.chat import encode_chat
+from phiforge.data.documents import write_documents
+from phiforge.data.layouts import Examples
+from phiforge.data.shards import cached_packed, write_shards
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl
 from phiforge.model import load_model
 from phiforge.recipe import SFTConfig
 from phiforge.rundir import StageResult
 from phiforge.stage import TRAINING_OUTPUTS, Stage, StageContext
-from phiforge.tokenizer import IM_END, IM_SEP, IM_START, add_chatml, load_tokenizer
-from phiforge.train.export import cached_packed, export_model
+from phiforge.tokenizer import add_chatml, load_tokenizer
+from phiforge.train.export import export_model
 from phiforge.train.loop import train
 from phiforge.train.loss import NextTokenLoss
+from phiforge.train.optim import LRSchedule
 
 log = logging.getLogger("phiforge")
 
@@ -41,18 +45,6 @@ def read_conversations(path: Path) -> list[list[dict[str, str]]]:
     if not conversations:
         raise UserError(f"{path}: no conversations")
     return conversations
-
-
-def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """Token ids of the Phi-4 chat rendering and labels that keep only assistant content and <|im_end|>."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for m in messages:
-        header = tok.encode(f"{IM_START}{m['role']}{IM_SEP}", add_special_tokens=False)
-        body = tok.encode(m["content"], add_special_tokens=False) + [tok.convert_tokens_to_ids(IM_END)]
-        ids += header + body
-        labels += [IGNORE] * len(header) + (body if m["role"] == "assistant" else [IGNORE] * len(body))
-    return ids, labels
 
 
 def data_path(ctx: StageContext) -> Path:
@@ -81,7 +73,8 @@ def train_sft(model: PreTrainedModel, tok: PreTrainedTokenizerBase, conversation
     data = cached_packed(out / "data" / "train", lambda d: pack(conversations[n_val:], d))
     val = cached_packed(out / "data" / "val", lambda d: pack(conversations[:n_val], d))
     log.info("sft: %d conversations in %d rows of %d tokens", len(conversations) - n_val, len(data), cfg.seq_len)
-    result = train(model, cfg, cfg.lr, NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile), out, "sft")
+    result = train(model, cfg, LRSchedule(cfg.lr, cfg), NextTokenLoss(data, val, cfg.batch_size, seed + 2, cfg.compile),
+                   out, "sft")
     export_model(model, tok, out / "model")
     return {"conversations": len(conversations) - n_val, "added_tokens": added, **result.metrics()}
 

@@ -139,21 +139,19 @@ def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
 
 
 def simpleqa_graded(model: Path, cfg: HallucinationStageConfig, seed: int) -> list[dict]:
-    """The simpleqa eval task's graded answers of `model`, one row per question: held-out facts (heldout_qa, else
-    generated) and the held-out bogus questions."""
+    """`model`'s graded greedy answers, as the simpleqa eval task grades them, one row per question: held-out facts
+    (heldout_qa, else generated) and the held-out bogus questions."""
     import torch
 
-    from phiforge.eval.tasks import EvalInput, simpleqa_items
+    from phiforge.eval.simpleqa import graded_replies, heldout_questions
     from phiforge.model import load_model
-    from phiforge.recipe import EvalConfig
     from phiforge.tokenizer import load_tokenizer
     from phiforge.train.loop import autocast, pick_device
 
-    scoring = EvalConfig(tasks=["simpleqa"], qa=cfg.heldout_qa, max_problems=cfg.heldout_facts,
-                         bogus_questions=cfg.heldout_bogus, batch_size=cfg.batch_size)
+    questions = heldout_questions(cfg.heldout_qa, cfg.heldout_facts, cfg.heldout_bogus, seed)
     lm = load_model(model).to(pick_device()).eval()
     with torch.no_grad(), autocast("auto", pick_device()):
-        return simpleqa_items(EvalInput(lm, load_tokenizer(model), scoring, [], [], 0, seed))
+        return graded_replies(lm, load_tokenizer(model), questions, cfg.batch_size)
 
 
 def paired_grades(before: list[dict], after: list[dict]) -> dict:
@@ -172,7 +170,8 @@ def hallucination_data(ctx: StageContext, policy: Path) -> dict:
     The bogus questions avoid the held-out ones the rates are measured on (the simpleqa task's, seed recipe.seed).
     """
     from phiforge.generation import load_policy
-    from phiforge.posttrain.hallucination import bogus_questions, generate_facts, read_qa, run_hallucination
+    from phiforge.eval.simpleqa import bogus_questions, generate_facts, read_qa
+    from phiforge.posttrain.hallucination import run_hallucination
 
     recipe, cfg = ctx.recipe, ctx.recipe.hallucination
     assert cfg is not None
@@ -186,7 +185,7 @@ def hallucination_data(ctx: StageContext, policy: Path) -> dict:
 
 
 def run_hallucination_stage(ctx: StageContext) -> StageResult:
-    from phiforge.eval.tasks import simpleqa_rates
+    from phiforge.eval.simpleqa import simpleqa_rates
     from phiforge.posttrain.dpo import run_dpo
 
     recipe, cfg = ctx.recipe, ctx.recipe.hallucination

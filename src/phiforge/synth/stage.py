@@ -6,7 +6,7 @@ import logging
 from dataclasses import replace
 
 from phiforge import progress
-from phiforge.data.sources import split_heldout
+from phiforge.data.sources import SourceSplitter
 from phiforge.files import read_jsonl, write_jsonl
 from phiforge.generation import default_sampling, load_backend
 from phiforge.generation.base import Backend
@@ -50,16 +50,6 @@ def _record_text(record: dict) -> str:
     return "\n".join([record.get("text", ""), *(m["content"] for m in record.get("messages", []))])
 
 
-def _decontaminate(records: list[dict], index, items_hit: dict[str, set[str]]) -> list[dict]:
-    from phiforge.data.decontam import drop_contaminated
-
-    _, hits = drop_contaminated(index, [_record_text(r) for r in records])
-    for bench, item in (pair for h in hits for pair in h.items):
-        items_hit.setdefault(bench, set()).add(item)
-    removed = {h.doc for h in hits}
-    return [r for i, r in enumerate(records) if i not in removed]
-
-
 def run(ctx: StageContext) -> StageResult:
     recipe, cfg = ctx.recipe, ctx.recipe.synth
     index = None
@@ -68,7 +58,7 @@ def run(ctx: StageContext) -> StageResult:
 
         problems = list(read_jsonl(ctx.input("corpus", "problems")))
         index = decontamination_index(recipe.corpus.decontaminate, problems)
-    items_hit: dict[str, set[str]] = {}
+    splitter = SourceSplitter(ctx.out, index)
     teacher = recipe.teacher or TeacherConfig()
     types = [load_dataset_type(d.type) for d in cfg.datasets]
     backend = load_backend(teacher, ctx.out / "cache") if _needs_teacher(recipe, types) else None
@@ -79,14 +69,10 @@ def run(ctx: StageContext) -> StageResult:
         shard_dir = ctx.out / "datasets" / name
         result = generate_dataset(dtype, dcfg.count, shard_dir, backend, sampling, recipe.seed + i, pool, cfg.shard_size)
         records = list(read_records(shard_dir))
-        contaminated = 0
-        if index is not None:
-            clean = _decontaminate(records, index, items_hit)
-            contaminated, records = len(records) - len(clean), clean
+        clean = splitter.decontaminate(records, _record_text)
+        contaminated, records = len(records) - len(clean), clean
         docs = [r["text"] for r in records if "text" in r]
-        train, held = split_heldout(docs, cfg.heldout_fraction, recipe.seed + i)
-        write_jsonl(ctx.out / "train" / f"{name}.jsonl", ({"text": d, "source": name} for d in train))
-        write_jsonl(ctx.out / "heldout" / f"{name}.jsonl", ({"text": d, "source": name} for d in held))
+        train, held = splitter.write(name, docs, cfg.heldout_fraction, recipe.seed + i)
         sft += [{"messages": r["messages"], "id": r["id"]} for r in records if "messages" in r]
         stats[name] = {"type": dtype.name, "made": result.made, "kept": result.kept, "dropped": result.dropped,
                        "contaminated_removed": contaminated, "docs": len(train), "chars": sum(map(len, train))}
@@ -97,7 +83,7 @@ def run(ctx: StageContext) -> StageResult:
     if index is not None:
         metrics["decontamination"] = {
             "docs_removed": sum(s["contaminated_removed"] for s in stats.values()),
-            "items_hit": {b.name: sorted(items_hit.get(b.name, ())) for b in index.benchmarks},
+            "items_hit": splitter.items_hit_by_benchmark(),
         }
     return StageResult(metrics=metrics)
 

@@ -82,6 +82,12 @@ def stop_ids(tok: PreTrainedTokenizerBase) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+def pad_id(tok: PreTrainedTokenizerBase) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else the first id that ends a reply. Padding is masked
+    out or carries no loss, so any id the vocabulary has would do; that one it surely has."""
+    return tok.pad_token_id if tok.pad_token_id is not None else stop_ids(tok)[0]
+
+
 def chat_prompt_ids(tok: PreTrainedTokenizerBase, user: str) -> list[int]:
     """One user turn rendered with the tokenizer's own chat template, up to the start of the assistant's reply."""
     rendered = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from phiforge.data.corpus import source_docs
+from phiforge.data.sources import source_docs
 from phiforge.errors import UserError
 from phiforge.files import write_with
 from phiforge.rundir import StageResult

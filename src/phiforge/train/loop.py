@@ -1,9 +1,11 @@
 """The training loop every training stage shares (pretrain, midtrain, SFT, DPO).
 
-It reads top to bottom: restore the latest checkpoint if there is one, then for each optimizer step
-accumulate gradients over micro-batches, clip, step, log, and checkpoint every N steps and at the end.
-What is optimised is the stage's Objective (train/loss.py: NextTokenLoss; posttrain/dpo.py: DPOLoss).
-Batches are a pure function of (seed, step), so a resumed run continues exactly where it stopped.
+`train` reads top to bottom: restore the latest checkpoint if there is one, then for each optimizer step
+accumulate gradients over micro-batches (`forward_backward`), clip and step (`optimizer_step`), log a metrics row,
+measure the held-out loss every eval_every steps and at the end, and checkpoint every N steps and at the end.
+What is optimised is the stage's Objective (train/loss.py: NextTokenLoss; posttrain/dpo.py: DPOLoss); the learning
+rate of every step comes resolved (train/optim.py: LRSchedule). Batches are a pure function of (seed, step), so a
+resumed run continues exactly where it stopped.
 
 Under torchrun (phiforge.distributed) the loop trains an FSDP2-sharded copy of the model on every rank: each
 micro-batch's rows are split over the ranks, and its loss is divided by the count of labelled items over all
@@ -32,7 +34,7 @@ from phiforge.recipe import TrainConfig
 from phiforge.rundir import append_metrics, read_metrics, truncate_metrics
 from phiforge.train.checkpoint import Checkpointer, TrainState
 from phiforge.train.loss import MicroLoss
-from phiforge.train.optim import build_optimizer, build_scheduler
+from phiforge.train.optim import LRSchedule, build_optimizer, build_scheduler
 from phiforge.progress import bar_label
 
 log = logging.getLogger("phiforge")
@@ -102,16 +104,58 @@ def progress_bar(label: str) -> Progress:
     )
 
 
-def train(
-    model: torch.nn.Module,
-    cfg: TrainConfig,
-    lr: float,
-    objective: Objective,
-    out_dir: Path,
-    label: str,
-) -> LoopResult:
+def train(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, objective: Objective, out_dir: Path,
+          label: str) -> LoopResult:
+    run = start_run(model, cfg, schedule, out_dir, label)
+    state, started, trained_tokens = run.state, time.perf_counter(), 0
+    with progress_bar(label) as bar:
+        task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
+        while state.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss, tokens, stats = forward_backward(run, objective, cfg)
+            if not math.isfinite(loss):
+                raise diverged(run, loss, label)
+            grad_norm = optimizer_step(run, cfg.grad_clip, tokens)
+            trained_tokens += tokens
+            row = metrics_row(state, loss, grad_norm, tokens / (time.perf_counter() - t0), stats)
+            last_step = state.step == cfg.steps
+            val = None
+            if last_step or (cfg.eval_every and state.step % cfg.eval_every == 0):
+                with autocast(cfg.precision, run.device):
+                    val = objective.val_loss(run.model)  # every rank: FSDP's forward is collective
+                if val is not None:
+                    row["val_loss"] = round(val, 5)
+            if run.main:
+                append_metrics(run.metrics_path, row)
+            bar.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
+            if run.main and (state.step % cfg.log_every == 0 or last_step):
+                log.info("%s step %d/%d loss %.4f%s lr %.2e %s tok/s", label, state.step, cfg.steps, loss,
+                         f" val {val:.4f}" if val is not None else "", row["lr"], f"{row['tokens_per_s']:,.0f}")
+            if state.step % cfg.checkpoint_every == 0 or last_step:
+                run.checkpoints.save(state)
+    return finish_run(run, model, label, time.perf_counter() - started, trained_tokens)
+
+
+@dataclass
+class Run:
+    """One training run in progress on this rank: the model it trains (FSDP-sharded under torchrun), its state and
+    where it writes."""
+
+    model: torch.nn.Module
+    device: torch.device
+    state: TrainState
+    checkpoints: Checkpointer
+    metrics_path: Path
+    resumed_from: int | None
+    rank: int
+    world: int
+    main: bool  # the rank that logs and writes
+
+
+def start_run(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, out_dir: Path, label: str) -> Run:
+    """The model on this rank's device (a sharded copy under torchrun), its optimizer and schedule, restored from the
+    latest checkpoint when there is one; the metrics log cut back to the restored step."""
     device = pick_device()
-    rank, world = distributed.rank(), distributed.world()
     distributed.local_batch(cfg.batch_size, label)  # a clear error before any work when it does not split
     if distributed.active():
         # The caller keeps its unsharded model (rank 0 gets the trained weights back at the end).
@@ -119,99 +163,94 @@ def train(
     else:
         trained = model.to(device)
     trained.train()
-    optimizer = build_optimizer(trained, cfg, lr)
-    state = TrainState(trained, optimizer, build_scheduler(optimizer, cfg))
+    optimizer = build_optimizer(trained, cfg, schedule.peak)
+    state = TrainState(trained, optimizer, build_scheduler(optimizer, schedule))
     checkpoints = Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
-    metrics_path = out_dir / "metrics.jsonl"
-    main = distributed.is_main()
     resumed_from = checkpoints.restore_latest(state)
     if resumed_from is not None:
         log.info("%s: resuming from checkpoint at step %d", label, resumed_from)
-    if main:
-        truncate_metrics(metrics_path, state.step)
+    run = Run(trained, device, state, checkpoints, out_dir / "metrics.jsonl", resumed_from, distributed.rank(),
+              distributed.world(), distributed.is_main())
+    if run.main:
+        truncate_metrics(run.metrics_path, state.step)
+    return run
 
-    val_loss = float("nan")
-    start, trained_tokens = time.perf_counter(), 0
-    with progress_bar(label) as bar:
-        task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
-        while state.step < cfg.steps:
-            t0 = time.perf_counter()
-            loss_sum, step_tokens, stats = 0.0, 0, defaultdict(float)
-            for micro in range(cfg.grad_accum):
-                with autocast(cfg.precision, device):
-                    mb = objective.micro_batch(trained, state.step * cfg.grad_accum + micro, device, rank, world)
-                # Mean over the items of each whole micro-batch (all ranks'), averaged over micro-batches. FSDP
-                # averages gradients over ranks, so each rank's part is scaled by `world` to make that a sum.
-                (n,) = distributed.all_sum([float(mb.count)], device)
-                scale = world / max(1.0, n) / cfg.grad_accum
-                (mb.loss_sum * scale).backward()
-                loss_sum += mb.loss_sum.item() * scale / world
-                step_tokens += mb.tokens
-                for k, v in mb.stats.items():
-                    stats[k] += float(v) * scale / world
-            keys = sorted(stats)
-            loss_sum, step_tokens, *summed = distributed.all_sum([loss_sum, step_tokens, *(stats[k] for k in keys)],
-                                                                 device)
-            step_tokens, stats = int(step_tokens), dict(zip(keys, summed))
-            if not math.isfinite(loss_sum):
-                last = checkpoints.steps()
-                where = f"step {last[-1]} in {checkpoints.root}" if last else "none was written yet"
-                raise UserError(
-                    f"{label}: loss became {loss_sum} at step {state.step + 1}; stopped without saving that step "
-                    f"(last good checkpoint: {where}). Lower the lr or raise warmup_steps."
-                )
-            grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip or float("inf"))
-            if isinstance(grad_norm, torch.distributed.tensor.DTensor):
-                grad_norm = grad_norm.full_tensor()
-            optimizer.step()
-            state.scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens_seen += step_tokens
-            trained_tokens += step_tokens
-            loss = loss_sum
 
-            last_step = state.step == cfg.steps
-            row = {
-                "step": state.step,
-                "loss": round(loss, 5),
-                "lr": optimizer.param_groups[0]["lr"],
-                "grad_norm": round(float(grad_norm), 4),
-                "tokens": state.tokens_seen,
-                "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1),
-                **{k: round(v, 5) for k, v in stats.items()},
-            }
-            if last_step or (cfg.eval_every and state.step % cfg.eval_every == 0):
-                with autocast(cfg.precision, device):
-                    measured = objective.val_loss(trained)  # every rank: FSDP's forward is collective
-                if measured is not None:
-                    val_loss = measured
-                    row["val_loss"] = round(val_loss, 5)
-            if main:
-                append_metrics(metrics_path, row)
-            bar.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
-            if main and (state.step % cfg.log_every == 0 or last_step):
-                extra = f" val {val_loss:.4f}" if "val_loss" in row else ""
-                log.info("%s step %d/%d loss %.4f%s lr %.2e %s tok/s", label, state.step, cfg.steps, loss, extra,
-                         row["lr"], f"{row['tokens_per_s']:,.0f}")
-            if state.step % cfg.checkpoint_every == 0 or last_step:
-                checkpoints.save(state)
+def forward_backward(run: Run, objective: Objective, cfg: TrainConfig) -> tuple[float, int, dict[str, float]]:
+    """Gradients of one optimizer step, accumulated over cfg.grad_accum micro-batches; the step's loss, the tokens
+    read and the objective's stats, each over all ranks."""
+    loss_sum, step_tokens, stats = 0.0, 0, defaultdict(float)
+    for micro in range(cfg.grad_accum):
+        with autocast(cfg.precision, run.device):
+            mb = objective.micro_batch(run.model, run.state.step * cfg.grad_accum + micro, run.device, run.rank,
+                                       run.world)
+        # Mean over the items of each whole micro-batch (all ranks'), averaged over micro-batches. FSDP
+        # averages gradients over ranks, so each rank's part is scaled by `world` to make that a sum.
+        (n,) = distributed.all_sum([float(mb.count)], run.device)
+        scale = run.world / max(1.0, n) / cfg.grad_accum
+        (mb.loss_sum * scale).backward()
+        loss_sum += mb.loss_sum.item() * scale / run.world
+        step_tokens += mb.tokens
+        for k, v in mb.stats.items():
+            stats[k] += float(v) * scale / run.world
+    keys = sorted(stats)
+    loss_sum, step_tokens, *summed = distributed.all_sum([loss_sum, step_tokens, *(stats[k] for k in keys)],
+                                                         run.device)
+    return loss_sum, int(step_tokens), dict(zip(keys, summed))
 
-    wall = time.perf_counter() - start
+
+def diverged(run: Run, loss: float, label: str) -> UserError:
+    last = run.checkpoints.steps()
+    where = f"step {last[-1]} in {run.checkpoints.root}" if last else "none was written yet"
+    return UserError(
+        f"{label}: loss became {loss} at step {run.state.step + 1}; stopped without saving that step "
+        f"(last good checkpoint: {where}). Lower the lr or raise warmup_steps."
+    )
+
+
+def optimizer_step(run: Run, grad_clip: float, tokens: int) -> float:
+    """Clip, step the optimizer and the lr schedule, and count the step; the gradient norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip or float("inf"))
+    if isinstance(grad_norm, torch.distributed.tensor.DTensor):
+        grad_norm = grad_norm.full_tensor()
+    state = run.state
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.tokens_seen += tokens
+    return float(grad_norm)
+
+
+def metrics_row(state: TrainState, loss: float, grad_norm: float, tokens_per_s: float, stats: dict[str, float]) -> dict:
+    """The step's line of metrics.jsonl (`lr` is the next step's: the schedule has stepped)."""
+    return {
+        "step": state.step,
+        "loss": round(loss, 5),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "grad_norm": round(grad_norm, 4),
+        "tokens": state.tokens_seen,
+        "tokens_per_s": round(tokens_per_s, 1),
+        **{k: round(v, 5) for k, v in stats.items()},
+    }
+
+
+def finish_run(run: Run, model: torch.nn.Module, label: str, wall: float, trained_tokens: int) -> LoopResult:
+    """The trained weights back in the caller's model (on rank 0 under torchrun), and the run's figures."""
     if distributed.active():
-        full = distributed.full_state_dict(trained)
-        if main:
+        full = distributed.full_state_dict(run.model)
+        if run.main:
             model.load_state_dict(full)
-            model.to(device)
+            model.to(run.device)
         distributed.wait_for_main(f"{label}'s trained weights")  # the metrics log is whole once rank 0 is here
-    rows = read_metrics(metrics_path)  # also right when a resumed run had no step left to take
+    rows = read_metrics(run.metrics_path)  # also right when a resumed run had no step left to take
     val_rows_logged = [r["val_loss"] for r in rows if "val_loss" in r]
     return LoopResult(
-        steps=state.step,
-        tokens=state.tokens_seen,
+        steps=run.state.step,
+        tokens=run.state.tokens_seen,
         final_loss=rows[-1]["loss"] if rows else float("nan"),
         final_val_loss=val_rows_logged[-1] if val_rows_logged else None,
         wall_time_s=wall,
         tokens_per_s=trained_tokens / wall if wall > 0 else 0.0,
-        resumed_from=resumed_from,
+        resumed_from=run.resumed_from,
     )

@@ -1,13 +1,17 @@
-"""Training objectives for the shared loop: next-token cross-entropy over positions that carry a label."""
+"""Training objectives for the shared loop: next-token cross-entropy over positions that carry a label, and the
+unigram floor a trained model's held-out loss is read against."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phiforge.data.packing import IGNORE, Packed, batch_at
+from phiforge.data.batches import batch_at
+from phiforge.data.layouts import IGNORE
+from phiforge.data.shards import Packed
 
 
 @dataclass
@@ -75,3 +79,15 @@ def mean_loss(model: torch.nn.Module, data: Packed, batch_size: int, max_rows: i
     model.train(was_training)
     return total / max(1, count)
 
+
+
+def unigram_loss(train: Packed, val: Packed, vocab_size: int) -> float:
+    """Cross-entropy of the held-out tokens under add-one-smoothed training unigram frequencies.
+
+    The floor any model that learned something beyond token frequencies must beat. Counted shard by shard.
+    """
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for shard in train.tokens:
+        counts += np.bincount(shard[:, 1:].ravel(), minlength=vocab_size)[:vocab_size]
+    logp = np.log(counts / counts.sum())
+    return float(-np.concatenate([logp[shard[:, 1:].ravel()] for shard in val.tokens]).mean())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -36,5 +37,17 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of every step, resolved before training: `peak` times lr_factor(step, cfg) (warmup and
+    decay from cfg). A stage whose peak is not its section's `lr` (midtraining's pretrain.lr * lr_scale) says so here."""
+
+    peak: float
+    cfg: TrainConfig
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """Multiplies the optimizer's lr (the schedule's peak) by lr_factor at each step."""
+    cfg = schedule.cfg
+    # A plain function, so the scheduler's state_dict (in every checkpoint) holds no state of it.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))

@@ -8,17 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from phiforge import progress
-from phiforge.data.corpus import source_docs
-from phiforge.data.packing import (DocRefs, Documents, Stream, mix_documents, mixture_table, over_epoch_limit,
-                                   read_index, write_shards)
+from phiforge.data.documents import DocRefs, Documents, tokenized
+from phiforge.data.layouts import Stream
+from phiforge.data.mixture import mix_documents, mixture_table, over_epoch_limit
+from phiforge.data.shards import cached_packed, read_index, write_shards
+from phiforge.data.sources import source_docs
 from phiforge.errors import UserError
 from phiforge.model import build_model, config_for_tokenizer, extend_context, load_config, load_model
 from phiforge.rundir import StageResult
 from phiforge.stage import TRAINING_OUTPUTS, Stage, StageContext
 from phiforge.tokenizer import document_separator_id, load_tokenizer
-from phiforge.train.export import cached_packed, export_model, tokenized, unigram_loss
+from phiforge.train.export import export_model
 from phiforge.train.loop import train
-from phiforge.train.loss import NextTokenLoss
+from phiforge.train.loss import NextTokenLoss, unigram_loss
+from phiforge.train.optim import LRSchedule
 
 log = logging.getLogger("phiforge")
 
@@ -66,7 +69,7 @@ def run_pretrain(ctx: StageContext) -> StageResult:
              len(data.tokens))
 
     objective = NextTokenLoss(data, val, cfg.batch_size, seed, cfg.compile)
-    result = train(model, cfg, cfg.lr, objective, ctx.out, "pretrain")
+    result = train(model, cfg, LRSchedule(cfg.lr, cfg), objective, ctx.out, "pretrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         metrics={
@@ -121,7 +124,7 @@ def run_midtrain(ctx: StageContext) -> StageResult:
     log.info("midtrain: context %d, rope base %g, lr %.2e, %d rows in %d shards", context, cfg.rope_theta, lr,
              len(data), len(data.tokens))
     objective = NextTokenLoss(data, val, cfg.batch_size, seed + 1, cfg.compile)
-    result = train(model, cfg, lr, objective, ctx.out, "midtrain")
+    result = train(model, cfg, LRSchedule(lr, cfg), objective, ctx.out, "midtrain")
     export_model(model, tok, ctx.out / "model")
     return StageResult(
         metrics={
