@@ -14,7 +14,7 @@ from phiforge.posttrain.pts.config import PTSConfig
 from phiforge.posttrain.pts.estimates import Estimate, gap_bounds, split_point
 from phiforge.posttrain.pts.sampler import head, sample
 from phiforge.synth.verify import verify
-from phiforge.tokenizer import chat_prompt_ids, stop_ids
+from phiforge.tokenizer import chat_prompt_ids, pad_id, stop_ids
 
 Prefix = tuple[int, ...]  # solution token ids after the chat prompt
 
@@ -32,9 +32,8 @@ class ProblemResult:
 
 
 def eos_and_pad(tok: PreTrainedTokenizerBase) -> tuple[set[int], int]:
-    """The ids that end a reply, and the id that pads a batch (an end id when the tokenizer has no pad)."""
-    eos = set(stop_ids(tok))
-    return eos, tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+    """The ids that end a reply, and the id that pads a batch."""
+    return set(stop_ids(tok)), pad_id(tok)
 
 
 @dataclass
