@@ -52,6 +52,15 @@ def test_bad_launch_input_is_one_error_line(tmp_path, args, message):
     assert not (tmp_path / "run" / "slurm.sbatch").exists()
 
 
+def test_a_run_directory_that_would_break_a_directive_line_is_refused(tmp_path):
+    for name in ("two words", "x\nrm -rf ~"):  # a newline would make the rest of the name a line of the script
+        proc = phiforge("launch", "slurm", "smoke", "--gpus-per-node", "1", "--run-dir", tmp_path / name, check=False)
+        assert proc.returncode == 2
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "cannot hold whitespace" in line
+        assert not (tmp_path / name / "slurm.sbatch").exists()
+
+
 def test_submit_without_sbatch_is_one_error_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "phiforge.cli", "launch", "slurm", "smoke", "--gpus-per-node", "1",
                            "--run-dir", str(tmp_path / "run"), "--submit"],

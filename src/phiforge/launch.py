@@ -46,6 +46,10 @@ def sbatch_script(recipe: Path, run_dir: Path, nodes: int, procs_per_node: int, 
         directives["partition"] = partition
     if time:
         directives["time"] = time
+    for key, value in directives.items():  # a directive line is not shell-quoted: whitespace would cut it short,
+        if value is not None and any(c.isspace() for c in str(value)):  # and a newline would start a shell line
+            raise UserError(f"{value!r}: sbatch's --{key} cannot hold whitespace; choose a run directory (and a "
+                            f"working directory) without spaces or newlines")
     header = [f"#SBATCH --{k}" if v is None else f"#SBATCH --{k}={v}" for k, v in directives.items()]
     # The Python that wrote this script runs every rank (torchrun's -m), so the job uses this installation
     # of phiforge whatever PATH a node's shell sets up.
