@@ -15,12 +15,14 @@ from conftest import SMOKE, phiforge
 from phiforge.errors import UserError
 from phiforge.rundir import LOCK_FILE, run_dir_lock
 
-# Takes the lock, says so, then waits; with "fork", a forked child that outlives it keeps waiting.
+# Takes the lock, says so, then waits; with "fork", a forked child that outlives it keeps waiting. The child
+# says when it runs, so the test never races the child's start (its after-fork hook is what drops the lock).
 HOLDER = """
 import os, sys, time
 from phiforge.rundir import run_dir_lock
 with run_dir_lock(sys.argv[1]):
     if sys.argv[2] == "fork" and os.fork() == 0:
+        print("child", flush=True)
         time.sleep(600)
         os._exit(0)
     print("held", flush=True)
@@ -31,7 +33,8 @@ with run_dir_lock(sys.argv[1]):
 def hold(run_dir: Path, fork: bool = False) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), "fork" if fork else "-"],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout.readline() == "held\n"
+    lines = sorted(proc.stdout.readline() for _ in range(2 if fork else 1))
+    assert lines == (["child\n", "held\n"] if fork else ["held\n"])
     return proc
 
 
