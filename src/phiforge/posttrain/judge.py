@@ -10,7 +10,6 @@ judge's prompt, raw answer and parsed scores.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -19,6 +18,7 @@ from phiforge.config import values_of
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.generation.base import Backend, Messages, Sampling, expected_score
+from phiforge.generation.judging import DIGITS, greedy_answers, last_score, score_pattern, transcript
 from phiforge.posttrain.dpo import _messages
 from phiforge.posttrain.judge_config import JudgeConfig
 from phiforge.progress import bar_label
@@ -52,7 +52,6 @@ DIMENSION_RUBRICS = {
     "style": "Is the response clear, well organised and in a helpful tone, without padding?",
     "detail": "Does the response give the explanation or steps the question needs, neither too little nor too much?",
 }
-DIGITS = [str(k) for k in range(6)]
 # Worked examples as earlier turns, a high and a low grade per dimension: a small judge answers with a digit only
 # when shown it (as for the quality labels).
 DIMENSION_SHOTS = {
@@ -63,8 +62,7 @@ DIMENSION_SHOTS = {
 
 
 def _graded_turn(conversation: Messages, response: str, dimension: str) -> dict[str, str]:
-    shown = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
-    return {"role": "user", "content": f"[Conversation]\n{shown}\n\n[Response]\n{response}\n\n{dimension.capitalize()} (0-5):"}
+    return {"role": "user", "content": f"[Conversation]\n{transcript(conversation)}\n\n[Response]\n{response}\n\n{dimension.capitalize()} (0-5):"}
 
 
 def dimension_messages(conversation: Messages, response: str, dimension: str) -> Messages:
@@ -77,22 +75,20 @@ def dimension_messages(conversation: Messages, response: str, dimension: str) ->
 
 
 # "Accuracy: 8", "**Style**: 7/10", '"detail": 9' (JSON); the last mention of each dimension counts.
-_SCORE = {d: re.compile(rf"\b{d}\b[*\"'\s]*[:=][*\s]*(\d+(?:\.\d+)?)", re.IGNORECASE) for d in DIMENSIONS}
+_SCORE = {d: score_pattern(d) for d in DIMENSIONS}
 
 
 def judge_messages(conversation: Messages, response: str) -> Messages:
-    shown = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
-    return [{"role": "user", "content": RUBRIC.format(conversation=shown, response=response)}]
+    return [{"role": "user", "content": RUBRIC.format(conversation=transcript(conversation), response=response)}]
 
 
 def parse_scores(answer: str) -> dict[str, float] | None:
     """The three 0-10 scores in a judge's answer, or None when any is missing or out of range."""
     scores = {}
     for dim, pattern in _SCORE.items():
-        found = pattern.findall(answer)
-        if not found or not 0 <= float(found[-1]) <= 10:
+        if (score := last_score(answer, pattern, 0, 10)) is None:
             return None
-        scores[dim] = float(found[-1])
+        scores[dim] = score
     return scores
 
 
@@ -127,7 +123,7 @@ def judge_prompts(policy: Backend, judge: Backend, conversations: list[Messages]
         return [[probs_grade(r, [next(probs) for _ in DIMENSIONS], next(accuracy_asks)) for r in rs]
                 for rs in responses]
     asks = [judge_messages(c, r) for c, rs in zip(conversations, responses) for r in rs]
-    answers = iter(a[0] for a in judge.chat(asks, Sampling(temperature=0.0, max_tokens=cfg.judge_max_tokens), 1))
+    answers = iter(greedy_answers(judge, asks, cfg.judge_max_tokens))
     asked = iter(asks)
     graded = []
     for rs in responses:
