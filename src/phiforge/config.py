@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]  # a data row's text field
 
 RECIPE_DIR = "recipe_dir"  # the validation context key load_recipe sets: the recipe file's directory
 

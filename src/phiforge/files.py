@@ -17,9 +17,13 @@ import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from phiforge.errors import UserError
+
+Row = TypeVar("Row", bound=BaseModel)
 
 OUTPUT_MARKER = ".phiforge-output"  # inside every directory atomic_path wrote: only those are ever replaced
 # atomic_path's temporaries: ".NAME." + mkdtemp's 8 random characters + ".tmp"
@@ -141,7 +145,25 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> None:
 
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Yield the rows of a jsonl file; a malformed line is a UserError naming file and line."""
+    return (row for _, row in numbered_jsonl(path))
 
+
+def read_jsonl_as(path: Path, model: type[Row]) -> list[Row]:
+    """The rows of a jsonl file as pydantic models; a malformed or invalid line is a UserError naming file, line
+    and the first wrong field."""
+    rows = []
+    for lineno, row in numbered_jsonl(path):
+        try:
+            rows.append(model.model_validate(row))
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(map(str, first["loc"])) or "row"
+            raise UserError(f"{path}:{lineno}: {field}: {first['msg']}") from None
+    return rows
+
+
+def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for each row of a jsonl file, blank lines skipped."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -155,7 +177,7 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-            yield row
+            yield lineno, row
 
 
 def read_rows(path: Path) -> Iterator[dict[str, Any]]:

@@ -1,9 +1,12 @@
-"""Proportions with their uncertainty, shared by evaluation and post-training: Wilson intervals, and McNemar's
-exact test for two models scored on the same items."""
+"""Proportions and means with their uncertainty, shared by evaluation and post-training: Wilson intervals, a seeded
+bootstrap interval of a mean, and McNemar's exact test for two models scored on the same items."""
 
 from __future__ import annotations
 
-from scipy.stats import binomtest
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import binomtest, bootstrap
 
 
 def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -11,6 +14,18 @@ def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float
     if n == 0:
         return 0.0, 1.0
     ci = binomtest(correct, n).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_mean(values: Sequence[float], seed: int, resamples: int = 2000, bounds: tuple[float, float] = (0.0, 1.0),
+                   confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of independent units (one value per prompt), seeded. Percentile
+    rather than BCa: BCa is undefined when every value is the same (a model that wins every prompt). Fewer than two
+    values bound nothing: the scale's `bounds`."""
+    if len(values) < 2:
+        return bounds
+    ci = bootstrap((np.asarray(values, dtype=float),), np.mean, n_resamples=resamples, confidence_level=confidence,
+                   method="percentile", rng=np.random.default_rng(seed)).confidence_interval
     return float(ci.low), float(ci.high)
 
 

@@ -34,6 +34,7 @@ def last_score(answer: str, pattern: re.Pattern[str], low: float, high: float) -
     return float(found[-1])
 
 
-def greedy_answers(judge: Backend, asks: Sequence[Messages], max_tokens: int) -> list[str]:
-    """The judge's one greedy answer to each question: a grade should not depend on a sampling seed."""
-    return [a[0] for a in judge.chat(asks, Sampling(temperature=0.0, max_tokens=max_tokens), 1)]
+def greedy_answers(backend: Backend, asks: Sequence[Messages], max_tokens: int) -> list[str]:
+    """A backend's one greedy answer to each conversation: a grade, or an answer being graded, should not depend
+    on a sampling seed."""
+    return [a[0] for a in backend.chat(asks, Sampling(temperature=0.0, max_tokens=max_tokens), 1)]
