@@ -20,22 +20,23 @@ from phiforge.generation.hf import HFBackend
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--judge", default="smollm2", help="smollm2 or an HF model directory")
+    ap.add_argument("judge", nargs="?", default="smollm2", help="smollm2 or an HF model directory")
     ap.add_argument("--safety-tokens", type=int, default=32, help="tokens per reply to the safety prompts")
-    ap.add_argument("--threads", type=int, default=1)
+    # One thread: on cores other jobs keep busy, torch's two spin-waiting threads ran 7x slower (docs/benchmarks.md).
+    torch.set_num_threads(1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     judge = HFBackend(args.judge, batch_size=16)
     questions, right, wrong = (list(column) for column in zip(*PAIRS))
     for method in ("probs", "generate"):
-        compared = compare_answers(questions, right, wrong, judge, ComparisonConfig(method=method, judge_max_tokens=96))
+        cfg = ComparisonConfig(method=method, judge_max_tokens=96)
+        compared = compare_answers(questions, right, wrong, judge, cfg)
         print(f"comparison ({method}), right answers as the candidate:",
               json.dumps({k: compared[k] for k in ("win_rate", "ci95", "n", "unparseable", "ties",
                                                    "position_consistency", "first_position_wins")}))
     items = [JudgedItem(question=q, notes=f"A right answer agrees with: {r}") for q, r in zip(questions, right)]
     for method in ("probs", "generate"):
         cfg = JudgedItemsConfig(method=method, judge_max_tokens=96)
-        scores = {name: score_answers(items, answers, judge, cfg) for name, answers in (("right", right), ("wrong", wrong))}
+        scores = {"right": score_answers(items, right, judge, cfg), "wrong": score_answers(items, wrong, judge, cfg)}
         print(f"items ({method}):", json.dumps({name: {k: s[k] for k in ("mean_score", "ci95", "n", "unparseable")}
                                                 for name, s in scores.items()}))
     safety = safety_scores(judge, SafetyConfig(max_tokens=args.safety_tokens))

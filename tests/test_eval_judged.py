@@ -10,8 +10,8 @@ import re
 import pytest
 
 from phiforge.errors import UserError
-from phiforge.eval.judged import (BUILTIN_ITEMS, ComparisonConfig, JudgedItemsConfig, compare_answers, judged_comparison,
-                                  judged_items, parse_verdict)
+from phiforge.eval.judged import (BUILTIN_ITEMS, ComparisonConfig, JudgedItemsConfig, compare_answers,
+                                  judged_comparison, judged_items, parse_verdict)
 from phiforge.generation.fake import FakeBackend
 
 COLOURS = ["red", "green", "blue", "amber", "violet", "teal"]
@@ -53,8 +53,12 @@ def items_file(tmp_path):
         for k, c in enumerate(COLOURS)])
 
 
+def flag(question):
+    return int(re.search(r"flag (\d+)", question).group(1))
+
+
 def colour_of(question):
-    return COLOURS[int(re.search(r"flag (\d+)", question).group(1))]
+    return COLOURS[flag(question)]
 
 
 def test_answers_that_meet_the_notes_score_high_and_answers_that_miss_them_low(items_file):
@@ -64,22 +68,22 @@ def test_answers_that_meet_the_notes_score_high_and_answers_that_miss_them_low(i
     assert right["mean_score"] == 9 and right["ci95"] == [9, 9] and right["n"] == right["items"] == 6
     assert right["unparseable"] == 0 and right["scale"] == [0, 10]
     row = right["rows"][2]
-    assert row["answer"] == "It is blue." and row["notes"].endswith("colour blue.") and "Score: 9" in row["judge_answer"]
+    assert row["answer"] == "It is blue." and row["notes"].endswith("colour blue.")
+    assert "Score: 9" in row["judge_answer"]
     wrong = judged_items(answerer(lambda q: "It is grey."), judge, cfg)
     assert wrong["mean_score"] == 1 and wrong["n"] == 6
     # Half right: a mean of 5 whose interval lies inside the scale and around it, the same for the same seed.
-    half = judged_items(answerer(lambda q: f"It is {colour_of(q) if 'flag 1' in q or 'flag 3' in q or 'flag 5' in q else 'grey'}."),
-                        judge, cfg, seed=3)
+    odd_flags = answerer(lambda q: f"It is {colour_of(q) if flag(q) % 2 else 'grey'}.")
+    half = judged_items(odd_flags, judge, cfg, seed=3)
     assert half["mean_score"] == 5 and 1 <= half["ci95"][0] < 5 < half["ci95"][1] <= 9
-    assert judged_items(answerer(lambda q: f"It is {colour_of(q) if 'flag 1' in q or 'flag 3' in q or 'flag 5' in q else 'grey'}."),
-                        judge, cfg, seed=3)["ci95"] == half["ci95"]
-
+    assert judged_items(odd_flags, judge, cfg, seed=3)["ci95"] == half["ci95"]
 
 def test_unreadable_judge_scores_are_counted_and_left_out(items_file):
     answers = {0: "mumble", 1: "SHOUT red", 2: "It is blue."}  # no score, a score out of range, a right answer
-    model = answerer(lambda q: answers.get(int(re.search(r"flag (\d+)", q).group(1)), "It is grey."))
+    model = answerer(lambda q: answers.get(flag(q), "It is grey."))
     result = judged_items(model, FakeBackend(notes_judge), JudgedItemsConfig(items=items_file))
-    assert result["unparseable"] == 2 and result["n"] == 4 and result["mean_score"] == pytest.approx((9 + 1 + 1 + 1) / 4)
+    assert result["unparseable"] == 2 and result["n"] == 4
+    assert result["mean_score"] == pytest.approx((9 + 1 + 1 + 1) / 4)
     assert [r["score"] for r in result["rows"]][:3] == [None, None, 9]
     assert result["rows"][0]["judge_answer"] == "Hard to say."
 

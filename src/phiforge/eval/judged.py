@@ -206,7 +206,8 @@ def compare_answers(prompts: list[str], candidate: list[str], baseline: list[str
         "win_rate": _round(sum(scores) / len(scores) if scores else None), "ci95": [_round(low), _round(high)],
         "n": len(scores), "prompts": len(prompts), "games": len(judged) - unparseable, "unparseable": unparseable,
         "ties": sum(v == "A=B" for _, v in judged),
-        "position_consistency": {"consistent": consistent, "n": both, "rate": _round(consistent / both if both else None)},
+        "position_consistency": {"consistent": consistent, "n": both,
+                                 "rate": _round(consistent / both if both else None)},
         # share of decisive games won by the answer shown first: 0.5 for a judge without position bias
         "first_position_wins": _round(first_wins / decisive if decisive else None),
         "judge": judge.model, "method": cfg.method, "seed": seed, "rows": rows,
@@ -262,8 +263,8 @@ def score_answers(items: list[JudgedItem], answers: list[str], judge: Backend, c
             judged.append((p, None if expected is None else 2 * expected))  # 0-5 doubled to the 0-10 scale
     else:
         judged = [(a, last_score(a, _SCORE, *SCALE)) for a in greedy_answers(judge, asks, cfg.judge_max_tokens)]
-    rows = [{"question": item.question, "notes": item.notes, "answer": a, "judge_answer": raw, "score": _round(score)}
-            for item, a, (raw, score) in zip(items, answers, judged)]
+    rows = [{"question": item.question, "notes": item.notes, "answer": a, "judge_answer": raw,
+             "score": _round(score)} for item, a, (raw, score) in zip(items, answers, judged)]
     scores = [s for _, s in judged if s is not None]
     unparseable = len(judged) - len(scores)
     if unparseable:
