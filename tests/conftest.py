@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +27,55 @@ def _run(command: list[str], args: tuple, cwd: Path | None, check: bool, env: di
     return proc
 
 
+class _Zygote:
+    """tests/cli_zygote.py, started on first use: each `phiforge(...)` runs in a process of its own forked from it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+        self.files = Path(tempfile.mkdtemp(prefix="phiforge-zygote-"))
+
+    def start(self) -> subprocess.Popen:
+        # the environment main() would give itself before the imports that read it (hub offline, rich's width)
+        env = dict(os.environ, COLUMNS="200", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_zygote.py"))], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if json.loads(proc.stdout.readline() or "{}") != {"ready": True}:
+            raise RuntimeError(f"tests/cli_zygote.py did not start (exit {proc.wait()})")
+        return proc
+
+    def run(self, args: list[str], cwd: Path | None) -> subprocess.CompletedProcess:
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = self.start()
+            out, err = self.files / "stdout", self.files / "stderr"
+            request = {"args": args, "cwd": str(cwd or Path.cwd()), "env": dict(os.environ, COLUMNS="200"),
+                       "stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            reply = self.proc.stdout.readline()
+            if not reply:
+                raise RuntimeError(f"tests/cli_zygote.py died running phiforge {' '.join(args)}")
+            return subprocess.CompletedProcess(["phiforge", *args], json.loads(reply)["returncode"],
+                                               out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait()
+        shutil.rmtree(self.files, ignore_errors=True)
+
+
+_zygote = _Zygote()
+atexit.register(_zygote.stop)
+
+
 def phiforge(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the checkout's CLI as a user would, in a subprocess."""
-    return _run([sys.executable, "-m", "phiforge.cli"], args, cwd, check)
+    """Run the checkout's CLI as a user would, in a process of its own (forked from tests/cli_zygote.py)."""
+    proc = _zygote.run([str(a) for a in args], cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"phiforge {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
 
 
 @dataclass(frozen=True)
