@@ -181,3 +181,16 @@ def checkpoint_table(by_model: dict[str, dict]) -> list[str]:
             cells.append(f"{_cell(score)} n={score['n']}" if score else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def training_texts(files: list[Path], field: str = "text") -> list[str]:
+    """The documents of jsonl or parquet files, for the contamination check."""
+    from phiforge.files import read_rows
+
+    texts = []
+    for path in files:
+        for line, r in enumerate(read_rows(path), 1):
+            if not isinstance(r, dict) or not isinstance(r.get(field), str):
+                raise UserError(f"{path}: row {line} has no {field!r} text field")
+            texts.append(r[field])
+    return texts
