@@ -66,8 +66,8 @@ def load_suite(spec: str | Path) -> list[SuiteTask]:
             tasks.append(SUITE_TASKS[entry["task"]].model_validate(entry, context={RECIPE_DIR: path.parent.resolve()}))
         except ValidationError as e:
             err = e.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or "task"
-            raise UserError(f"{where}: {field}: {err['msg']}") from None
+            loc = ".".join(str(x) for x in err["loc"])
+            raise UserError(f"{where}: {loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}") from None
     labels = [t.label for t in tasks]
     if dupes := sorted({x for x in labels if labels.count(x) > 1}):
         raise UserError(f"{path}: two tasks are named {dupes[0]!r}; give each a `name:`")
