@@ -90,7 +90,8 @@ def test_humaneval_canonical_solutions_pass_broken_and_hanging_ones_fail_with_re
 
 
 def test_a_user_code_file_is_scored_and_a_malformed_row_is_named(tmp_path):
-    good = {"prompt": 'def double(x):\n    """Twice x."""\n', "test": "def check(f):\n    assert f(2) == 4\n", "entry_point": "double"}
+    good = {"prompt": 'def double(x):\n    """Twice x."""\n', "test": "def check(f):\n    assert f(2) == 4\n",
+            "entry_point": "double"}
     path = _qa(tmp_path, [good, {**good, "test": "def check(f):\n    assert f(3) == 7\n"}], "code.jsonl")
     (task,) = _suite(tmp_path, f"- task: code\n  path: {path}\n")
     result = run_suite(_model(lambda p, i: "```python\ndef double(x):\n    return 2 * x\n```"), [task], tmp_path / "o")
@@ -223,4 +224,39 @@ def test_phiforge_eval_on_an_hf_directory_and_one_without_a_tokenizer(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert result["tasks"]["math"]["scores"]["greedy"]["value"] == 0.5
     assert result["tasks"]["math"]["contamination"] == {"checked": False, "why": "no training data given"}
-    assert (out / "cache" / "requests.sqlite").is_file() and "| math | greedy | 0.500" in (out / "results.md").read_text()
+    assert (out / "cache" / "requests.sqlite").is_file()
+    assert "| math | greedy | 0.500 [0.09, 0.91] | 2 | not checked |" in (out / "results.md").read_text()
+
+
+def test_the_eval_stage_runs_its_suite_on_every_checkpoint_and_the_report_shows_the_table(smoke_run, tmp_path,
+                                                                                         copy_stages):
+    import yaml
+
+    from conftest import SMOKE
+    from phiforge.pipeline import run_stage
+    from phiforge.recipe import load_recipe
+    from phiforge.stages import STAGES
+
+    suite = tmp_path / "small.yaml"
+    suite.write_text("- task: math\n  n: 6\n  max_tokens: 24\n- task: long_context\n  kinds: [passkey]\n"
+                     "  lengths: [64, 100000]\n  trials: 2\n  max_tokens: 8\n")
+    data = yaml.safe_load(SMOKE.read_text())
+    data["eval"].update(tasks=["perplexity"], perplexity_tokens=512, suite=str(suite))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    recipe, run_dir = load_recipe(tmp_path / "r.yaml"), tmp_path / "run"
+    run_dir.mkdir()
+    copy_stages(smoke_run, run_dir, "corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft")
+    by_name = {s.name: s for s in STAGES}
+    run_stage(recipe, run_dir, by_name["eval"])
+    run_stage(recipe, run_dir, by_name["report"])
+    table = json.loads((run_dir / "eval" / "suite.json").read_text())
+    assert list(table) == ["pretrain", "midtrain", "sft"]  # the untrained model has no directory to serve
+    for name, res in table.items():
+        math = res["tasks"]["math"]
+        assert math["scores"]["greedy"]["n"] == 6 and len(math["scores"]["greedy"]["ci95"]) == 2
+        assert math["contamination"]["checked"] and math["contamination"]["training_documents"] > 100
+        assert "100000" in res["tasks"]["long_context"]["notes"]["skipped_lengths"]
+        rows = (run_dir / "eval" / "suite" / name / "results.jsonl").read_text().splitlines()
+        assert len(rows) == 6 + 2
+    report = (run_dir / "report.md").read_text()
+    assert f"**Suite `{suite}`**" in report and "| sft | " in report and "math greedy" in report

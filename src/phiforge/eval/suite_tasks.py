@@ -319,7 +319,8 @@ class SimpleQATask(SuiteTask):
             rows.append(row(item, r, grade == "correct", r.error or grade, grade=grade))
         facts = np.array([simpleqa.GRADES.index(x["grade"]) for x in rows if not x["bogus"]])
         scores = {g: proportion(list(facts == k)) for k, g in enumerate(simpleqa.GRADES)}
-        scores["f_score"] = statistic(facts, lambda codes: simpleqa.rates([simpleqa.GRADES[c] for c in codes])["f_score"])
+        scores["f_score"] = statistic(facts, lambda codes: simpleqa.rates([simpleqa.GRADES[c] for c in codes])[
+            "f_score"])
         bogus = [x["grade"] == "not_attempted" for x in rows if x["bogus"]]
         if bogus:
             scores["bogus_declined"] = proportion(bogus)
