@@ -496,6 +496,44 @@ def decontaminate(
     console.print(f"kept {result['kept']:,} documents in {out}; full list in {report}")
 
 
+@app.command("eval")
+def eval_command(
+    target: Annotated[Optional[Path], typer.Argument(metavar="MODEL_DIR|RECIPE", help="With --suite: an HF causal LM directory; without: a recipe, whose eval stage runs.")] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="A suite YAML file or a built-in suite's name (--list-suites).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where results.json, results.jsonl and results.md go (default: eval-MODEL).")] = None,
+    train_data: Annotated[Optional[list[Path]], typer.Option("--train-data", help="Training documents (jsonl or parquet with a text field) for the contamination check; repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 16,
+    list_suites: Annotated[bool, typer.Option("--list-suites", help="List the built-in suites and exit.")] = False,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Score MODEL_DIR on a suite (verified math, code in the sandbox, long context, instruction following,
+    factuality), every score with n and a 95% interval; or, given a RECIPE and no --suite, run its eval stage."""
+    if list_suites:
+        from phiforge.eval.suite import builtin_suites
+
+        for name, what in builtin_suites().items():
+            print(f"{name:12s} {what}")
+        return
+    if target is None:
+        raise UserError("eval needs a MODEL_DIR with --suite, or a RECIPE (--list-suites lists the suites)")
+    if suite is None:
+        if out is not None or train_data:
+            raise UserError("--out and --train-data go with --suite; a RECIPE's eval stage writes to its run directory")
+        run_stage_command("eval", target, run_dir)
+        return
+    if run_dir is not None:
+        raise UserError("--run-dir goes with a RECIPE; a suite run writes to --out")
+    from phiforge.eval.suite import load_suite, open_model, run_suite, score_table, training_texts
+
+    _setup_logging()
+    tasks = load_suite(suite)  # a bad suite fails before the model loads
+    training = training_texts(train_data) if train_data else None
+    out = out or Path(f"eval-{target.resolve().name}")
+    results = run_suite(open_model(target, batch_size, out / "cache"), tasks, out, training)
+    print("\n".join(score_table(results)))
+    console.print(f"[green]done[/]: {out / 'results.json'}, {out / 'results.jsonl'} (one row per item), {out / 'results.md'}")
+
+
 recipes_app = typer.Typer(no_args_is_help=True, help="The built-in recipes: run one by name, or copy one to edit.")
 app.add_typer(recipes_app, name="recipes")
 

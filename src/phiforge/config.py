@@ -28,8 +28,11 @@ class Section(BaseModel):
 
     def digest(self) -> str:
         """Stable hash of this section: a finished stage is reused only when it matches."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest_of(self.model_dump(mode="json"))
+
+
+def digest_of(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _beside_recipe(value: object, info: ValidationInfo) -> object:

@@ -93,11 +93,11 @@ KINDS = ("max_words", "min_words", "sentences", "bullets", "json", "lowercase", 
          "forbidden_words", "no_commas", "ending")
 
 
-def instruction_set(n: int, seed: int) -> list[tuple[str, Instruction]]:
-    """n (prompt, instruction) pairs, every kind in turn, topics and parameters drawn from seed."""
+def instruction_set(n: int, seed: int, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, Instruction]]:
+    """n (prompt, instruction) pairs, each of `kinds` in turn, topics and parameters drawn from seed."""
     rng = random.Random(seed)
     items = []
     for i in range(n):
-        inst = _instruction(KINDS[i % len(KINDS)], rng)
+        inst = _instruction(kinds[i % len(kinds)], rng)
         items.append((f"{rng.choice(TOPICS)} {inst.text}", inst))
     return items

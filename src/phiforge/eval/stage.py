@@ -12,7 +12,7 @@ import torch
 from phiforge import progress
 from phiforge.data.sources import source_docs
 from phiforge.eval.tasks import TASKS, EvalInput, load_problems
-from phiforge.files import write_json
+from phiforge.files import write_json, write_text
 from phiforge.model import build_model, load_config, load_model
 from phiforge.recipe import Recipe
 from phiforge.rundir import StageDir, StageResult, append_metrics
@@ -48,11 +48,37 @@ def evaluate(name: str, model, tok, ctx: StageContext, heldout: list[str], probl
     return results
 
 
+def run_suite_on_models(ctx: StageContext, models: dict[str, Path | None]) -> dict:
+    """eval.suite on every model with a directory (the untrained one has none), each in suite/NAME/, with the
+    run's training documents for the contamination check; suite.json and suite.md hold the table, a row a model."""
+    from phiforge.eval.suite import checkpoint_table, load_suite, open_model, run_suite
+
+    tasks = load_suite(ctx.recipe.eval.suite)
+    training = [d for name in ctx.recipe.data_sources() for d in source_docs(ctx, name, "train")]
+    checked: dict[str, dict] = {}  # the checkpoints share their eval sets: each is checked once
+    by_model = {}
+    for name, path in models.items():
+        if path is None:
+            continue
+        out = ctx.out / "suite" / name
+        if (out / "results.json").is_file():  # resumable: a model already scored is not scored again
+            by_model[name] = json.loads((out / "results.json").read_text())
+            continue
+        model = open_model(path, ctx.recipe.eval.batch_size, ctx.out / "suite" / "cache")
+        by_model[name] = run_suite(model, tasks, out, training, checked)
+    write_json(ctx.out / "suite.json", by_model)
+    write_text(ctx.out / "suite.md", "\n".join(checkpoint_table(by_model)) + "\n")
+    return by_model
+
+
 def run(ctx: StageContext) -> StageResult:
     heldout = [d for name in ctx.recipe.data_sources() for d in source_docs(ctx, name, "heldout")]
     problems = load_problems(ctx.input("corpus", "problems"))
+    models = models_to_evaluate(ctx)
+    if ctx.recipe.eval.suite is not None:
+        run_suite_on_models(ctx, models)
     all_results = {}
-    for name, path in models_to_evaluate(ctx).items():
+    for name, path in models.items():
         cached = ctx.out / "models" / f"{name}.json"
         if cached.is_file():  # resumable: a model already scored is not scored again
             all_results[name] = json.loads(cached.read_text())
@@ -80,5 +106,5 @@ def _estimate(recipe: Recipe) -> float:
 # hallucination stages compare the models before and after themselves). The models it scores carry their
 # tokenizers, so the tokenizer section is not part of its config hash.
 STAGE = Stage("eval", "Evaluate the untrained model, every finished stage and eval.models.", run, "eval",
-              outputs={"results": "results.json"}, needs=lambda recipe: recipe.corpus is not None,
+              outputs={"results": "results.json", "suite": "suite.json"}, needs=lambda recipe: recipe.corpus is not None,
               hash_skips=("tokenizer",), estimate=_estimate)

@@ -278,6 +278,12 @@ def run(ctx: StageContext) -> StageResult:
             if any(task in r for r in results.values()):
                 plot_by_length(results, task, metric, ylabel, plots / f"{task}.png")
                 lines += ["", f"![{task}](report/plots/{task}.png)"]
+        suite = ctx.input("eval", "suite")
+        if suite.is_file():  # the recipe's eval.suite: a row per checkpoint, each score with its 95% interval and n
+            from phiforge.eval.suite import checkpoint_table
+
+            lines += ["", f"**Suite `{ctx.recipe.eval.suite}`** (value [95% CI] n; each item with its verdict and reason "
+                      "in eval/suite/MODEL/results.jsonl)", "", *checkpoint_table(json.loads(suite.read_text()))]
 
     if trained:  # the pipeline copies it there once this last stage has run
         lines += ["", "## Final model", "", f"`{run_dir / FINAL_DIR}` is the {trained[-1]} model; load it with",
