@@ -62,7 +62,7 @@ def colour_of(question):
 
 
 def test_answers_that_meet_the_notes_score_high_and_answers_that_miss_them_low(items_file):
-    cfg = JudgedItemsConfig(items=items_file)
+    cfg = JudgedItemsConfig(path=items_file)
     judge = FakeBackend(notes_judge)
     right = judged_items(answerer(lambda q: f"It is {colour_of(q)}."), judge, cfg)
     assert right["mean_score"] == 9 and right["ci95"] == [9, 9] and right["n"] == right["items"] == 6
@@ -81,7 +81,7 @@ def test_answers_that_meet_the_notes_score_high_and_answers_that_miss_them_low(i
 def test_unreadable_judge_scores_are_counted_and_left_out(items_file):
     answers = {0: "mumble", 1: "SHOUT red", 2: "It is blue."}  # no score, a score out of range, a right answer
     model = answerer(lambda q: answers.get(flag(q), "It is grey."))
-    result = judged_items(model, FakeBackend(notes_judge), JudgedItemsConfig(items=items_file))
+    result = judged_items(model, FakeBackend(notes_judge), JudgedItemsConfig(path=items_file))
     assert result["unparseable"] == 2 and result["n"] == 4
     assert result["mean_score"] == pytest.approx((9 + 1 + 1 + 1) / 4)
     assert [r["score"] for r in result["rows"]][:3] == [None, None, 9]
@@ -96,7 +96,7 @@ def test_probs_judge_scores_items_by_its_digit_probabilities(items_file):
 
     judge = FakeBackend(lambda *a: pytest.fail("a probs judge is never asked to write"), probs=probs)
     result = judged_items(answerer(lambda q: "It is." if "flag 0" in q else "No idea."), judge,
-                          JudgedItemsConfig(items=items_file, method="probs"))
+                          JudgedItemsConfig(path=items_file, method="probs"))
     # 2 * (5 * 0.5 + 4 * 0.1) / 0.6 for the one answer, 0 for the five others
     assert result["rows"][0]["score"] == pytest.approx(2 * 2.9 / 0.6, abs=1e-4)
     assert result["mean_score"] == pytest.approx(2 * 2.9 / 0.6 / 6, abs=1e-4) and judge.calls == 6
@@ -107,13 +107,13 @@ def test_bad_item_and_prompt_files_are_one_line_errors(tmp_path):
     bad.write_text('{"question": "Q1", "notes": "N1"}\n\n{"question": "Q2"}\n')
     model, judge = answerer(lambda q: "A"), FakeBackend(notes_judge)
     with pytest.raises(UserError, match=r"items.jsonl:3: notes: Field required"):
-        judged_items(model, judge, JudgedItemsConfig(items=bad))
+        judged_items(model, judge, JudgedItemsConfig(path=bad))
     bad.write_text('{"question": "Q1", "notes": "  "}\n')
     with pytest.raises(UserError, match=r"items.jsonl:1: notes: String should have at least 1 character"):
-        judged_items(model, judge, JudgedItemsConfig(items=bad))
+        judged_items(model, judge, JudgedItemsConfig(path=bad))
     bad.write_text("")
     with pytest.raises(UserError, match="items.jsonl: no items"):
-        judged_items(model, judge, JudgedItemsConfig(items=bad))
+        judged_items(model, judge, JudgedItemsConfig(path=bad))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "P"}\n{"prompt": 7}\n')
     with pytest.raises(UserError, match=r"prompts.jsonl:2: prompt: Input should be a valid string"):
@@ -235,6 +235,6 @@ def test_smollm2_judges_a_comparison_and_items(tmp_path):
     assert compared["judge"] == "SmolLM2-135M-Instruct"
     items = write_jsonl(tmp_path / "items.jsonl", [{"question": q, "notes": f"The answer must be {a}"}
                                                  for q, a in right.items()])
-    scored = judged_items(answerer(right.get), judge, JudgedItemsConfig(items=items, method="probs"))
+    scored = judged_items(answerer(right.get), judge, JudgedItemsConfig(path=items, method="probs"))
     assert scored["n"] == 3 and 0 <= scored["ci95"][0] <= scored["mean_score"] <= scored["ci95"][1] <= 10
     assert all(set(r["judge_answer"]) == set("012345") for r in scored["rows"])

@@ -52,7 +52,7 @@ class ComparisonConfig(Section):
 
 
 class JudgedItemsConfig(Section):
-    items: RecipePath | None = Field(
+    path: RecipePath | None = Field(
         None, description="A jsonl of {question, notes} rows, notes saying what a right answer must contain; "
                           "none: the built-in items.")
     method: Method = _METHOD
@@ -277,8 +277,8 @@ def score_answers(items: list[JudgedItem], answers: list[str], judge: Backend, c
 
 
 def judged_items(model: Backend, judge: Backend, cfg: JudgedItemsConfig, seed: int = 0) -> dict:
-    """PhiBench-style mean score of `model`'s greedy answers to cfg.items (or the built-in items)."""
-    items = read_items(cfg.items) if cfg.items else BUILTIN_ITEMS
+    """PhiBench-style mean score of `model`'s greedy answers to cfg.path's items (or the built-in items)."""
+    items = read_items(cfg.path) if cfg.path else BUILTIN_ITEMS
     answers = greedy_answers(model, [_asked(item.question) for item in items], cfg.max_tokens)
     return {"model": model.model} | score_answers(items, answers, judge, cfg, seed)
 
