@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from unittest import mock
 
 import torch
@@ -46,7 +46,6 @@ HOW_TO_LOCAL = ("phiforge never downloads: give the task `dataset_path: json` an
                 "{test: /path/to/file.jsonl}}` in a task YAML under --include-path DIR")
 
 
-
 def not_loaded_model_advice(record: logging.LogRecord) -> bool:
     """HFLM warns whenever it is handed a loaded model; its advice is about `accelerate launch`, which phiforge
     never uses."""
@@ -70,8 +69,8 @@ class PhiforgeLM(HFLM):
     imported (lm-eval finds model classes by import only)."""
 
     def __init__(self, pretrained: str, precision: Precision = "auto", batch_size: int | str = 8, **kwargs) -> None:
-        if precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"precision {precision!r}: use auto, bf16 or fp32")
+        if precision not in get_args(Precision):
+            raise UserError(f"precision {precision!r}: use one of {', '.join(get_args(Precision))}")
         path = Path(pretrained)
         tokenizer = load_tokenizer(path)
         device = pick_device()
