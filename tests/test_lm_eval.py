@@ -119,3 +119,22 @@ def test_a_task_that_needs_a_download_or_does_not_exist_is_one_line(phiforge_che
         run_lm_eval(phiforge_checkpoint, ["lost_file"], hub)
     with pytest.raises(UserError, match=r"unknown lm-eval task 'no_such_task': not in .* nor among lm-eval's built-in"):
         run_lm_eval(phiforge_checkpoint, [TASKS[0], "no_such_task"], include_path)
+
+
+def test_phiforge_eval_runs_lm_eval_tasks_as_a_suite_and_keeps_lm_evals_dict(phiforge_checkpoint, include_path,
+                                                                               tmp_path):
+    from conftest import phiforge
+
+    out = tmp_path / "out"
+    phiforge("eval", phiforge_checkpoint, "--suite", f"lm-eval:{','.join(TASKS)}", "--include-path", include_path,
+             "--out", out)
+    task = json.loads((out / "results.json").read_text())["tasks"]["lm_eval"]
+    theirs = lm_eval_hf(phiforge_checkpoint, include_path, "auto")
+    for name in TASKS:
+        score = task["scores"][f"{name}/acc"]
+        assert score["n"] == PROBLEMS and score["value"] == pytest.approx(theirs["results"][name]["acc,none"], abs=1e-6)
+        assert score["ci95"][0] <= score["value"] <= score["ci95"][1]
+        assert task["raw"]["results"][name]["acc,none"] == score["value"]  # lm-eval's own dict, kept
+    bad = phiforge("eval", phiforge_checkpoint, "--suite", "tiny", "--include-path", include_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --include-path goes with --suite lm-eval:TASK[,TASK...]")

@@ -499,7 +499,8 @@ def decontaminate(
 @app.command("eval")
 def eval_command(
     target: Annotated[Optional[Path], typer.Argument(metavar="MODEL_DIR|RECIPE", help="With --suite: an HF causal LM directory; without: a recipe, whose eval stage runs.")] = None,
-    suite: Annotated[Optional[str], typer.Option("--suite", help="A suite YAML file or a built-in suite's name (--list-suites).")] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="A suite YAML file, a built-in suite's name (--list-suites), or lm-eval:TASK[,TASK...] (the `eval` extra).")] = None,
+    include_path: Annotated[Optional[Path], typer.Option("--include-path", help="With --suite lm-eval:...: a folder of lm-eval task YAML files with local data.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Where results.json, results.jsonl and results.md go (default: eval-MODEL).")] = None,
     train_data: Annotated[Optional[list[Path]], typer.Option("--train-data", help="Training documents (jsonl or parquet with a text field) for the contamination check; repeatable.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 16,
@@ -517,8 +518,9 @@ def eval_command(
     if target is None:
         raise UserError("eval needs a MODEL_DIR with --suite, or a RECIPE (--list-suites lists the suites)")
     if suite is None:
-        if out is not None or train_data:
-            raise UserError("--out and --train-data go with --suite; a RECIPE's eval stage writes to its run directory")
+        if out is not None or train_data or include_path is not None:
+            raise UserError("--out, --train-data and --include-path go with --suite; a RECIPE's eval stage writes to "
+                            "its run directory")
         run_stage_command("eval", target, run_dir)
         return
     if run_dir is not None:
@@ -526,7 +528,7 @@ def eval_command(
     from phiforge.eval.suite import load_suite, open_model, run_suite, score_table, training_texts
 
     _setup_logging()
-    tasks = load_suite(suite)  # a bad suite fails before the model loads
+    tasks = load_suite(suite, include_path)  # a bad suite fails before the model loads
     training = training_texts(train_data) if train_data else None
     out = out or Path(f"eval-{target.resolve().name}")
     results = run_suite(open_model(target, batch_size, out / "cache"), tasks, out, training)

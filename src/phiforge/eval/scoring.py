@@ -136,6 +136,7 @@ class Scored:
     scores: dict[str, dict]  # metric -> {value, n, ci95}
     rows: list[dict]  # one per item: id, correct, reason, reply, ...
     notes: dict[str, str] = field(default_factory=dict)  # what a reader of the scores must know (lengths skipped)
+    raw: dict | None = None  # a harness's own results, kept beside phiforge's (lm-eval's results dict)
 
 
 class SuiteTask(Section):

@@ -45,8 +45,19 @@ def suite_path(spec: str | Path) -> Path:
     raise UserError(f"suite '{spec}': not a file and not a built-in suite ({', '.join(builtin_suites())})")
 
 
-def load_suite(spec: str | Path) -> list[SuiteTask]:
-    """The tasks of a suite file or built-in suite, validated; a bad item is named by its file, index and line."""
+LM_EVAL = "lm-eval:"
+
+
+def load_suite(spec: str | Path, include_path: Path | None = None) -> list[SuiteTask]:
+    """The tasks of a suite file or built-in suite, validated; a bad item is named by its file, index and line.
+    `lm-eval:TASK[,TASK...]` is a one-task suite of lm-eval tasks, found in `include_path` or lm-eval's own."""
+    if str(spec).startswith(LM_EVAL):
+        names = [n.strip() for n in str(spec).removeprefix(LM_EVAL).split(",") if n.strip()]
+        if not names:
+            raise UserError(f"--suite {spec}: name the lm-eval tasks, e.g. {LM_EVAL}arc_easy,hellaswag")
+        return [SUITE_TASKS["lm_eval"](task="lm_eval", tasks=names, include_path=include_path)]
+    if include_path is not None:
+        raise UserError(f"--include-path goes with --suite {LM_EVAL}TASK[,TASK...]")
     path = suite_path(spec)
     text = path.read_text(encoding="utf-8")
     try:
@@ -136,7 +147,7 @@ def run_suite(model: Model, tasks: list[SuiteTask], out: Path, training: list[st
             "task": task.task, "scores": scored.scores, "notes": scored.notes, "contamination": checked[key],
             "failed_items": sum(not r["correct"] for r in scored.rows), "wall_s": round(time.perf_counter() - t0, 2),
             "settings": task.model_dump(mode="json"),
-        }
+        } | ({"raw": scored.raw} if scored.raw is not None else {})
         rows += [{"task": task.label, **r} for r in scored.rows]
         log.info("eval %s %s: %s (%.1fs)", model.name, task.label, " ".join(
             f"{k}={s['value']:.3f}" for k, s in scored.scores.items() if isinstance(s["value"], float)),

@@ -332,3 +332,37 @@ class SimpleQATask(SuiteTask):
         if bogus:
             scores["bogus_declined"] = proportion(bogus)
         return Scored(scores, rows)
+
+
+@suite_task
+class LmEvalTask(SuiteTask):
+    """lm-eval-harness tasks whose data is on disk (`dataset_path: json` with local files), scored through phiforge's
+    model class for lm-eval (eval/lm_eval_harness.py); lm-eval's own results dict is kept under `raw`. lm-eval reads
+    its data itself, so the contamination guard does not see these items."""
+
+    task: Literal["lm_eval"]
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names.")
+    include_path: RecipePath | None = Field(None, description="A folder of lm-eval task YAML files.")
+    limit: PositiveInt | None = Field(None, description="The first N documents of each task.")
+
+    def items(self, model: Model) -> list[Item]:
+        return []
+
+    def score(self, model: Model, items: list[Item]) -> Scored:
+        from phiforge.eval.lm_eval_harness import run_lm_eval
+
+        if model.path is None:
+            raise UserError("task lm_eval needs a model directory (lm-eval loads the model itself)")
+        raw = run_lm_eval(model.path, self.tasks, self.include_path, self.limit, batch_size=model.batch_size)
+        scores = {}
+        for name, metrics in raw["results"].items():
+            n = int(raw["n-samples"].get(name, {}).get("effective", 0))
+            for key, value in metrics.items():
+                metric, _, _ = key.partition(",")
+                if isinstance(value, (int, float)) and not metric.endswith("_stderr") and key != "alias":
+                    se = metrics.get(f"{metric}_stderr,{key.partition(',')[2]}")
+                    # lm-eval's standard error as a normal 95% interval; none where it gives none
+                    ci = ([round(value - 1.96 * se, 4), round(value + 1.96 * se, 4)]
+                          if isinstance(se, (int, float)) else [value, value])
+                    scores[f"{name}/{metric}"] = {"value": float(value), "n": n, "ci95": ci}
+        return Scored(scores, [], {"harness": f"lm-eval {raw.get('lm_eval_version', '')}".strip()}, raw)
