@@ -113,3 +113,40 @@ def test_dpo_on_two_processes_takes_the_steps_of_one(tmp_path):
     summary = {run: json.loads((tmp_path / run / "dpo" / "summary.json").read_text()) for run in ("one", "two")}
     assert summary["two"] == pytest.approx(summary["one"], abs=1e-3)
     assert (tmp_path / "two" / "dpo" / "model" / "model.safetensors").is_file()
+
+
+SWITCHED = """
+import json, sys
+from pathlib import Path
+from phiforge import distributed
+from phiforge.data.layouts import pack_stream
+from phiforge.model import build_model, load_config
+from phiforge.recipe import TrainConfig
+from phiforge.train.loop import train
+from phiforge.train.loss import NextTokenLoss
+from phiforge.train.optim import LRSchedule
+
+distributed.init()
+cfg = TrainConfig(**json.loads(sys.argv[2]))
+data = pack_stream([list(range(5, 900))] * 4, seq_len=32, eos_id=0)
+train(build_model(load_config("nano"), seed=0), cfg, LRSchedule(cfg.lr, cfg),
+      NextTokenLoss(data, None, cfg.batch_size, seed=0), Path(sys.argv[1]), "t")
+"""
+
+
+def test_gpu_switches_run_on_two_processes(tmp_path):
+    """bf16 FSDP2 parameters with fp32 gradient reduction, block checkpointing and per-block compilation together
+    on 2 gloo ranks: the run finishes and its losses follow the plain fp32 loop within bf16's precision."""
+    script = tmp_path / "switched.py"
+    script.write_text(SWITCHED)
+    plain = {"steps": 4, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "log_every": 1}
+    switched = plain | {"mixed_precision": "bf16", "activation_checkpointing": "block", "compile_blocks": True}
+    subprocess.run([sys.executable, script, tmp_path / "plain", json.dumps(plain)], check=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script,
+                           tmp_path / "switched", json.dumps(switched)], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = {run: [json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("plain", "switched")}
+    assert len(losses["switched"]) == 4
+    assert losses["switched"] == pytest.approx(losses["plain"], rel=2e-2)  # bf16 keeps 8 bits of mantissa

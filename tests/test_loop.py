@@ -43,6 +43,21 @@ def test_compiled_loop_trains_like_the_eager_one(tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
+def test_block_checkpointing_trains_as_without_it(tmp_path):
+    """activation_checkpointing: block recomputes each block in backward: the same losses and weights."""
+    data = pack_stream([list(range(5, 900))] * 4, seq_len=32, eos_id=0)
+    runs = []
+    for mode in ("none", "block"):
+        cfg = TrainConfig(steps=3, batch_size=4, lr=1e-2, precision="fp32", activation_checkpointing=mode)
+        model = build_model(load_config("nano"), seed=0)
+        train(model, cfg, LRSchedule(cfg.lr, cfg), NextTokenLoss(data, None, cfg.batch_size, seed=0), tmp_path / mode, "t")
+        assert not model.is_gradient_checkpointing  # the caller's model is left as it came
+        runs.append(([r["loss"] for r in read_metrics(tmp_path / mode / "metrics.jsonl")],
+                     torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert runs[1][0] == pytest.approx(runs[0][0], abs=1e-6)
+    assert torch.allclose(runs[1][1], runs[0][1], atol=1e-6)
+
+
 class Crash(NextTokenLoss):
     """Dies (as a killed process would) before micro-batch `at`."""
 

@@ -193,6 +193,10 @@ class DPOLoss:
     def val_loss(self, model: torch.nn.Module) -> float | None:
         return None
 
+    @property
+    def seq_len(self) -> int:
+        return self.cfg.max_length  # rows are at most this long: an upper bound on the attention FLOPs
+
 
 # --- the command ------------------------------------------------------------------------------------------------
 

@@ -47,6 +47,10 @@ class NextTokenLoss:
     def val_loss(self, model: torch.nn.Module) -> float | None:
         return None if self.val is None else mean_loss(model, self.val, self.batch_size, max_rows=64)
 
+    @property
+    def seq_len(self) -> int:
+        return self.data.seq_len
+
 
 def token_loss_sum(
     model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None
