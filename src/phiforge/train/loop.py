@@ -122,10 +122,13 @@ def train(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, object
         task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < cfg.steps:
             t0 = time.perf_counter()
-            loss, tokens, stats = forward_backward(run, objective, cfg)
-            if not math.isfinite(loss):
-                raise diverged(run, loss, label)
-            grad_norm = optimizer_step(run, cfg.grad_clip, tokens)
+            try:
+                loss, tokens, stats = forward_backward(run, objective, cfg)
+                if not math.isfinite(loss):
+                    raise diverged(run, loss, label)
+                grad_norm = optimizer_step(run, cfg.grad_clip, tokens)
+            except torch.OutOfMemoryError:
+                raise out_of_memory(run, cfg, objective.seq_len, label) from None
             trained_tokens += tokens
             row = metrics_row(state, loss, grad_norm, tokens / (time.perf_counter() - t0), stats)
             if peak:
@@ -235,6 +238,31 @@ def diverged(run: Run, loss: float, label: str) -> UserError:
         f"{label}: loss became {loss} at step {run.state.step + 1}; stopped without saving that step "
         f"(last good checkpoint: {where}). Lower the lr or raise warmup_steps."
     )
+
+
+def out_of_memory(run: Run, cfg: TrainConfig, seq_len: int, label: str) -> UserError:
+    """The knobs that lower a step's memory, with the planner's estimate for this model, micro-batch and world."""
+    from phiforge.model import model_info
+    from phiforge.train.plan import memory_per_gpu
+
+    config = run.model.config
+    micro = cfg.batch_size // run.world
+    if run.device.type == "cuda":
+        total = torch.cuda.get_device_properties(run.device).total_memory
+    else:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    plan = memory_per_gpu(config, model_info(config), run.world, seq_len, micro, cfg.activation_checkpointing,
+                          total / 2**30)
+    return UserError(
+        f"{label}: out of memory on {run.device} ({total / 2**30:,.0f} GiB) at step {run.state.step + 1}, micro-batch "
+        f"{micro} x {seq_len:,} tokens a process over {run.world} process(es); the planner estimates {plan.total:,.1f} "
+        f"GiB a device (states {plan.sharded_states:,.1f}, gathered blocks {plan.gathered_blocks:,.1f}, activations "
+        f"{plan.activations:,.1f}, logits {plan.logits:,.1f}). Lower the micro-batch (batch_size; raise grad_accum "
+        f"to keep the global batch), set activation_checkpointing: block"
+        + ("" if cfg.activation_checkpointing == "none" else " (it is on)")
+        + ", or train on more GPUs (torchrun --nproc_per_node / --nnodes)")
 
 
 def optimizer_step(run: Run, grad_clip: float, tokens: int) -> float:
