@@ -14,8 +14,9 @@ def test_batches_are_deterministic_and_sharded_by_rank():
     b = batch_at(data, 3, 4, seed=1)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.equal(a[0][:, 1:], a[1][:, :-1])  # targets are inputs shifted by one
-    r0, _ = batch_at(data, 0, 4, seed=1, rank=0, world=2)
-    r1, _ = batch_at(data, 0, 4, seed=1, rank=1, world=2)
+    assert a[2] is None  # a stream's positions run on
+    r0, *_ = batch_at(data, 0, 4, seed=1, rank=0, world=2)
+    r1, *_ = batch_at(data, 0, 4, seed=1, rank=1, world=2)
     rows0 = {tuple(r.tolist()) for r in r0}
     rows1 = {tuple(r.tolist()) for r in r1}
     assert not rows0 & rows1  # ranks see different rows

@@ -22,9 +22,13 @@ def test_examples_rows_are_a_pure_function_of_their_range():
     ids = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10]]
     layout = Examples(Documents.of(ids, ids), seq_len=4, pad_id=0)
     tokens, labels = layout.rows(0, layout.n_rows)
+    positions = layout.positions(0, layout.n_rows)
     for start, stop in ((0, 1), (1, 3), (2, 3)):
         part = layout.rows(start, stop)
         assert np.array_equal(part[0], tokens[start:stop]) and np.array_equal(part[1], labels[start:stop])
+        assert np.array_equal(layout.positions(start, stop), positions[start:stop])
+    # each example counts from 0, and so does the padding after a row's last example
+    assert positions.tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0], [0, 1, 0, 0, 1]]
 
 
 def test_pack_examples_keeps_examples_whole():

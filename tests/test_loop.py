@@ -43,6 +43,21 @@ def test_compiled_loop_trains_like_the_eager_one(tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
+def test_block_checkpointing_trains_as_without_it(tmp_path):
+    """activation_checkpointing: block recomputes each block in backward: the same losses and weights."""
+    data = pack_stream([list(range(5, 900))] * 4, seq_len=32, eos_id=0)
+    runs = []
+    for mode in ("none", "block"):
+        cfg = TrainConfig(steps=3, batch_size=4, lr=1e-2, precision="fp32", activation_checkpointing=mode)
+        model = build_model(load_config("nano"), seed=0)
+        train(model, cfg, LRSchedule(cfg.lr, cfg), NextTokenLoss(data, None, cfg.batch_size, seed=0), tmp_path / mode, "t")
+        assert not model.is_activation_checkpointing  # the caller's model is left as it came
+        runs.append(([r["loss"] for r in read_metrics(tmp_path / mode / "metrics.jsonl")],
+                     torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert runs[1][0] == pytest.approx(runs[0][0], abs=1e-6)
+    assert torch.allclose(runs[1][1], runs[0][1], atol=1e-6)
+
+
 class Crash(NextTokenLoss):
     """Dies (as a killed process would) before micro-batch `at`."""
 
@@ -69,7 +84,34 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert result.resumed_from == 2 and result.steps == 5
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     rows = {name: read_metrics(tmp_path / name / "metrics.jsonl") for name in ("whole", "cut")}
-    same = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows["whole"]]
-    assert same == [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows["cut"]]
+    timed = ("tokens_per_s", "mfu")
+    same = [{k: v for k, v in r.items() if k not in timed} for r in rows["whole"]]
+    assert same == [{k: v for k, v in r.items() if k not in timed} for r in rows["cut"]]
     assert [r["step"] for r in rows["cut"]] == [1, 2, 3, 4, 5]
     assert rows["whole"][0]["lr"] == pytest.approx(cfg.lr / 2)  # step 2's lr (warmup 2 of 2) at the schedule's peak
+
+
+class OutOfMemory(NextTokenLoss):
+    """A step that runs out of device memory, as a CUDA allocation that fails raises it."""
+
+    def micro_batch(self, model, index, device, rank=0, world=1):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_names_the_knobs_with_the_planners_estimate(tmp_path):
+    from phiforge.errors import UserError
+    from phiforge.model import model_info
+    from phiforge.train.plan import memory_per_gpu
+
+    config = load_config("nano")
+    data = pack_stream([list(range(5, 600))] * 4, seq_len=16, eos_id=0)
+    cfg = TrainConfig(steps=2, batch_size=4, precision="fp32", activation_checkpointing="block")
+    with pytest.raises(UserError) as e:
+        train(build_model(config, seed=0), cfg, LRSchedule(cfg.lr, cfg), OutOfMemory(data, None, 4, seed=0),
+              tmp_path, "pretrain")
+    estimate = memory_per_gpu(config, model_info(config), 1, 16, 4, "block", 1.0).total
+    message = str(e.value)
+    assert message.startswith("pretrain: out of memory on cpu") and "at step 1, micro-batch 4 x 16 tokens" in message
+    assert f"the planner estimates {estimate:,.1f} GiB" in message
+    for knob in ("Lower the micro-batch (batch_size", "activation_checkpointing: block (it is on)", "more GPUs"):
+        assert knob in message

@@ -152,6 +152,10 @@ def test_sft_shards_keep_labels(tmp_path):
     tokens, labels = data.rows(range(len(data)))
     kept = labels != IGNORE
     assert kept.any() and np.array_equal(tokens[kept], labels[kept])
+    # position ids restart at every example: as many restarts as examples, plus a row's trailing padding
+    positions = data.position_rows(range(len(data)))
+    assert positions.shape == tokens.shape and (positions[:, 0] == 0).all()
+    assert 200 <= (positions == 0).sum() <= 200 + len(data)
 
 
 def test_a_different_plan_starts_afresh(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ OLD_HASHES = {
 def test_registry_order_and_the_lists_derived_from_it():
     assert tuple(s.name for s in STAGES) == NAMES
     assert [s.name for s in STAGES if s.trains] == ["pretrain", "midtrain", "sft", "dpo", "judge_dpo", "hallucination"]
-    assert [s.name for s in STAGES if s.all_ranks] == ["pretrain", "midtrain", "sft"]
+    assert [s.name for s in STAGES if s.all_ranks] == ["pretrain", "midtrain", "sft", "dpo", "judge_dpo", "hallucination"]
     assert [s.name for s in STAGES if s.uses_teacher] == ["judge_dpo", "hallucination"]
     assert depends_on(BY_NAME["corpus"]) == ()
     assert depends_on(BY_NAME["tokenizer"]) == ("corpus", "synth")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
 
@@ -25,14 +25,17 @@ RECIPE_DIR = "recipe_dir"  # the validation context key load_recipe sets: the re
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields added after run directories existed: left out of the digest while at their default, so a stage
+    # finished before them keeps its config hash (tests/test_stages.py pins the built-in recipes').
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset()
 
     def digest(self) -> str:
         """Stable hash of this section: a finished stage is reused only when it matches."""
-        return digest_of(self.model_dump(mode="json"))
-
-
-def digest_of(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+        data = self.model_dump(mode="json")
+        for name in self.hashed_when_set:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _beside_recipe(value: object, info: ValidationInfo) -> object:
@@ -71,6 +74,16 @@ class TrainConfig(Section):
     grad_clip: Annotated[float, Field(ge=0)] = Field(1.0, description="Gradient norm clip; 0: none.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 where the device has it.")
     compile: bool = Field(False, description="torch.compile the model.")
+    # GPU recipe switches (train/loop.py: start_run applies them).
+    mixed_precision: Literal["none", "bf16"] = Field(
+        "none", description="Under torchrun: FSDP2 keeps bf16 parameters for forward and backward and reduces "
+        "gradients in fp32 (MixedPrecisionPolicy); the optimizer still steps fp32 weights. One process: see precision.")
+    activation_checkpointing: Literal["none", "block"] = Field(
+        "none", description="block: each decoder block keeps only its input and recomputes the rest in backward "
+        "(less memory, about a third more compute).")
+    compile_blocks: bool = Field(
+        False, description="torch.compile each decoder block (the way that composes with FSDP2), instead of compile.")
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"mixed_precision", "activation_checkpointing", "compile_blocks"})
     checkpoint_every: PositiveInt = Field(100, description="Steps between checkpoints.")
     keep_checkpoints: PositiveInt = Field(2, description="Checkpoints kept on disk.")
     log_every: PositiveInt = Field(10, description="Steps between metrics rows.")
@@ -82,6 +95,8 @@ class TrainConfig(Section):
     def _warmup_fits(self) -> "TrainConfig":
         if self.steps is not None and self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        if self.compile and self.compile_blocks:
+            raise ValueError("compile (the whole model) and compile_blocks (each block): choose one")
         return self
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,8 @@ import torch.distributed as dist
 from phiforge.errors import UserError
 
 log = logging.getLogger("phiforge")
+
+T = TypeVar("T")
 
 _wait_group: dist.ProcessGroup | None = None
 _alone = False  # rank 0 running a stage by itself: no collectives, no sharding
@@ -108,6 +111,19 @@ def main_alone(what: str) -> Iterator[bool]:
     wait_for_main(what)
 
 
+def on_main(what: str, work: Callable[[], T]) -> T:
+    """`work()` run by rank 0 alone (as in main_alone), its result sent to every rank: a rank-0 part of a stage
+    that all ranks run (generation, a file only rank 0 writes) whose outcome the others need."""
+    if not active():  # one process, or already rank 0 alone
+        return work()
+    result: list = [None]
+    with main_alone(what) as here:
+        if here:
+            result[0] = work()
+    dist.broadcast_object_list(result, src=0, group=_wait_group)
+    return result[0]
+
+
 def local_batch(batch_size: int, label: str) -> int:
     """The micro-batch of one rank: the recipe's batch_size is the whole micro-batch across ranks."""
     if batch_size % world():
@@ -125,13 +141,16 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def shard(model: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2: each transformer block its own unit, then the root (embeddings, final norm, head)."""
-    from torch.distributed.fsdp import fully_shard
+def shard(model: torch.nn.Module, bf16: bool = False) -> torch.nn.Module:
+    """FSDP2: each transformer block its own unit, then the root (embeddings, final norm, head). With `bf16`, the
+    gathered parameters and so the compute are bf16 while gradients are reduced in fp32 (MixedPrecisionPolicy);
+    the sharded fp32 parameters stay what the optimizer steps."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for block in model.model.layers:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     return model
 
 

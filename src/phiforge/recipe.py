@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from phiforge import recipes
 from phiforge.config import (RECIPE_DIR, Fraction, NameOrPath, NonNegInt, PositiveFloat, PositiveInt, RecipePath,
-                             Section, TrainConfig, digest_of)
+                             Section, TrainConfig)
 from phiforge.errors import UserError, without_credentials
 from phiforge.posttrain.dpo_config import DPOConfig
 from phiforge.posttrain.hallucination_config import HallucinationConfig, HallucinationQuestions
@@ -314,11 +314,7 @@ class EvalConfig(Section):
     # a suite (eval/suites/ name or YAML file) run on every stage checkpoint and eval.models; see `phiforge eval`
     suite: NameOrPath | None = None
 
-    def digest(self) -> str:
-        # suite came later: while unset it stays out of the hash, so earlier run directories keep theirs
-        if self.suite is None:
-            return digest_of(self.model_dump(mode="json", exclude={"suite"}))
-        return super().digest()
+    hashed_when_set = frozenset({"suite"})
 
 
 class SandboxConfig(Section):

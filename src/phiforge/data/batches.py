@@ -23,7 +23,17 @@ def rows_at(n: int, micro_step: int, batch_size: int, seed: int, rank: int = 0, 
             (divmod(pos, n) for pos in range(start, start + batch_size))]
 
 
-def batch_at(data: Packed, micro_step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-    """The (inputs, targets) micro-batch number `micro_step` for this rank: a pure function of its arguments."""
-    tokens, labels = data.rows(rows_at(len(data), micro_step, batch_size, seed, rank, world))
-    return torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(labels[:, 1:].copy())
+def batch_at(data: Packed, micro_step: int, batch_size: int, seed: int, rank: int = 0,
+             world: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The (inputs, targets, input position ids) micro-batch number `micro_step` for this rank, a pure function of
+    its arguments; position ids only where the rows hold packed examples (else None: positions run on)."""
+    idx = rows_at(len(data), micro_step, batch_size, seed, rank, world)
+    return shifted(data, idx)
+
+
+def shifted(data: Packed, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Rows `idx` as model inputs, next-token targets and the inputs' position ids (None for a stream)."""
+    tokens, labels = data.rows(idx)
+    positions = data.position_rows(idx)
+    return (torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(labels[:, 1:].copy()),
+            None if positions is None else torch.from_numpy(positions[:, :-1].copy()))

@@ -1,7 +1,10 @@
 """Row layouts: which tokens each training row of seq_len + 1 holds, as a pure function of the row range.
 
 `Stream` lays documents end to end (pretraining, midtraining), `Examples` packs whole examples with padding and
-labels (SFT). data/shards.py writes a layout's rows to disk; `pack_stream` / `pack_examples` build them in memory.
+labels (SFT), and position ids that restart at 0 with each example: given position ids and no attention mask,
+transformers' models see each restart as a new sequence and mask attention block-diagonally, so packed examples
+never attend to one another. data/shards.py writes a layout's rows to disk; `pack_stream` / `pack_examples` build
+them in memory.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class Stream:
             pos, i = (0, 0) if i + 1 == len(self.ends) else (int(self.ends[i]), i + 1)
         return out.reshape(-1, width), None
 
+    def positions(self, start: int, stop: int) -> None:
+        return None  # documents run on across a row, as in pretraining generally
+
     def fingerprint(self) -> str:
         return _digest(self.refs.source, self.refs.doc, self.refs.length, *(d.offsets for d in self.sources))
 
@@ -66,7 +72,8 @@ class Stream:
 class Examples:
     """Whole examples packed in order into rows of seq_len + 1, padded; loss only where labelled (SFT).
 
-    An example longer than a row is cut at seq_len + 1 tokens; padding carries no loss.
+    An example longer than a row is cut at seq_len + 1 tokens; padding carries no loss. Each example's positions
+    count from 0, and so do the padding's (a sequence of its own that nothing attends to).
     """
 
     docs: Documents
@@ -98,6 +105,15 @@ class Examples:
             labels[row, col : col + n] = self.docs.labels[first : first + n]
         return tokens, labels
 
+    def positions(self, start: int, stop: int) -> np.ndarray:
+        width = self.seq_len + 1
+        out = np.zeros((stop - start, width), dtype=np.int32)
+        for i in range(int(np.searchsorted(self.row_of, start)), int(np.searchsorted(self.row_of, stop))):
+            row, col = int(self.row_of[i]) - start, int(self.col_of[i])
+            # this example, then the rest of the row as padding (until the row's next example overwrites it)
+            out[row, col:] = np.concatenate([np.arange(self.length[i]), np.arange(width - col - self.length[i])])
+        return out
+
     def fingerprint(self) -> str:
         return _digest(self.docs.offsets)
 
@@ -119,4 +135,4 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int, pad
     """In memory: (ids, labels) examples packed into rows without splitting one; padding carries no loss."""
     layout = Examples(Documents.of([e[0] for e in examples], [e[1] for e in examples]), seq_len, pad_id)
     tokens, labels = layout.rows(0, layout.n_rows)
-    return Packed([tokens], [labels])
+    return Packed([tokens], [labels], [layout.positions(0, layout.n_rows)])

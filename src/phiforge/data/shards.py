@@ -2,7 +2,8 @@
 
 A packed dataset is a directory of shards, each a (rows, seq_len + 1) uint32 token array
 (`shard_00000.npy`, ...) plus, for SFT, an int32 label array of the same shape (`labels_00000.npy`)
-where -100 marks positions that carry no loss. `index.json`, written last, lists the shards and says
+where -100 marks positions that carry no loss, and the int32 position ids of each example (`positions_00000.npy`:
+they restart at 0 where an example starts, so the model attends within examples only). `index.json`, written last, lists the shards and says
 the pack is complete. Shards are memory-mapped when read, so training never holds the dataset in RAM.
 
 Packing is resumable: any shard is a pure function of the layout (data/layouts.py) and its row range, so a
@@ -38,6 +39,7 @@ class Packed:
 
     tokens: list[np.ndarray]  # shards of (rows, seq_len + 1) token ids; memory-mapped when loaded from disk
     labels: list[np.ndarray] | None = None  # same shapes; None means labels == tokens
+    positions: list[np.ndarray] | None = None  # same shapes, per-example position ids; None: documents run on
 
     def __post_init__(self) -> None:
         self.starts = np.cumsum([0, *map(len, self.tokens)])
@@ -52,16 +54,21 @@ class Packed:
     def rows(self, idx: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """Rows `idx` as int64 (tokens, labels); labels are the tokens themselves where there are none."""
         idx = np.asarray(list(idx) if not isinstance(idx, np.ndarray) else idx, dtype=np.int64)
+        tokens = self._gather(self.tokens, idx)
+        return tokens, tokens if self.labels is None else self._gather(self.labels, idx)
+
+    def position_rows(self, idx: Iterable[int]) -> np.ndarray | None:
+        """The position ids of rows `idx` (int64), or None where rows are a running stream."""
+        idx = np.asarray(list(idx) if not isinstance(idx, np.ndarray) else idx, dtype=np.int64)
+        return None if self.positions is None else self._gather(self.positions, idx)
+
+    def _gather(self, shards: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
         shard = np.searchsorted(self.starts, idx, side="right") - 1
-        tokens = np.empty((len(idx), self.seq_len + 1), dtype=np.int64)
-        labels = tokens if self.labels is None else np.empty_like(tokens)
+        out = np.empty((len(idx), self.seq_len + 1), dtype=np.int64)
         for s in np.unique(shard):
             pick = shard == s
-            local = idx[pick] - self.starts[s]
-            tokens[pick] = self.tokens[s][local]
-            if self.labels is not None:
-                labels[pick] = self.labels[s][local]
-        return tokens, labels
+            out[pick] = shards[s][idx[pick] - self.starts[s]]
+        return out
 
     @classmethod
     def load(cls, directory: Path) -> "Packed":
@@ -69,7 +76,10 @@ class Packed:
         index = read_index(directory)
         tokens = [np.load(directory / s["tokens"], mmap_mode="r") for s in index["shards"]]
         labels = [np.load(directory / s["labels"], mmap_mode="r") for s in index["shards"]] if index["labels"] else None
-        return cls(tokens, labels)
+        # a stream's index has no positions (nor has an SFT pack from before they were written)
+        positions = ([np.load(directory / s["positions"], mmap_mode="r") for s in index["shards"]]
+                     if index.get("positions") else None)
+        return cls(tokens, labels, positions)
 
 
 def read_index(directory: Path) -> dict:
@@ -88,6 +98,8 @@ class Layout(Protocol):
 
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]: ...
 
+    def positions(self, start: int, stop: int) -> np.ndarray | None: ...
+
     def fingerprint(self) -> str: ...
 
 
@@ -101,13 +113,15 @@ def write_shards(directory: Path, layout: Layout, shard_tokens: int, meta: dict)
     shard_rows = max(1, shard_tokens // width)
     plan = meta | {"seq_len": layout.seq_len, "rows": layout.n_rows, "shard_rows": shard_rows,
                    "layout": type(layout).__name__.lower(), "fingerprint": layout.fingerprint()}
+    if layout.labelled:  # examples come with their position ids (a pack begun without them starts afresh)
+        plan["positions"] = True
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory)  # a killed shard write's
     old_plan = json.loads((directory / PLAN).read_text()) if (directory / PLAN).is_file() else None
     if old_plan != plan:
         if old_plan is not None:
             log.warning("%s: the pack there was planned differently; building it afresh", directory)
-        for old in [*directory.glob("shard_*.npy"), *directory.glob("labels_*.npy")]:
+        for old in [*directory.glob("shard_*.npy"), *directory.glob("labels_*.npy"), *directory.glob("positions_*.npy")]:
             old.unlink()
         write_json(directory / PLAN, plan)
     shards = []
@@ -115,13 +129,15 @@ def write_shards(directory: Path, layout: Layout, shard_tokens: int, meta: dict)
         stop = min(layout.n_rows, start + shard_rows)
         names = {"tokens": f"shard_{k:05d}.npy"}
         if layout.labelled:
-            names["labels"] = f"labels_{k:05d}.npy"
+            names |= {"labels": f"labels_{k:05d}.npy", "positions": f"positions_{k:05d}.npy"}
         shards.append(names | {"rows": stop - start})
         if (directory / names["tokens"]).is_file():  # written last of the pair: the shard is whole
             continue
         tokens, labels = layout.rows(start, stop)
         if labels is not None:
+            positions = layout.positions(start, stop)
             write_with(directory / names["labels"], lambda tmp: _save(tmp, labels))
+            write_with(directory / names["positions"], lambda tmp: _save(tmp, positions))
         write_with(directory / names["tokens"], lambda tmp: _save(tmp, tokens))
     write_json(directory / INDEX, plan | {"dtype": "uint32", "labels": layout.labelled, "shards": shards})
     remove_build_files(directory)

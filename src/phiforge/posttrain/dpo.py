@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_with
 from phiforge.posttrain.dpo_config import DPOConfig
 from phiforge.train.loss import MicroLoss
+
+if TYPE_CHECKING:
+    from phiforge.train.loop import LoopResult
 
 log = logging.getLogger("phiforge")
 
@@ -189,6 +193,10 @@ class DPOLoss:
     def val_loss(self, model: torch.nn.Module) -> float | None:
         return None
 
+    @property
+    def seq_len(self) -> int:
+        return self.cfg.max_length  # rows are at most this long: an upper bound on the attention FLOPs
+
 
 # --- the command ------------------------------------------------------------------------------------------------
 
@@ -206,10 +214,13 @@ def reference_logps(model: torch.nn.Module, pairs: list[Pair], pad: int, path: P
 
 
 def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: int = 0) -> dict:
-    """Train `model_dir` with DPO on `pairs_path`; OUT/model is the HF model, OUT/ keeps checkpoints and metrics."""
+    """Train `model_dir` with DPO on `pairs_path`; OUT/model is the HF model, OUT/ keeps checkpoints and metrics.
+
+    Under torchrun every rank trains (FSDP2, each its share of every micro-batch); rank 0 alone computes the
+    reference log-probs and, with the trained weights it gets back, the figures after training."""
+    from phiforge import distributed
     from phiforge.model import load_model
     from phiforge.tokenizer import add_chatml, load_tokenizer
-    from phiforge.train.export import export_model
     from phiforge.train.loop import pick_device, train
     from phiforge.train.optim import LRSchedule
 
@@ -226,10 +237,20 @@ def run_dpo(model_dir: Path, pairs_path: Path, out: Path, cfg: DPOConfig, seed: 
     per_step = cfg.batch_size * cfg.grad_accum
     model.to(pick_device())
     pad = tok.pad_token_id
-    ref = reference_logps(model, pairs, pad, out / "reference_logps.npy", cfg)
+    ref = distributed.on_main("the reference log-probs",
+                              lambda: reference_logps(model, pairs, pad, out / "reference_logps.npy", cfg))
     log.info("dpo: %d pairs, %d steps of %d (%.1f passes), beta %g, reference log-probs in %s", len(pairs),
              cfg.steps, per_step, cfg.steps * per_step / len(pairs), cfg.beta, out / "reference_logps.npy")
     result = train(model, cfg, LRSchedule(cfg.lr, cfg), DPOLoss(pairs, ref, cfg, pad, seed), out, "dpo")
+    return distributed.on_main("dpo's summary", lambda: summarise(model, tok, pairs, ref, result, out, cfg))
+
+
+def summarise(model: torch.nn.Module, tok: PreTrainedTokenizerBase, pairs: list[Pair], ref: np.ndarray,
+              result: LoopResult, out: Path, cfg: DPOConfig) -> dict:
+    """The trained model exported to OUT/model and the margins before and after, in OUT/summary.json."""
+    from phiforge.train.export import export_model
+
+    pad, per_step = tok.pad_token_id, cfg.batch_size * cfg.grad_accum
     after = all_logps(model, pairs, pad, cfg)
     export_model(model, tok, out / "model")
     summary = {

@@ -2,7 +2,10 @@
 pivotal tokens on verifiable training problems; `dpo` trains that model on the pairs and compares it
 with the model it started from on held-out problems of the same kind; `judge_dpo` (DPO round 2) trains the
 model dpo left on pairs an LLM judge picked from its own answers; `hallucination` trains the model left so far
-to decline what it does not know and measures SimpleQA's rates before and after."""
+to decline what it does not know and measures SimpleQA's rates before and after.
+
+Under torchrun every rank runs dpo, judge_dpo and hallucination and trains (FSDP2); their generation, comparisons
+and files are rank 0's (`distributed.on_main`, whose result every rank gets)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import logging
 import random
 from pathlib import Path
 
-from phiforge import progress
+from phiforge import distributed, progress
 from phiforge.data import synthetic_math
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.generation.base import Backend, Messages
@@ -49,7 +52,7 @@ def run_pts_stage(ctx: StageContext) -> StageResult:
 
 
 def run_dpo_stage(ctx: StageContext) -> StageResult:
-    from phiforge.posttrain.compare import compare
+    """Every rank trains (under torchrun); rank 0 alone compares before and after."""
     from phiforge.posttrain.dpo import run_dpo
 
     recipe: Recipe = ctx.recipe
@@ -67,15 +70,22 @@ def run_dpo_stage(ctx: StageContext) -> StageResult:
     metrics: dict = {"init_from": str(source), **summary}
     heldout = list(read_jsonl(ctx.input("pts", "heldout"))) if recipe.pts is not None else []
     if heldout:
-        assert recipe.pts is not None
-        result, rows = compare(source, ctx.out / "model", heldout, recipe.pts.max_new_tokens, recipe.pts.batch_size)
-        write_jsonl(ctx.out / "heldout_replies.jsonl", rows)
-        write_json(ctx.out / "heldout.json", result)
-        metrics["heldout"] = result
-        b, a, m = result["before"], result["after"], result["mcnemar"]
-        log.info("dpo: held-out accuracy %.3f -> %.3f on %d problems (McNemar exact p = %.3g: %d improved, %d regressed)",
-                 b["accuracy"], a["accuracy"], b["n"], m["p_value"], m["improved"], m["regressed"])
+        metrics["heldout"] = distributed.on_main("dpo's held-out comparison", lambda: heldout_comparison(ctx, source, heldout))
     return StageResult(metrics=metrics)
+
+
+def heldout_comparison(ctx: StageContext, source: Path, heldout: list[dict]) -> dict:
+    from phiforge.posttrain.compare import compare
+
+    pts = ctx.recipe.pts
+    assert pts is not None
+    result, rows = compare(source, ctx.out / "model", heldout, pts.max_new_tokens, pts.batch_size)
+    write_jsonl(ctx.out / "heldout_replies.jsonl", rows)
+    write_json(ctx.out / "heldout.json", result)
+    b, a, m = result["before"], result["after"], result["mcnemar"]
+    log.info("dpo: held-out accuracy %.3f -> %.3f on %d problems (McNemar exact p = %.3g: %d improved, %d regressed)",
+             b["accuracy"], a["accuracy"], b["n"], m["p_value"], m["improved"], m["regressed"])
+    return result
 
 
 def llm(ctx: StageContext, spec: str, cache_dir: Path) -> Backend:
@@ -127,7 +137,7 @@ def run_judge_dpo_stage(ctx: StageContext) -> StageResult:
     cfg = ctx.recipe.judge_dpo
     assert cfg is not None
     source = ctx.start_model(cfg.init_from)
-    judged = judge_pairs(ctx, source)
+    judged = distributed.on_main("the judge's pairs", lambda: judge_pairs(ctx, source))
     if not judged["pairs"]:
         log.warning("judge_dpo: the judge kept no pair (%d prompts, %d of %d answers without readable scores, %d "
                     "prompts with fewer than two readable grades or a gap under min_gap %g); skipping training: the "
@@ -191,14 +201,16 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
     recipe, cfg = ctx.recipe, ctx.recipe.hallucination
     assert cfg is not None
     source = ctx.start_model(cfg.init_from)
-    built = hallucination_data(ctx, source)
-    graded = {"before": simpleqa_graded(source, cfg, recipe.seed)}
+    built, before = distributed.on_main("the hallucination data and the rates before", lambda: (
+        hallucination_data(ctx, source), simpleqa_graded(source, cfg, recipe.seed)))
+    graded = {"before": before}
     rates = {"before": simpleqa_rates(graded["before"])}
     metrics: dict = {"init_from": str(source), "data": built}
     if not sum(built["pairs"].values()):
         log.warning("hallucination: no pairs (the model knew none of the questions and declined all of them: "
                     "nothing to correct); skipping training: the model is unchanged.")
-        write_json(ctx.out / "rates.json", rates)
+        if distributed.is_main():
+            write_json(ctx.out / "rates.json", rates)
         return StageResult(metrics=metrics | {"skipped": "no pairs", "rates": rates})
     start = source
     if cfg.sft_steps:
@@ -214,6 +226,8 @@ def run_hallucination_stage(ctx: StageContext) -> StageResult:
         metrics["sft"] = {"init_from": str(source), **tuned}
         start = ctx.out / "sft" / "model"
     metrics |= run_dpo(start, ctx.out / "data" / "pairs.jsonl", ctx.out, cfg, recipe.seed)
+    if not distributed.is_main():
+        return StageResult(metrics=metrics)  # rank 0 measures and writes what follows
     graded["after"] = simpleqa_graded(ctx.out / "model", cfg, recipe.seed)
     rates |= {"after": simpleqa_rates(graded["after"]), "paired": paired_grades(graded["before"], graded["after"])}
     write_jsonl(ctx.out / "heldout_grades.jsonl", ({"question": b["question"], "answer": b["answer"], "bogus": b["bogus"],
@@ -252,16 +266,16 @@ PTS = Stage(
 DPO = Stage(
     "dpo", "DPO on the pts pairs (or dpo.pairs), compared with the model it started from on held-out problems.",
     run_dpo_stage, "dpo", outputs=DPO_OUTPUTS | {"heldout": "heldout.json"}, trains=True, passes_model=True,
-    estimate=_dpo_estimate,
+    all_ranks=True, estimate=_dpo_estimate,
 )
 JUDGE_DPO = Stage(
     "judge_dpo", "DPO round 2: an LLM judge grades the model's answers to SFT prompts; DPO on best vs worst.",
     run_judge_dpo_stage, "judge_dpo", outputs={"pairs": "pairs.jsonl", "judge_summary": "pairs.summary.json"}
-    | DPO_OUTPUTS, trains=True, passes_model=True, uses_teacher=True, estimate=_judge_dpo_estimate,
+    | DPO_OUTPUTS, trains=True, passes_model=True, uses_teacher=True, all_ranks=True, estimate=_judge_dpo_estimate,
 )
 HALLUCINATION = Stage(
     "hallucination", "Hallucination mitigation: refusal data and pairs from SimpleQA-graded answers, DPO, rates.",
-    run_hallucination_stage, "hallucination", trains=True, passes_model=True, uses_teacher=True,
+    run_hallucination_stage, "hallucination", trains=True, passes_model=True, uses_teacher=True, all_ranks=True,
     outputs={"sft_data": "data/sft.jsonl", "pairs": "data/pairs.jsonl", "grades": "data/grades.jsonl",
              "data_summary": "data/summary.json", "rates": "rates.json", "heldout_grades": "heldout_grades.jsonl",
              "sft_model": "sft/model/"} | DPO_OUTPUTS,

@@ -32,6 +32,8 @@ from phiforge import distributed
 from phiforge.errors import UserError
 from phiforge.recipe import TrainConfig
 from phiforge.rundir import append_metrics, read_metrics, truncate_metrics
+from phiforge.model import train_flops_per_token
+from phiforge.train import mfu
 from phiforge.train.checkpoint import Checkpointer, TrainState
 from phiforge.train.loss import MicroLoss
 from phiforge.train.optim import LRSchedule, build_optimizer, build_scheduler
@@ -48,6 +50,10 @@ class Objective(Protocol):
         """This rank's share (rows_at/batch_at with rank, world) of the whole micro-batch `index`."""
 
     def val_loss(self, model: torch.nn.Module) -> float | None: ...
+
+    @property
+    def seq_len(self) -> int:
+        """The rows' length, for the attention FLOPs of MFU."""
 
 
 @dataclass
@@ -79,11 +85,13 @@ def pick_device() -> torch.device:
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast where the device does bf16 matmuls natively ("auto"), or as asked."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "auto" and not bf16_supported(device):
+    if not bf16_used(precision, device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def bf16_used(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -106,18 +114,25 @@ def progress_bar(label: str) -> Progress:
 
 def train(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, objective: Objective, out_dir: Path,
           label: str) -> LoopResult:
+    flops_per_token = train_flops_per_token(model.config, mfu.non_embedding_parameters(model), objective.seq_len)
     run = start_run(model, cfg, schedule, out_dir, label)
+    peak = mfu.device_peak(run.device, bf16_used(cfg.precision, run.device), label)
     state, started, trained_tokens = run.state, time.perf_counter(), 0
     with progress_bar(label) as bar:
         task = bar.add_task(label, total=cfg.steps, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < cfg.steps:
             t0 = time.perf_counter()
-            loss, tokens, stats = forward_backward(run, objective, cfg)
-            if not math.isfinite(loss):
-                raise diverged(run, loss, label)
-            grad_norm = optimizer_step(run, cfg.grad_clip, tokens)
+            try:
+                loss, tokens, stats = forward_backward(run, objective, cfg)
+                if not math.isfinite(loss):
+                    raise diverged(run, loss, label)
+                grad_norm = optimizer_step(run, cfg.grad_clip, tokens)
+            except torch.OutOfMemoryError:
+                raise out_of_memory(run, cfg, objective.seq_len, label) from None
             trained_tokens += tokens
             row = metrics_row(state, loss, grad_norm, tokens / (time.perf_counter() - t0), stats)
+            if peak:
+                row["mfu"] = round(row["tokens_per_s"] * flops_per_token / (peak * run.world), 5)
             last_step = state.step == cfg.steps
             val = None
             if last_step or (cfg.eval_every and state.step % cfg.eval_every == 0):
@@ -159,9 +174,13 @@ def start_run(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, ou
     distributed.local_batch(cfg.batch_size, label)  # a clear error before any work when it does not split
     if distributed.active():
         # The caller keeps its unsharded model (rank 0 gets the trained weights back at the end).
-        trained = distributed.shard(copy.deepcopy(model).to(device))
+        trained = distributed.shard(speed_switches(copy.deepcopy(model).to(device), cfg),
+                                    bf16=cfg.mixed_precision == "bf16")
     else:
-        trained = model.to(device)
+        if cfg.mixed_precision != "none":
+            log.warning("%s: mixed_precision applies under torchrun (FSDP2); one process computes as `precision` "
+                        "says (%s)", label, cfg.precision)
+        trained = speed_switches(model.to(device), cfg)
     trained.train()
     optimizer = build_optimizer(trained, cfg, schedule.peak)
     state = TrainState(trained, optimizer, build_scheduler(optimizer, schedule))
@@ -174,6 +193,19 @@ def start_run(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, ou
     if run.main:
         truncate_metrics(run.metrics_path, state.step)
     return run
+
+
+def speed_switches(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Activation checkpointing and per-block compilation, before FSDP2 wraps the blocks (torchtitan's order).
+
+    Checkpointing is transformers' own (non-reentrant torch.utils.checkpoint around each decoder layer); finish_run
+    turns it off again, so the caller's model does not keep recomputing in later forward passes."""
+    if cfg.activation_checkpointing == "block":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile_blocks:
+        for block in model.model.layers:
+            block.compile()
+    return model
 
 
 def forward_backward(run: Run, objective: Objective, cfg: TrainConfig) -> tuple[float, int, dict[str, float]]:
@@ -206,6 +238,31 @@ def diverged(run: Run, loss: float, label: str) -> UserError:
         f"{label}: loss became {loss} at step {run.state.step + 1}; stopped without saving that step "
         f"(last good checkpoint: {where}). Lower the lr or raise warmup_steps."
     )
+
+
+def out_of_memory(run: Run, cfg: TrainConfig, seq_len: int, label: str) -> UserError:
+    """The knobs that lower a step's memory, with the planner's estimate for this model, micro-batch and world."""
+    from phiforge.model import model_info
+    from phiforge.train.plan import memory_per_gpu
+
+    config = run.model.config
+    micro = cfg.batch_size // run.world
+    if run.device.type == "cuda":
+        total = torch.cuda.get_device_properties(run.device).total_memory
+    else:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    plan = memory_per_gpu(config, model_info(config), run.world, seq_len, micro, cfg.activation_checkpointing,
+                          total / 2**30)
+    return UserError(
+        f"{label}: out of memory on {run.device} ({total / 2**30:,.0f} GiB) at step {run.state.step + 1}, micro-batch "
+        f"{micro} x {seq_len:,} tokens a process over {run.world} process(es); the planner estimates {plan.total:,.1f} "
+        f"GiB a device (states {plan.sharded_states:,.1f}, gathered blocks {plan.gathered_blocks:,.1f}, activations "
+        f"{plan.activations:,.1f}, logits {plan.logits:,.1f}). Lower the micro-batch (batch_size; raise grad_accum "
+        f"to keep the global batch), set activation_checkpointing: block"
+        + ("" if cfg.activation_checkpointing == "none" else " (it is on)")
+        + ", or train on more GPUs (torchrun --nproc_per_node / --nnodes)")
 
 
 def optimizer_step(run: Run, grad_clip: float, tokens: int) -> float:
@@ -243,6 +300,8 @@ def finish_run(run: Run, model: torch.nn.Module, label: str, wall: float, traine
             model.load_state_dict(full)
             model.to(run.device)
         distributed.wait_for_main(f"{label}'s trained weights")  # the metrics log is whole once rank 0 is here
+    elif model.is_activation_checkpointing:
+        model.gradient_checkpointing_disable()
     rows = read_metrics(run.metrics_path)  # also right when a resumed run had no step left to take
     val_rows_logged = [r["val_loss"] for r in rows if "val_loss" in r]
     return LoopResult(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phiforge.data.batches import batch_at
+from phiforge.data.batches import batch_at, shifted
 from phiforge.data.layouts import IGNORE
 from phiforge.data.shards import Packed
 
@@ -40,23 +40,29 @@ class NextTokenLoss:
 
     def micro_batch(self, model: torch.nn.Module, index: int, device: torch.device, rank: int = 0,
                     world: int = 1) -> MicroLoss:
-        x, y = batch_at(self.data, index, self.batch_size // world, self.seed, rank, world)
-        loss, n = self.loss_fn(model, x.to(device), y.to(device))
+        x, y, pos = batch_at(self.data, index, self.batch_size // world, self.seed, rank, world)
+        loss, n = self.loss_fn(model, x.to(device), y.to(device), None if pos is None else pos.to(device))
         return MicroLoss(loss, n, x.numel())
 
     def val_loss(self, model: torch.nn.Module) -> float | None:
         return None if self.val is None else mean_loss(model, self.val, self.batch_size, max_rows=64)
 
+    @property
+    def seq_len(self) -> int:
+        return self.data.seq_len
+
 
 def token_loss_sum(
-    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss (fp32) and the number of labelled positions, both tensors.
 
     Model and loss form one function so torch.compile can fuse the fp32 upcast of the logits into the
-    cross-entropy (no Python int in between, which would break the graph).
+    cross-entropy (no Python int in between, which would break the graph). Per-example `positions` (packed SFT
+    rows) with no attention mask make transformers mask attention block-diagonally (masking_utils'
+    packed-sequence detection), for SDPA, eager, flex and flash-attention-2 alike.
     """
-    logits = model(input_ids=inputs, use_cache=False).logits
+    logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss, (targets != IGNORE).sum()
 
@@ -70,10 +76,8 @@ def mean_loss(model: torch.nn.Module, data: Packed, batch_size: int, max_rows: i
     rows = min(len(data), max_rows or len(data))
     total, count = 0.0, 0
     for start in range(0, rows, batch_size):
-        tokens, labels = data.rows(range(start, min(rows, start + batch_size)))
-        x = torch.from_numpy(tokens[:, :-1].copy()).to(device)
-        y = torch.from_numpy(labels[:, 1:].copy()).to(device)
-        loss, n = token_loss_sum(model, x, y)
+        x, y, pos = shifted(data, np.arange(start, min(rows, start + batch_size)))
+        loss, n = token_loss_sum(model, x.to(device), y.to(device), None if pos is None else pos.to(device))
         total += loss.item()
         count += int(n)
     model.train(was_training)
