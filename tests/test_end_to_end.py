@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SMOKE, phiforge

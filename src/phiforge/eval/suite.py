@@ -17,7 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from phiforge.errors import UserError
-from phiforge.eval import judged_tasks, suite_tasks  # noqa: F401  (registers the tasks)
+from phiforge.eval import suite_tasks  # noqa: F401  registers the tasks: those needing no judge first
+from phiforge.eval import judged_tasks  # noqa: F401  # isort: skip
 from phiforge.eval.scoring import SUITE_TASKS, Item, Model, SuiteTask
 from phiforge.config import RECIPE_DIR
 from phiforge.files import write_json, write_jsonl, write_text
