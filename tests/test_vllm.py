@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from phiforge.errors import UserError
 from phiforge.generation.base import IncrementalBackend, Sampling
 from phiforge.generation.cache import CachedBackend
 from phiforge.generation.openai import OpenAIBackend
@@ -112,6 +113,14 @@ def hf():
     from phiforge.generation.hf import HFBackend
 
     return HFBackend("smollm2", batch_size=8)
+
+
+def test_a_path_that_is_no_model_is_one_line_before_anything_starts(tmp_path):
+    from phiforge.generation.vllm import VLLMBackend, start_server
+
+    for start in (VLLMBackend, start_server):
+        with pytest.raises(UserError, match="not a model directory"):
+            start(str(tmp_path))
 
 
 def test_greedy_text_equals_the_hf_backends(engine, hf):
