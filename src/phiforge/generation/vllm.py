@@ -60,7 +60,7 @@ class VLLMBackend:
     """vLLM's offline engine: every sample is a request with its own SamplingParams (sample i: seed + i), all
     queued at once for continuous batching, each reported as it finishes so the request cache stores it then."""
 
-    def __init__(self, model: str, **llm_kwargs: Any) -> None:
+    def __init__(self, model: str) -> None:
         path, self.model = model_path(model)
         if on_cpu():
             os.environ.update(cpu_environment())
@@ -71,7 +71,7 @@ class VLLMBackend:
             from vllm import LLM
         except ImportError:
             raise UserError(f"teacher backend 'vllm' needs vLLM: {INSTALL}") from None
-        self.llm = LLM(model=path, **(engine_settings() | llm_kwargs))
+        self.llm = LLM(model=path, **engine_settings())
         self.tokenizer = self.llm.get_tokenizer()
         self.request_ids = itertools.count()
 
@@ -155,7 +155,7 @@ def server_command(model: str, host: str, port: int, max_model_len: int | None =
 
 
 def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
-                 timeout_s: float = 900.0, **popen: Any) -> tuple[subprocess.Popen, str, str]:
+                 timeout_s: float = 900.0) -> tuple[subprocess.Popen, str, str]:
     """Start vLLM's server and wait until it answers: (process, base URL for `backend: openai`, model name).
     The server is stopped again when it dies or does not come up in timeout_s."""
     import importlib.util
@@ -164,7 +164,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 8000, max_mode
         raise UserError(f"phiforge serve needs vLLM: {INSTALL}")
     argv, name, env = server_command(model, host, port, max_model_len)
     # vLLM logs to stdout: sent to stderr, so stdout carries only what `phiforge serve` prints (the URL)
-    process = subprocess.Popen(argv, env=env, **({"stdout": sys.stderr} | popen))
+    process = subprocess.Popen(argv, env=env, stdout=sys.stderr)
     base_url = f"http://{host}:{port}/v1"
     try:
         wait_until_ready(process, base_url, timeout_s)
