@@ -187,7 +187,7 @@ def test_the_contamination_guard_counts_items_found_in_the_training_data(tmp_pat
 
 @pytest.mark.parametrize("text, message", [
     ("- task: math\n  n: 5\n- task: code\n  tmeout: 3\n", r"suite.yaml: task 2 \(line 3\): tmeout: Extra inputs"),
-    ("- task: math\n- task: mathh\n", r"task 2 \(line 2\): needs `task:` one of math, code, .*got 'mathh'"),
+    ("- task: math\n- task: mathh\n", r"task 2 \(line 2\): needs `task:` one of code, comparison, .*math, .*got 'mathh'"),
     ("- task: math\n  samples: 2\n  k: [4]\n", r"task 1 \(line 1\): k 4 exceeds samples \(2\)"),
     ("- task: long_context\n  lengths: [0]\n", r"lengths.0: Input should be greater than 0"),
     ("- task: math\n- task: math\n", r"two tasks are named 'math'; give each a `name:`"),

