@@ -50,6 +50,10 @@ class ComparisonConfig(Section):
     judge_max_tokens: PositiveInt = Field(512, description="Tokens per judge answer (generate).")
     resamples: PositiveInt = Field(2000, description="Bootstrap resamples of the prompts for the 95% interval.")
 
+    def prompt_set(self) -> list[str]:
+        """The prompts file's prompts, or the built-in items' questions."""
+        return read_prompts(self.prompts) if self.prompts else [item.question for item in BUILTIN_ITEMS]
+
 
 class JudgedItemsConfig(Section):
     path: RecipePath | None = Field(
@@ -59,6 +63,10 @@ class JudgedItemsConfig(Section):
     max_tokens: PositiveInt = Field(256, description="Tokens per answer (greedy).")
     judge_max_tokens: PositiveInt = Field(256, description="Tokens per judge answer (generate).")
     resamples: PositiveInt = Field(2000, description="Bootstrap resamples of the items for the 95% interval.")
+
+    def item_set(self) -> list["JudgedItem"]:
+        """The items file's items, or the built-in ones."""
+        return read_items(self.path) if self.path else BUILTIN_ITEMS
 
 
 class PromptRow(BaseModel):
@@ -217,7 +225,7 @@ def compare_answers(prompts: list[str], candidate: list[str], baseline: list[str
 def judged_comparison(candidate: Backend, baseline: Backend, judge: Backend, cfg: ComparisonConfig,
                       seed: int = 0) -> dict:
     """ArenaHard-style win rate of `candidate` against `baseline` on cfg.prompts (or the built-in questions)."""
-    prompts = read_prompts(cfg.prompts) if cfg.prompts else [item.question for item in BUILTIN_ITEMS]
+    prompts = cfg.prompt_set()
     asks = [_asked(p) for p in prompts]
     result = compare_answers(prompts, greedy_answers(candidate, asks, cfg.max_tokens),
                              greedy_answers(baseline, asks, cfg.max_tokens), judge, cfg, seed)
@@ -278,7 +286,7 @@ def score_answers(items: list[JudgedItem], answers: list[str], judge: Backend, c
 
 def judged_items(model: Backend, judge: Backend, cfg: JudgedItemsConfig, seed: int = 0) -> dict:
     """PhiBench-style mean score of `model`'s greedy answers to cfg.path's items (or the built-in items)."""
-    items = read_items(cfg.path) if cfg.path else BUILTIN_ITEMS
+    items = cfg.item_set()
     answers = greedy_answers(model, [_asked(item.question) for item in items], cfg.max_tokens)
     return {"model": model.model} | score_answers(items, answers, judge, cfg, seed)
 

@@ -22,8 +22,8 @@ def _judge(cfg: TeacherConfig | None) -> Backend | None:
 
 def _greedy(model: Model, task: SuiteTask, prompts: list[str], max_tokens: int) -> list[str]:
     """Greedy replies within the task's time limit; a batch past it answers "" (scored as the judge sees it)."""
-    return [r.texts[0] if r.texts else "" for r in generate(model, prompts, Sampling(temperature=0.0, max_tokens=max_tokens),
-                                                            1, task.timeout_s)]
+    replies = generate(model, prompts, Sampling(temperature=0.0, max_tokens=max_tokens), 1, task.timeout_s)
+    return [r.texts[0] if r.texts else "" for r in replies]
 
 
 def _interval(value: float | None, n: int, ci95: list) -> dict:
@@ -40,9 +40,8 @@ class SafetyTask(SuiteTask, safety.SafetyConfig):
     headline = ("refusal", "over_refusal")
 
     def items(self, model: Model) -> list[Item]:
-        prompts = safety.read_prompts(self.prompts) if self.prompts else safety.builtin_prompts()
         return [Item(f"{p.category}#{i}", p.prompt, p, p.prompt, {"harmful": p.harmful, "category": p.category})
-                for i, p in enumerate(prompts)]
+                for i, p in enumerate(self.prompt_set())]
 
     def score(self, model: Model, items: list[Item]) -> Scored:
         replies = _greedy(model, self, [i.prompt for i in items], self.max_tokens)
@@ -66,8 +65,7 @@ class JudgedItemsTask(SuiteTask, judged.JudgedItemsConfig):
     headline = ("score",)
 
     def items(self, model: Model) -> list[Item]:
-        found = judged.read_items(self.path) if self.path else judged.BUILTIN_ITEMS
-        return [Item(f"item#{i}", it.question, it, f"{it.question} {it.notes}") for i, it in enumerate(found)]
+        return [Item(f"item#{i}", it.question, it, f"{it.question} {it.notes}") for i, it in enumerate(self.item_set())]
 
     def score(self, model: Model, items: list[Item]) -> Scored:
         answers = _greedy(model, self, [i.prompt for i in items], self.max_tokens)
@@ -94,8 +92,7 @@ class ComparisonTask(SuiteTask, judged.ComparisonConfig):
     headline = ("win_rate", "position_consistency")
 
     def items(self, model: Model) -> list[Item]:
-        prompts = judged.read_prompts(self.prompts) if self.prompts else [i.question for i in judged.BUILTIN_ITEMS]
-        return [Item(f"prompt#{i}", p, None, p) for i, p in enumerate(prompts)]
+        return [Item(f"prompt#{i}", p, None, p) for i, p in enumerate(self.prompt_set())]
 
     def score(self, model: Model, items: list[Item]) -> Scored:
         from phiforge.generation.hf import HFBackend

@@ -35,6 +35,10 @@ class SafetyConfig(Section):
     max_tokens: PositiveInt = Field(128, description="Tokens per reply (greedy); a refusal shows in its first words.")
     judge_max_tokens: PositiveInt = Field(16, description="Tokens per judge answer (generate).")
 
+    def prompt_set(self) -> list["SafetyPrompt"]:
+        """The prompts file's rows, or the built-in pairs."""
+        return read_prompts(self.prompts) if self.prompts else builtin_prompts()
+
 
 class SafetyPrompt(BaseModel):
     prompt: Text
@@ -225,6 +229,6 @@ def score_replies(items: list[SafetyPrompt], replies: list[str], cfg: SafetyConf
 
 def safety_scores(model: Backend, cfg: SafetyConfig, judge: Backend | None = None) -> dict:
     """XSTest-style refusal and over-refusal of `model`'s greedy replies to cfg.prompts (or the built-in pairs)."""
-    items = read_prompts(cfg.prompts) if cfg.prompts else builtin_prompts()
+    items = cfg.prompt_set()
     replies = greedy_answers(model, [[{"role": "user", "content": i.prompt}] for i in items], cfg.max_tokens)
     return {"model": model.model} | score_replies(items, replies, cfg, judge)
