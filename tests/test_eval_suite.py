@@ -262,3 +262,49 @@ def test_the_eval_stage_runs_its_suite_on_every_checkpoint_and_the_report_shows_
         assert len(rows) == 6 + 2
     report = (run_dir / "report.md").read_text()
     assert f"**Suite `{suite}`**" in report and "| sft | " in report and "math greedy" in report
+
+
+@pytest.mark.parametrize("broken, message", [
+    (lambda d: (d / "tokenizer.json").unlink(), r"the tokenizer does not load \(.*\); save it with tokenizer.save_pretrained"),
+    (lambda d: (d / "config.json").write_text("{nope"), r"config.json does not load \(.*not a valid JSON"),
+    (lambda d: (d / "model.safetensors").unlink(), r"has no weights \(\*.safetensors or pytorch_model\*.bin\)"),
+])
+def test_a_model_directory_that_does_not_load_is_one_error_naming_it(tmp_path, broken, message):
+    from planted import train_planted_hf
+
+    model_dir = tmp_path / "planted"
+    train_planted_hf(model_dir, steps=1)
+    broken(model_dir)
+    with pytest.raises(UserError, match=f"planted: {message}"):
+        open_model(model_dir)
+
+
+def test_a_random_base_model_without_a_chat_template_scores_near_zero_on_every_task(tmp_path, tok):
+    """Plain-text prompting, replies that never end cut at max_tokens, code that is no code: every item scored,
+    none right, each with its reason."""
+    from transformers import PreTrainedTokenizerFast
+
+    from phiforge.model import build_model, phi3_config
+
+    model_dir = tmp_path / "random"
+    config = phi3_config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    build_model(config, seed=0).save_pretrained(model_dir)
+    PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer).save_pretrained(model_dir)  # no eos, no template
+    tasks = _suite(tmp_path, "- task: math\n  n: 4\n  max_tokens: 12\n- task: code\n  n: 2\n  max_tokens: 12\n"
+                   "- task: long_context\n  lengths: [64, 128, 1024]\n  trials: 1\n  max_tokens: 8\n"
+                   "- task: instructions\n  n: 4\n  max_tokens: 12\n- task: simpleqa\n  facts: 3\n  bogus: 1\n"
+                   "  max_tokens: 12\n")
+    model = open_model(model_dir, batch_size=8)
+    result = run_suite(model, tasks, tmp_path / "out")
+    assert result["prompting"] == "plain text (no chat template)"
+    rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 + 2 + 3 * 2 + 4 + 4
+    assert all(r["reason"] and isinstance(r["reply"], str) for r in rows)
+    scores = {f"{t}/{k}": s["value"] for t, res in result["tasks"].items() for k, s in res["scores"].items()}
+    right = {k: v for k, v in scores.items() if v > 0 and not k.startswith("simpleqa/") and "followed" not in k}
+    assert not right, right  # no answer, key or code comes out of random weights
+    assert result["tasks"]["long_context"]["notes"]["skipped_lengths"].startswith("[1024]")
+    code = [r for r in rows if r["task"] == "code"]
+    assert all(not r["correct"] for r in code)

@@ -31,6 +31,7 @@ class Model:
     context_length: int | None  # None: unknown (no length is skipped)
     batch_size: int = 16
     path: Path | None = None  # the HF directory, for tasks that load it themselves
+    prompting: str = "chat template"  # or plain text, for a base model whose tokenizer has none
 
 
 @dataclass

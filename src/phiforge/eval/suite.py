@@ -87,28 +87,46 @@ def load_suite(spec: str | Path, include_path: Path | None = None) -> list[Suite
 
 def open_model(model_dir: Path, batch_size: int = 16, cache_dir: Path | None = None) -> Model:
     """An HF causal LM directory as a suite Model: the in-process HF backend, behind a request cache in cache_dir
-    keyed by the directory and its weights' size and time (a retrained model is a fresh entry)."""
+    keyed by the directory, its weights' size and time and its chat template (a retrained model is a fresh entry).
+    A tokenizer without a chat template (a base model) is prompted with plain text."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not an HF model directory (no config.json)")
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise UserError(f"{model_dir}: has no tokenizer (tokenizer.json or tokenizer_config.json); save the "
                         "tokenizer beside the model (tokenizer.save_pretrained(DIR))")
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.iterdir()
+                     if p.suffix == ".safetensors" or p.name.startswith("pytorch_model"))
+    if not weights:
+        raise UserError(f"{model_dir}: has no weights (*.safetensors or pytorch_model*.bin); save them with "
+                        "model.save_pretrained(DIR)")
     from transformers import AutoConfig, AutoTokenizer
 
     from phiforge.generation.hf import HFBackend
 
-    backend = HFBackend(str(model_dir), batch_size=batch_size)
-    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.glob("*.safetensors"))
-    backend.model = f"{model_dir.resolve()}#{hashlib.sha256(repr(weights).encode()).hexdigest()[:12]}"
+    config = _loaded(model_dir, "config.json", "save the model with model.save_pretrained(DIR)", AutoConfig)
+    tok = _loaded(model_dir, "the tokenizer", "save it with tokenizer.save_pretrained(DIR)", AutoTokenizer)
+    if tok.chat_template is None:
+        log.warning("%s: the tokenizer has no chat template: the suite prompts it with plain text", model_dir)
+    backend = HFBackend(str(model_dir), batch_size=batch_size, plain_text_ok=True)
+    key = repr((weights, tok.chat_template)).encode()
+    backend.model = f"{model_dir.resolve()}#{hashlib.sha256(key).hexdigest()[:12]}"
     if cache_dir is not None:
         from phiforge.generation.cache import CachedBackend
 
         backend = CachedBackend(backend, cache_dir / "requests.sqlite")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    context = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
-    return Model(model_dir.name, backend, lambda text: len(tok.encode(text, add_special_tokens=False)), context,
-                 batch_size, model_dir)
+    return Model(model_dir.name, backend, lambda text: len(tok.encode(text, add_special_tokens=False)),
+                 getattr(config, "max_position_embeddings", None), batch_size, model_dir,
+                 "chat template" if tok.chat_template is not None else "plain text (no chat template)")
+
+
+def _loaded(model_dir: Path, what: str, fix: str, auto):
+    """auto.from_pretrained(model_dir), or a one-line error naming what does not load."""
+    try:
+        return auto.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as e:  # transformers' ways of saying a file is missing or unreadable
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"{model_dir}: {what} does not load ({why}); {fix}") from None
 
 
 def contamination(items: list[Item], training: list[str] | None, name: str) -> dict:
@@ -134,7 +152,7 @@ def run_suite(model: Model, tasks: list[SuiteTask], out: Path, training: list[st
     """Every task on the model; results.json, results.jsonl and results.md in out. `checked` carries contamination
     results between models scored on the same eval sets (keyed by the eval set's hash)."""
     checked = {} if checked is None else checked
-    results: dict = {"model": str(model.path or model.name), "tasks": {}}
+    results: dict = {"model": str(model.path or model.name), "prompting": model.prompting, "tasks": {}}
     rows: list[dict] = []
     for task in tasks:
         t0 = time.perf_counter()

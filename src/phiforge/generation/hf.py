@@ -68,8 +68,9 @@ def _load_gguf(directory: Path, filename: str):
     return model, tokenizer
 
 
-def load_chat_model(name_or_path: str):
-    """(model, tokenizer) for `smollm2`, an HF model directory, or a .gguf file; one-line error otherwise."""
+def load_chat_model(name_or_path: str, plain_text_ok: bool = False):
+    """(model, tokenizer) for `smollm2`, an HF model directory, or a .gguf file; one-line error otherwise. A
+    tokenizer without a chat template is an error unless plain_text_ok (a base model prompted with plain text)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_dir() if name_or_path == SMOLLM2 else Path(name_or_path)
@@ -83,21 +84,28 @@ def load_chat_model(name_or_path: str):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
         raise UserError(f"{path}: not a model (expected an HF model directory, a .gguf file, or '{SMOLLM2}')")
-    if tokenizer.chat_template is None:
+    if tokenizer.chat_template is None and not plain_text_ok:
         raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
     tokenizer.padding_side = "left"  # generation continues every row from its last real token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:  # any token will do: padded positions are masked out
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
     return model.eval(), tokenizer
 
 
-class HFBackend:
-    """Batched `generate` over chat-templated prompts; the same requests and seed give the same completions."""
+def plain_prompt(conversation: Messages) -> str:
+    """A conversation as a base model reads it: the turns' text, one paragraph each, then a new line to go on from."""
+    return "\n\n".join(m["content"] for m in conversation) + "\n"
 
-    def __init__(self, model: str, batch_size: int = 16) -> None:
+
+class HFBackend:
+    """Batched `generate` over chat-templated prompts (plain text where the tokenizer has no chat template and
+    plain_text_ok); the same requests and seed give the same completions."""
+
+    def __init__(self, model: str, batch_size: int = 16, plain_text_ok: bool = False) -> None:
         self.model = Path(model).name if model != SMOLLM2 else "SmolLM2-135M-Instruct"
         self.batch_size = batch_size
-        self._lm, self._tok = load_chat_model(model)
+        self._lm, self._tok = load_chat_model(model, plain_text_ok)
+        self.chat_template = self._tok.chat_template is not None
         if torch.cuda.is_available():
             self._lm.to("cuda")
         self._choice_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
@@ -119,8 +127,9 @@ class HFBackend:
         return self._tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def _prompts(self, conversations: Sequence[Messages]) -> tuple[list[str], list[int]]:
-        """Chat-templated prompts, and their indices longest first (so each batch pads little)."""
-        prompts = [self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        """Chat-templated (or plain) prompts, and their indices longest first (so each batch pads little)."""
+        prompts = [self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) if self.chat_template
+                   else plain_prompt(c) for c in conversations]
         return prompts, sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
