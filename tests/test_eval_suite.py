@@ -262,6 +262,8 @@ def test_the_eval_stage_runs_its_suite_on_every_checkpoint_and_the_report_shows_
         assert len(rows) == 6 + 2
     report = (run_dir / "report.md").read_text()
     assert f"**Suite `{suite}`**" in report and "| sft | " in report and "math greedy" in report
+    assert "![suite long_context](report/plots/suite_long_context.png)" in report
+    assert (run_dir / "report" / "plots" / "suite_long_context.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("broken, message", [
@@ -308,3 +310,23 @@ def test_a_random_base_model_without_a_chat_template_scores_near_zero_on_every_t
     assert result["tasks"]["long_context"]["notes"]["skipped_lengths"].startswith("[1024]")
     code = [r for r in rows if r["task"] == "code"]
     assert all(not r["correct"] for r in code)
+
+
+def test_the_report_plots_long_context_accuracy_by_length_a_line_per_checkpoint(tmp_path, monkeypatch):
+    from phiforge import report
+
+    (task,) = _suite(tmp_path, "- task: long_context\n  kinds: [passkey, multikey]\n  lengths: [100, 250, 600]\n"
+                     "  trials: 2\n")
+    readers = {"pretrain": 120, "midtrain": 400, "sft": 700}  # each reads prompts up to that many tokens
+    by_model = {name: run_suite(_model(lambda p, i, n=n: _read_haystack(p) if len(p.split()) <= n else "0"),
+                                [task], tmp_path / name) for name, n in readers.items()}
+    figures = []
+    monkeypatch.setattr(report, "write_with", lambda path, save: figures.append(report.plt.gcf()))
+    report.plot_suite_long_context(by_model, "long_context", tmp_path / "plot.png")
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["passkey", "multikey"]
+    for ax in panels:
+        lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+        assert lines == {"pretrain": [1.0, 0.0, 0.0], "midtrain": [1.0, 1.0, 0.0], "sft": [1.0, 1.0, 1.0]}
+        assert list(ax.get_lines()[0].get_xdata()) == [100, 250, 600]

@@ -58,6 +58,37 @@ def plot_by_length(results: dict, task: str, metric: str, ylabel: str, path: Pat
     plt.close(fig)
 
 
+def plot_suite_long_context(by_model: dict[str, dict], label: str, path: Path) -> None:
+    """A suite long_context task's accuracy against context length: a panel per kind (passkey, multikey, variable
+    tracking), a line per checkpoint with its 95% interval as a band."""
+    kinds = next(res["tasks"][label]["settings"]["kinds"] for res in by_model.values() if label in res["tasks"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.5), sharey=True, squeeze=False)
+    lengths_seen: set[int] = set()
+    for ax, kind in zip(axes[0], kinds):
+        for name, res in by_model.items():
+            scores = res["tasks"].get(label, {}).get("scores", {})
+            lengths = sorted(int(k.split("@")[1]) for k in scores if k.startswith(f"{kind}@"))
+            if not lengths:
+                continue
+            got = [scores[f"{kind}@{n}"] for n in lengths]
+            line, = ax.plot(lengths, [s["value"] for s in got], "o-", label=name)
+            ax.fill_between(lengths, [s["ci95"][0] for s in got], [s["ci95"][1] for s in got],
+                            color=line.get_color(), alpha=0.12)
+            lengths_seen.update(lengths)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="prompt length (tokens)", title=kind.replace("_", " "), ylim=(-0.03, 1.03))
+        ax.grid(alpha=0.3)
+    for ax in axes[0]:
+        ax.set_xticks(sorted(lengths_seen), [str(n) for n in sorted(lengths_seen)])
+        ax.minorticks_off()
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{label}: accuracy vs context length (bands: 95% intervals)", fontsize=10)
+    fig.tight_layout()
+    write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
@@ -282,8 +313,14 @@ def run(ctx: StageContext) -> StageResult:
         if suite.is_file():  # the recipe's eval.suite: a row per checkpoint, each score with its 95% interval and n
             from phiforge.eval.suite import checkpoint_table
 
+            by_model = json.loads(suite.read_text())
             lines += ["", f"**Suite `{ctx.recipe.eval.suite}`** (value [95% CI] n; each item with its verdict and reason "
-                      "in eval/suite/MODEL/results.jsonl)", "", *checkpoint_table(json.loads(suite.read_text()))]
+                      "in eval/suite/MODEL/results.jsonl)", "", *checkpoint_table(by_model)]
+            long_tasks = {label for res in by_model.values() for label, t in res["tasks"].items()
+                          if t["task"] == "long_context"}
+            for label in sorted(long_tasks):  # what midtraining's longer context must buy, checkpoint by checkpoint
+                plot_suite_long_context(by_model, label, plots / f"suite_{label}.png")
+                lines += ["", f"![suite {label}](report/plots/suite_{label}.png)"]
 
     if trained:  # the pipeline copies it there once this last stage has run
         lines += ["", "## Final model", "", f"`{run_dir / FINAL_DIR}` is the {trained[-1]} model; load it with",
