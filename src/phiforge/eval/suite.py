@@ -173,7 +173,8 @@ def run_suite(model: Model, tasks: list[SuiteTask], out: Path, training: list[st
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     write_jsonl(out / "results.jsonl", rows)
-    write_text(out / "results.md", "\n".join(score_table(results)) + "\n")
+    write_text(out / "results.md", f"`{results['model']}`, prompted with: {model.prompting}\n\n"
+               + "\n".join(score_table(results)) + "\n")
     return results
 
 

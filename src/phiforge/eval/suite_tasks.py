@@ -21,7 +21,7 @@ from phiforge.errors import UserError
 from phiforge.eval import instructions, simpleqa
 from phiforge.eval.scoring import (Item, Model, Replies, Scored, SuiteTask, generate, mean, pass_at_k, proportion,
                                    row, statistic, suite_task)
-from phiforge.files import read_jsonl
+from phiforge.files import numbered_jsonl
 from phiforge.generation.base import Sampling
 
 Judge = Callable[[list[tuple[Item, str]]], list[tuple[bool, str]]]  # (item, reply) pairs -> (correct, reason)
@@ -72,10 +72,11 @@ def _judge_replies(items: list[Item], replies: list[Replies], judge: Judge) -> l
 
 
 def _rows_of(path: Path, need: tuple[str, ...]) -> list[dict]:
-    rows = list(read_jsonl(path))
-    for line, r in enumerate(rows, 1):
+    rows = []
+    for line, r in numbered_jsonl(path):  # the file's own line numbers: blank lines are skipped, not renumbered
         if not isinstance(r, dict) or any(not isinstance(r.get(f), (str, int, float)) or str(r[f]) == "" for f in need):
             raise UserError(f"{path}: line {line} needs {', '.join(repr(f) for f in need)}")
+        rows.append(r)
     if not rows:
         raise UserError(f"{path}: no items")
     return rows

@@ -298,6 +298,8 @@ def _check_status(run: _Run, stderr: str) -> tuple[str, str]:
         return "ok", reason
     if "ended before the tests finished" in reason and _last_line(stderr).startswith("MemoryError"):
         return "memory", _last_line(stderr)
+    if "ended before the tests finished" in reason and _last_line(stderr):  # why: a SyntaxError, an exit message
+        reason = f"{reason}: {_last_line(stderr)[:200]}"
     return ("memory" if reason.startswith("MemoryError") else "failed"), reason
 
 
