@@ -83,8 +83,13 @@ class TrainConfig(Section):
         "(less memory, about a third more compute).")
     compile_blocks: bool = Field(
         False, description="torch.compile each decoder block (the way that composes with FSDP2), instead of compile.")
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"mixed_precision", "activation_checkpointing", "compile_blocks"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"mixed_precision", "activation_checkpointing", "compile_blocks",
+                                                           "async_checkpoint"})
     checkpoint_every: PositiveInt = Field(100, description="Steps between checkpoints.")
+    async_checkpoint: bool = Field(
+        False, description="Write each checkpoint in the background (torch.distributed.checkpoint.async_save) while "
+        "training goes on: a step waits only for the state's copy to CPU memory, at the cost of that copy's memory. "
+        "A checkpoint counts once fully written; the next save and the end of training wait for it.")
     keep_checkpoints: PositiveInt = Field(2, description="Checkpoints kept on disk.")
     log_every: PositiveInt = Field(10, description="Steps between metrics rows.")
     eval_every: NonNegInt = Field(0, description="Held-out loss every N steps; 0: only at the end.")

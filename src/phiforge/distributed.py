@@ -13,6 +13,9 @@ Two timeouts (seconds, environment variables):
   a stage it runs alone (corpus, synth, eval... can take hours). That wait is a barrier on its own gloo
   group with this timeout, so a long rank-0 stage is not mistaken for a dead rank, and a rank 0 that dies
   still ends the wait at once (gloo sees the closed connection; torchrun stops the group).
+
+An asynchronous checkpoint (`async_checkpoint: true`) coordinates its ranks from a background thread, on a gloo
+group of its own (with the training timeout), so its collectives never interleave with the training loop's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ log = logging.getLogger("phiforge")
 T = TypeVar("T")
 
 _wait_group: dist.ProcessGroup | None = None
+_checkpoint_group: dist.ProcessGroup | None = None
 _alone = False  # rank 0 running a stage by itself: no collectives, no sharding
 
 
@@ -52,19 +56,26 @@ def _seconds(name: str, default: int) -> timedelta:
 
 def init() -> None:
     """Join torchrun's process group; a no-op in a plain process or when already joined."""
-    global _wait_group
+    global _wait_group, _checkpoint_group
     if not launched() or dist.is_initialized():
         return
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=_seconds("PHIFORGE_DIST_TIMEOUT", 1800))
+    timeout = _seconds("PHIFORGE_DIST_TIMEOUT", 1800)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     _wait_group = dist.new_group(backend="gloo", timeout=_seconds("PHIFORGE_RANK0_WAIT_TIMEOUT", 172800))
+    _checkpoint_group = dist.new_group(backend="gloo", timeout=timeout)
 
 
 def active() -> bool:
     """Training shards the model and reduces across ranks (torchrun, even with one process)."""
     return dist.is_initialized() and not _alone
+
+
+def checkpoint_group() -> dist.ProcessGroup | None:
+    """The gloo group asynchronous checkpoints coordinate on (None in one process: DCP then saves alone)."""
+    return _checkpoint_group if active() else None
 
 
 def rank() -> int:

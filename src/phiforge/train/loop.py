@@ -2,7 +2,8 @@
 
 `train` reads top to bottom: restore the latest checkpoint if there is one, then for each optimizer step
 accumulate gradients over micro-batches (`forward_backward`), clip and step (`optimizer_step`), log a metrics row,
-measure the held-out loss every eval_every steps and at the end, and checkpoint every N steps and at the end.
+measure the held-out loss every eval_every steps and at the end, and checkpoint every N steps and at the end
+(in the background with async_checkpoint: waited for before the next save and before finishing).
 What is optimised is the stage's Objective (train/loss.py: NextTokenLoss; posttrain/dpo.py: DPOLoss); the learning
 rate of every step comes resolved (train/optim.py: LRSchedule). Batches are a pure function of (seed, step), so a
 resumed run continues exactly where it stopped.
@@ -148,6 +149,9 @@ def train(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, object
                          f" val {val:.4f}" if val is not None else "", row["lr"], f"{row['tokens_per_s']:,.0f}")
             if state.step % cfg.checkpoint_every == 0 or last_step:
                 run.checkpoints.save(state)
+            else:
+                run.checkpoints.commit_finished()
+    run.checkpoints.wait()
     return finish_run(run, model, label, time.perf_counter() - started, trained_tokens)
 
 
@@ -184,7 +188,7 @@ def start_run(model: torch.nn.Module, cfg: TrainConfig, schedule: LRSchedule, ou
     trained.train()
     optimizer = build_optimizer(trained, cfg, schedule.peak)
     state = TrainState(trained, optimizer, build_scheduler(optimizer, schedule))
-    checkpoints = Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
+    checkpoints = Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints, cfg.async_checkpoint)
     resumed_from = checkpoints.restore_latest(state)
     if resumed_from is not None:
         log.info("%s: resuming from checkpoint at step %d", label, resumed_from)
@@ -232,6 +236,7 @@ def forward_backward(run: Run, objective: Objective, cfg: TrainConfig) -> tuple[
 
 
 def diverged(run: Run, loss: float, label: str) -> UserError:
+    run.checkpoints.wait()  # the last good step's save, if still in flight
     last = run.checkpoints.steps()
     where = f"step {last[-1]} in {run.checkpoints.root}" if last else "none was written yet"
     return UserError(
