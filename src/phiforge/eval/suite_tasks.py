@@ -92,7 +92,7 @@ def text_answer(reply: str) -> str:
     """What a base model's continuation answers: its document's "Answer:" line (the whole document when none)."""
     document = re.split(r"\n\s*\n|\nProblem:", reply, maxsplit=1)[0]
     found = re.search(r"Answer:\s*([^\n]*)", document)
-    return found.group(1).strip() if found else document
+    return (found.group(1) if found else document).strip()
 
 
 @suite_task
