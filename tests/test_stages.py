@@ -17,7 +17,7 @@ from phiforge.recipe import load_recipe
 from phiforge.stages import STAGES
 
 NAMES = ("corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge_dpo", "hallucination",
-         "eval", "report")
+         "ablation", "eval", "report")
 BY_NAME = {s.name: s for s in STAGES}
 
 # pipeline.config_hash of every stage of the built-in recipes, computed by the code before the registry (f38eb86):
@@ -49,8 +49,8 @@ def test_registry_order_and_the_lists_derived_from_it():
     assert [s.name for s in STAGES if s.uses_teacher] == ["judge_dpo", "hallucination"]
     assert depends_on(BY_NAME["corpus"]) == ()
     assert depends_on(BY_NAME["tokenizer"]) == ("corpus", "synth")
-    assert depends_on(BY_NAME["eval"]) == tuple(n for n in NAMES[:-2] if n != "tokenizer")
-    assert depends_on(BY_NAME["report"]) == NAMES[:-1]
+    assert depends_on(BY_NAME["eval"]) == tuple(n for n in NAMES[:-2] if n not in ("tokenizer", "ablation"))
+    assert depends_on(BY_NAME["report"]) == tuple(n for n in NAMES[:-1] if n != "ablation")
     assert all(s.outputs["model"] == "model/" for s in STAGES if s.trains)
 
 
@@ -58,6 +58,8 @@ def test_which_stages_a_recipe_has():
     assert [s.name for s in stages_of(load_recipe("smoke"))] == [
         "corpus", "synth", "tokenizer", "pretrain", "midtrain", "sft", "eval", "report"]
     assert [s.name for s in stages_of(load_recipe("smollm2-posttrain"))] == ["pts", "dpo", "hallucination", "report"]
+    assert [s.name for s in stages_of(load_recipe("ablation-synthetic-vs-web"))] == [
+        "corpus", "synth", "tokenizer", "ablation", "report"]
 
 
 @pytest.mark.parametrize("name", OLD_HASHES)

@@ -108,7 +108,8 @@ def run(recipe: RecipeArg, run_dir: RunDirOpt = None) -> None:
     _preflight(rec, rd, stages_of(rec))
     run_all(rec, rd)
     if distributed.is_main():
-        console.print(f"[green]done[/]: {rd / 'report.md'} and the model in {rd / FINAL_DIR}")
+        final = f" and the model in {rd / FINAL_DIR}" if (rd / FINAL_DIR).is_dir() else ""  # an ablation trains several
+        console.print(f"[green]done[/]: {rd / 'report.md'}{final}")
 
 
 def run_stage_command(name: str, recipe, run_dir: Optional[Path]) -> None:

@@ -40,6 +40,9 @@ def config_hash(recipe: Recipe, stage: Stage) -> str:
         if s.name in upstream or s.name == stage.name:
             section = s.section_of(recipe)
             parts.append(f"{s.name}={section.digest() if section is not None else '-'}")
+    for name in stage.also_reads:
+        section = getattr(recipe, name)
+        parts.append(f"reads {name}={section.digest() if section is not None else '-'}")
     if recipe.curation is not None and "corpus" in (stage.name, *upstream):  # curation runs in the corpus stage
         parts.append(f"curation={recipe.curation.digest()}|teacher={recipe.teacher.digest() if recipe.teacher else '-'}")
     if any(s.uses_teacher and s.section_of(recipe) is not None for s in STAGES if s.name in (stage.name, *upstream)):

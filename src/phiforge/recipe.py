@@ -317,6 +317,30 @@ class EvalConfig(Section):
     hashed_when_set = frozenset({"suite"})
 
 
+class AblationConfig(Section):
+    """The `ablation:` stage: one pretraining per mixture variant, every one with the pretrain section's settings
+    (model, seed, steps, batch, seq_len: the same token budget), and one eval on each base model: a suite plus
+    held-out loss on the organic (corpus) and synthetic (synth) sources."""
+
+    variants: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = Field(
+        description="Variant name -> its mixture: token share per corpus source or synth dataset (normalised).")
+    suite: NameOrPath = Field("ablation", description="The eval suite every variant's model runs (eval/suites/ name "
+                              "or YAML file); a base model has no chat training, so its tasks prompt with plain text.")
+    heldout_tokens: PositiveInt = Field(
+        32_768, description="Held-out tokens per kind of data (organic, synthetic) each model's loss is measured on.")
+    batch_size: PositiveInt = Field(16, description="Rows (held-out loss) and prompts (suite) per batch.")
+
+    @field_validator("variants")
+    @classmethod
+    def _two_or_more(cls, variants: dict) -> dict:
+        if len(variants) < 2:
+            raise ValueError(f"an ablation compares two or more variants, got {len(variants)}")
+        for name, mixture in variants.items():
+            if not any(share > 0 for share in mixture.values()):
+                raise ValueError(f"variant {name!r} needs at least one positive share")
+        return variants
+
+
 class SandboxConfig(Section):
     # Run generated code even where namespaces are refused, with the weak isolation of rlimits and an audit
     # hook (docs/design.md, "Sandbox threat model"); verdicts and samples record which level ran.
@@ -340,6 +364,7 @@ class Recipe(Section):
     judge_dpo: JudgeDPOStageConfig | None = None
     hallucination: HallucinationStageConfig | None = None
     eval: EvalConfig = EvalConfig()
+    ablation: AblationConfig | None = None  # trains its variants in place of the pretrain stage
     curation: CurationConfig | None = None  # `phiforge curate` (defined below with its parts)
     sandbox: SandboxConfig = SandboxConfig()
 
@@ -377,6 +402,23 @@ class Recipe(Section):
                     raise ValueError(f"synth.seeds names unknown corpus source {seed.source!r}; known: {sorted(corpus_names)}")
         if not self.pretrain.shares:
             raise ValueError("pretrain.mixture needs at least one positive share")
+        for variant, mixture in (self.ablation.variants.items() if self.ablation else ()):
+            if unknown := sorted(set(mixture) - set(names)):
+                raise ValueError(f"ablation.variants.{variant} names unknown sources {unknown}; known: {sorted(names)}")
+        return self
+
+    @model_validator(mode="after")
+    def _ablation_alone(self) -> "Recipe":
+        """An ablation compares base models: it needs the data and the pretrain settings, and nothing trains after."""
+        if self.ablation is None:
+            return self
+        if self.corpus is None or self.pretrain is None:
+            raise ValueError("ablation needs a corpus section and a pretrain section (the settings every variant "
+                             "trains with)")
+        later = [n for n in ("midtrain", "sft", "pts", "dpo", "judge_dpo", "hallucination") if getattr(self, n)]
+        if later:
+            raise ValueError(f"ablation trains base models in place of pretrain; drop {', '.join(later)} "
+                             "(or run them in another recipe)")
         return self
 
 

@@ -37,6 +37,9 @@ class Stage:
     all_ranks: bool = False  # every torchrun rank runs it together (FSDP2); other stages run on rank 0 alone
     uses_teacher: bool = False  # a judge or grader may be the recipe's teacher: the teacher enters its config hash
     hash_skips: tuple[str, ...] = ()  # earlier stages whose sections do not enter its config hash
+    # recipe sections it reads beyond its own (the ablation's variants train with pretrain's settings): they enter its
+    # config hash even where their own stage is left out of the recipe
+    also_reads: tuple[str, ...] = ()
     estimate: Callable[[Recipe], float] = _fixed_estimate  # seconds on the reference machine (phiforge/progress.py)
 
     def section_of(self, recipe: Recipe) -> Section | None:

@@ -3,7 +3,7 @@ the pipeline and the CLI import this list, the stage modules never do (they get 
 
 from __future__ import annotations
 
-from phiforge import report
+from phiforge import ablation, report
 from phiforge.data import corpus
 from phiforge.eval import stage as eval_stage
 from phiforge.posttrain import sft
@@ -24,6 +24,7 @@ STAGES: tuple[Stage, ...] = (
     posttrain.DPO,
     posttrain.JUDGE_DPO,
     posttrain.HALLUCINATION,
+    ablation.STAGE,
     eval_stage.STAGE,
     report.STAGE,
 )

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from phiforge.config import PositiveFloat, Section
-from phiforge.generation.base import Backend, Sampling
+from phiforge.generation.base import TEXT_ROLE, Backend, Sampling
 from phiforge.stats import wilson
 
 
@@ -40,12 +40,14 @@ class Replies:
     error: str | None = None  # why there are none: the generation failed
 
 
-def generate(model: Model, prompts: Sequence[str], sampling: Sampling, n: int, timeout_s: float) -> list[Replies]:
-    """n replies to each prompt as a single user turn, a batch at a time. A batch that has not finished within
-    timeout_s gives its items no replies and the reason; the next batch goes on."""
+def generate(model: Model, prompts: Sequence[str], sampling: Sampling, n: int, timeout_s: float,
+             text: bool = False) -> list[Replies]:
+    """n replies to each prompt as a single user turn (text: as plain text the model continues), a batch at a time.
+    A batch that has not finished within timeout_s gives its items no replies and the reason; the next batch goes on."""
+    role = TEXT_ROLE if text else "user"
     out: list[Replies] = []
     for start in range(0, len(prompts), model.batch_size):
-        chunk = [[{"role": "user", "content": p}] for p in prompts[start : start + model.batch_size]]
+        chunk = [[{"role": role, "content": p}] for p in prompts[start : start + model.batch_size]]
         done = _within(timeout_s, model.backend.chat, chunk, sampling, n)
         if done is None:
             out += [Replies([], f"generation did not finish within {timeout_s:g} s")] * len(chunk)

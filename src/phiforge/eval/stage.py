@@ -104,7 +104,9 @@ def _estimate(recipe: Recipe) -> float:
 
 # eval scores the corpus's held-out text and problems: a post-training-only recipe has none (its dpo and
 # hallucination stages compare the models before and after themselves). The models it scores carry their
-# tokenizers, so the tokenizer section is not part of its config hash.
+# tokenizers, so the tokenizer section is not part of its config hash. An ablation recipe's stage of that name
+# evaluates its variants itself; the ablation section stays out of this hash (it is not read here).
 STAGE = Stage("eval", "Evaluate the untrained model, every finished stage and eval.models.", run, "eval",
-              outputs={"results": "results.json", "suite": "suite.json"}, needs=lambda recipe: recipe.corpus is not None,
-              hash_skips=("tokenizer",), estimate=_estimate)
+              outputs={"results": "results.json", "suite": "suite.json"},
+              needs=lambda recipe: recipe.corpus is not None and recipe.ablation is None,
+              hash_skips=("tokenizer", "ablation"), estimate=_estimate)

@@ -45,9 +45,10 @@ class SampledTask(SuiteTask):
             raise ValueError(f"k {max(self.k)} exceeds samples ({self.samples}): pass@k needs k <= samples")
         return self
 
-    def judged(self, model: Model, items: list[Item], judge: Judge) -> Scored:
+    def judged(self, model: Model, items: list[Item], judge: Judge, text: bool = False) -> Scored:
+        """Greedy (and sampled) replies judged; text: the prompts are plain text the model continues."""
         greedy = generate(model, [i.prompt for i in items], Sampling(temperature=0.0, max_tokens=self.max_tokens), 1,
-                          self.timeout_s)
+                          self.timeout_s, text)
         verdicts = _judge_replies(items, greedy, judge)
         rows = [row(i, r, *v[0]) for i, r, v in zip(items, greedy, verdicts)]
         scores = {"greedy": proportion([v[0][0] for v in verdicts])}
@@ -55,7 +56,7 @@ class SampledTask(SuiteTask):
             sampling = Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                                 seed=self.seed)
             sampled = _judge_replies(items, generate(model, [i.prompt for i in items], sampling, self.samples,
-                                                     self.timeout_s), judge)
+                                                     self.timeout_s, text), judge)
             correct = [sum(ok for ok, _ in v) for v in sampled]
             for r, c in zip(rows, correct):
                 r["sampled_correct"] = c
@@ -83,6 +84,16 @@ def _rows_of(path: Path, need: tuple[str, ...]) -> list[dict]:
 
 
 MATH_PROMPT = "{question}\nSolve it step by step, then give the final answer as 'The answer is X.'"
+# A base model's prompt: the start of a document in the format the synthetic problems are pretrained in
+# (data/synthetic_math.py, Problem.as_document); its answer is the "Answer:" line, before the next document.
+MATH_TEXT_PROMPT = "Problem: {question}\nSolution:"
+
+
+def text_answer(reply: str) -> str:
+    """What a base model's continuation answers: its document's "Answer:" line (the whole document when none)."""
+    document = re.split(r"\n\s*\n|\nProblem:", reply, maxsplit=1)[0]
+    found = re.search(r"Answer:\s*([^\n]*)", document)
+    return (found.group(1) if found else document).strip()
 
 
 @suite_task
@@ -93,6 +104,9 @@ class MathTask(SampledTask):
     task: Literal["math"]
     path: RecipePath | None = None  # {question, answer} jsonl; default: generated held-out problems
     n: PositiveInt = 100
+    # chat: a user turn asking for "The answer is X."; text: a base model (pretrained only) continues
+    # "Problem: ...\nSolution:" and its "Answer:" line is checked
+    format: Literal["chat", "text"] = "chat"
 
     def items(self, model: Model) -> list[Item]:
         if self.path is not None:
@@ -100,16 +114,20 @@ class MathTask(SampledTask):
                         for i, r in enumerate(_rows_of(self.path, ("question", "answer")))][: self.n]
         else:
             problems = [(p.key, p.question, p.answer) for p in synthetic_math.generate(self.n, self.seed, heldout=True)]
-        return [Item(key, MATH_PROMPT.format(question=q), a, f"{q} {a}") for key, q, a in problems]
+        prompt = MATH_TEXT_PROMPT if self.format == "text" else MATH_PROMPT
+        return [Item(key, prompt.format(question=q), a, f"{q} {a}") for key, q, a in problems]
 
     def score(self, model: Model, items: list[Item]) -> Scored:
         from phiforge.synth.verify import math_equivalent
 
+        text = self.format == "text"
+
         def judge(pairs: list[tuple[Item, str]]) -> list[tuple[bool, str]]:
-            verdicts = [math_equivalent({"answer": item.reference}, reply) for item, reply in pairs]
+            verdicts = [math_equivalent({"answer": item.reference}, text_answer(reply) if text else reply)
+                        for item, reply in pairs]
             return [(v.ok, v.detail) for v in verdicts]
 
-        return self.judged(model, items, judge)
+        return self.judged(model, items, judge, text)
 
 
 CODE_PROMPT = ("Complete the following Python function. Reply with the whole function in one ```python code block."

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 Messages = list[dict[str, str]]
+# A conversation of one message with this role is plain text the model continues as it is, with no chat template: a
+# base model's prompt (it was pretrained on documents, never on chat turns). The in-process backend (hf) reads it.
+TEXT_ROLE = "text"
 
 
 @dataclass(frozen=True)

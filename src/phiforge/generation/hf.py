@@ -17,7 +17,7 @@ import torch
 
 from phiforge.errors import UserError
 from phiforge.files import atomic_path
-from phiforge.generation.base import Messages, Sampling, matches_choice
+from phiforge.generation.base import TEXT_ROLE, Messages, Sampling, matches_choice
 
 log = logging.getLogger("phiforge")
 
@@ -127,9 +127,11 @@ class HFBackend:
         return self._tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def _prompts(self, conversations: Sequence[Messages]) -> tuple[list[str], list[int]]:
-        """Chat-templated (or plain) prompts, and their indices longest first (so each batch pads little)."""
-        prompts = [self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) if self.chat_template
-                   else plain_prompt(c) for c in conversations]
+        """Chat-templated prompts (plain text for a one-message TEXT_ROLE conversation or a tokenizer without a
+        chat template), and their indices longest first (so each batch pads little)."""
+        prompts = [c[0]["content"] if len(c) == 1 and c[0]["role"] == TEXT_ROLE
+                   else self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                   if self.chat_template else plain_prompt(c) for c in conversations]
         return prompts, sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:

@@ -222,6 +222,23 @@ def curation_section(cur: dict) -> list[str]:
     return lines
 
 
+def ablation_lines(ctx: StageContext) -> list[str]:
+    """The ablation stage's variants: what each trained on, the table of scores with 95% intervals, and the figure."""
+    cfg, pre = ctx.recipe.ablation, ctx.recipe.pretrain
+    results = json.loads(ctx.input("ablation", "results").read_text())
+    lines = ["", "## Ablation: mixture variants", "",
+             f"The same model (`{ctx.recipe.model.preset}`, seed {ctx.recipe.seed}) pretrained on each mixture for "
+             f"{pre.steps} steps of {pre.batch_size * pre.grad_accum} x {pre.seq_len} tokens, then suite "
+             f"`{cfg.suite}` and held-out loss on organic (corpus) and synthetic (synth) text. Each score is value "
+             "[95% CI] and its n (Wilson intervals for shares, bootstrap over rows for losses).", "",
+             "| variant | mixture (share of tokens drawn) |", "|---|---|"]
+    for name, res in results.items():
+        mix = ", ".join(f"{source} {d['share']:.2f}" for source, d in res["mixture"].items())
+        lines.append(f"| {name} | {mix} |")
+    lines += ["", *ctx.input("ablation", "table").read_text().splitlines(), "", "![ablation](ablation/ablation.png)"]
+    return lines
+
+
 def machine_line(ctx: StageContext) -> str:
     """What the wall times and training speed depend on: the CPU's instruction set and the training precision."""
     import os
@@ -294,6 +311,8 @@ def run(ctx: StageContext) -> StageResult:
                 lines.append(f"| {name} | {d['share']:.2f} | {d['tokens']:,} | {d['unique_tokens']:,} | {d['epochs']} |")
 
     lines += posttrain_lines(manifests)
+    if "ablation" in manifests:
+        lines += ablation_lines(ctx)
     plots = ctx.out / "plots"
     trained = list(ctx.trained_models())
     if trained:
@@ -330,4 +349,5 @@ def run(ctx: StageContext) -> StageResult:
 
 
 STAGE = Stage("report", "Write report.md and plots from the run's finished stages (the pipeline then copies final/).",
-              run, "eval", outputs={"report": "../report.md", "plots": "plots/"})
+              run, "eval", outputs={"report": "../report.md", "plots": "plots/"},
+              hash_skips=("ablation",))  # run directories from before the ablation stage keep their reports

@@ -139,6 +139,8 @@ def run_midtrain(ctx: StageContext) -> StageResult:
 
 PRETRAIN = Stage("pretrain", "Pretrain from RECIPE's 'pretrain' section (needs corpus and tokenizer).", run_pretrain,
                  "pretrain", outputs=TRAINING_OUTPUTS, trains=True, passes_model=True, all_ranks=True,
+                 # an ablation recipe's pretrain section is the settings its variants train with (the ablation stage)
+                 needs=lambda recipe: recipe.ablation is None,
                  estimate=lambda recipe: progress.FIXED_S + progress.training_s(recipe.pretrain))
 MIDTRAIN = Stage("midtrain", "Midtrain: longer context, higher RoPE base, lr / 10 (needs pretrain or midtrain.init_from).",
                  run_midtrain, "midtrain", outputs=TRAINING_OUTPUTS, trains=True, passes_model=True, all_ranks=True,
