@@ -211,7 +211,7 @@ def test_a_bad_suite_file_is_one_error_naming_the_file_and_item(tmp_path, text, 
 def test_the_built_in_suites_load_and_an_unknown_one_is_named():
     assert [t.label for t in load_suite("tiny")] == ["math", "code", "long_context", "instructions", "simpleqa"]
     assert load_suite("chat-model")[1].k == [1, 4, 8]
-    with pytest.raises(UserError, match="suite 'nope': not a file and not a built-in suite \\(chat-model, tiny\\)"):
+    with pytest.raises(UserError, match="suite 'nope': not a file and not a built-in suite \\(ablation, chat-model, tiny\\)"):
         load_suite("nope")
 
 
