@@ -4,11 +4,13 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,16 @@ class Installed:
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         return _run([str(self.venv / "bin" / "phiforge")], args, self.home, check, env)
+
+
+def kill_9_when(proc: subprocess.Popen, ready, too_soon: str, timeout_s: float = 300) -> None:
+    """SIGKILL `proc` as soon as ready() holds (or timeout_s passed); fails with `too_soon` if it ended before."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    assert proc.poll() is None, too_soon
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -4,16 +4,13 @@ table and figure whose numbers are the results'; a killed run resumes without re
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import yaml
 
-from conftest import RECIPES, phiforge
+from conftest import RECIPES, kill_9_when, phiforge
 from phiforge.eval.suite_tasks import text_answer
 
 ABLATION = RECIPES / "ablation-synthetic-vs-web.yaml"
@@ -46,12 +43,7 @@ def test_three_variants_trained_and_scored_a_kill_resumes_without_retraining_and
     variants = run_dir / "ablation" / "variants"
     proc = subprocess.Popen([sys.executable, "-m", "phiforge.cli", "run", str(recipe), "--run-dir", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (variants / "organic" / "result.json").is_file():
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when(proc, (variants / "organic" / "result.json").is_file, "the run ended before it could be killed")
     trained_first = (variants / "organic" / "model" / "model.safetensors").stat().st_mtime_ns
 
     resumed = phiforge("run", recipe, "--run-dir", run_dir)

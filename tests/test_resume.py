@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import SMOKE, phiforge
+from conftest import SMOKE, kill_9_when, phiforge
 
 
 def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp_path, copy_stages):
@@ -29,14 +26,8 @@ def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp
         stderr=subprocess.DEVNULL,
     )
     checkpoints = run_dir / "pretrain" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoints.is_dir() and any((p / ".metadata").is_file() for p in checkpoints.iterdir()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "pretraining ended before it could be killed; raise smoke pretrain steps"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when(proc, lambda: checkpoints.is_dir() and any((p / ".metadata").is_file() for p in checkpoints.iterdir()),
+                "pretraining ended before it could be killed; raise smoke pretrain steps")
     assert not (run_dir / "pretrain" / "manifest.json").exists()
 
     status = phiforge("status", run_dir).stdout

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMOKE
+from conftest import SMOKE, kill_9_when
 
 from phiforge.data import shards
 from phiforge.data.batches import batch_at
@@ -111,12 +108,7 @@ def test_sigkilled_pack_resumes_to_the_same_bytes(tmp_path):
         test_shards.pack(Path({str(tmp_path / "cut")!r}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (tmp_path / "cut" / "shard_00002.npy").exists():
-        time.sleep(0.01)
-    assert proc.poll() is None, "the pack ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_when(proc, (tmp_path / "cut" / "shard_00002.npy").exists, "the pack ended before it could be killed", 120)
     assert not (tmp_path / "cut" / INDEX).exists()
     pack(tmp_path / "cut")
     assert files(tmp_path / "cut") == files(tmp_path / "whole")
