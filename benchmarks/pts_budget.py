@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from planted import PlantedLM, planted_tokenizer  # noqa: E402
 
 from phiforge.posttrain.pts.config import PTSConfig  # noqa: E402
+from phiforge.posttrain.pts.sampler import HFSampler  # noqa: E402
 from phiforge.posttrain.pts.search import Search  # noqa: E402
 
 PROBLEM = {"prompt": "Q", "answer": "7", "verifier": "numeric"}
@@ -30,7 +31,7 @@ SHAPES = [(4, 12, 0.5), (10, 40, 0.6), (30, 40, 0.4), (20, 64, 0.5), (50, 64, 0.
 
 def frozen_traces(model, tok, cfg: PTSConfig, seed: int) -> list[tuple[int, ...]]:
     """One correct and one incorrect finished solution, sampled once."""
-    search = Search(model, tok, PROBLEM, cfg, lambda text: False, seed)
+    search = Search(HFSampler(model, tok), tok, PROBLEM, cfg, lambda text: False, seed)
     outs = search.complete(search.rollouts([()] * 16))
     by_answer = {}
     for out, _ in outs:
@@ -42,7 +43,7 @@ def run(model, tok, traces, cfg: PTSConfig, seed: int) -> tuple[set, int, int]:
     """Pivots found ((trace, position)), completions sampled by the search, and by pair verification."""
     from phiforge.synth.verify import verify
 
-    search = Search(model, tok, PROBLEM, cfg, lambda text: verify(PROBLEM, text).ok, seed)
+    search = Search(HFSampler(model, tok), tok, PROBLEM, cfg, lambda text: verify(PROBLEM, text).ok, seed)
     found = {(t, i) for t, trace in enumerate(traces) for i in search.complete(search.pivots(trace))}
     searched = search.samples
     for t, i in sorted(found):

@@ -54,16 +54,18 @@ class PlantedLM(torch.nn.Module):
         return Output(self.table[(pos - last_sep).clamp(max=self.length - 1)])
 
 
-def train_planted_hf(out_dir, steps: int = 80, seed: int = 0):
-    """A real HF causal LM (1-layer Phi-3) trained to answer Q with `x y 7|3 <|im_end|>`, 7 or 3 at even odds.
+def train_planted_hf(out_dir, steps: int = 80, seed: int = 0, hidden_size: int = 32):
+    """A real HF causal LM (1-layer Phi-3, 2 heads) trained to answer Q with `x y 7|3 <|im_end|>`, 7 or 3 at
+    even odds.
 
-    Saved with the planted tokenizer in `out_dir`; its one pivot is the answer token (position 2).
+    Saved with the planted tokenizer in `out_dir`; its one pivot is the answer token (position 2). vLLM's CPU
+    attention wants heads of 32 dimensions or more: hidden_size 64.
     """
     from phiforge.model import build_model, phi3_config
     from phiforge.tokenizer import chat_prompt_ids
 
     tok = planted_tokenizer()
-    config = phi3_config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    config = phi3_config(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = build_model(config, seed)

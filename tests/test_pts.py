@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from phiforge.model import build_model, phi3_config
 from phiforge.posttrain.pts.config import PTSConfig
 from phiforge.posttrain.pts.estimates import Estimate, gap_bounds, split_point
-from phiforge.posttrain.pts.sampler import sample
+from phiforge.posttrain.pts.sampler import HFSampler, sample
 from phiforge.posttrain.pts.search import search_problem, search_problems
 
 from conftest import phiforge
@@ -24,7 +24,7 @@ def test_finds_exactly_the_planted_pivot(mode):
     tok = planted_tokenizer()
     # Fillers before and after the pivot are random too: sampling noise must not make them pivotal.
     cfg = PTSConfig(mode=mode, samples=200, round_size=25, max_new_tokens=16)
-    result = search_problem(PlantedLM(tok, pivot=4, length=12), tok, PROBLEM, cfg)
+    result = search_problem(HFSampler(PlantedLM(tok, pivot=4, length=12), tok), tok, PROBLEM, cfg)
     assert result.status == "searched"
     assert sorted((pv["trace"], pv["position"]) for pv in result.pivots) == [("correct", 4), ("incorrect", 4)]
     assert len(result.pairs) == 2
@@ -39,7 +39,8 @@ def test_finds_exactly_the_planted_pivot(mode):
 def test_adaptive_spends_fewer_samples_than_fixed_for_the_same_pivots():
     tok = planted_tokenizer()
     model = PlantedLM(tok, pivot=3, length=24)
-    runs = {m: search_problem(model, tok, PROBLEM, PTSConfig(mode=m, max_new_tokens=32)) for m in ("adaptive", "fixed")}
+    runs = {m: search_problem(HFSampler(model, tok), tok, PROBLEM, PTSConfig(mode=m, max_new_tokens=32))
+            for m in ("adaptive", "fixed")}
     positions = {mode: [pv["position"] for pv in run.pivots] for mode, run in runs.items()}
     assert positions == {"adaptive": [3, 3], "fixed": [3, 3]}
     assert runs["adaptive"].samples < runs["fixed"].samples
@@ -49,7 +50,7 @@ def test_adaptive_spends_fewer_samples_than_fixed_for_the_same_pivots():
 def test_an_oracle_that_never_changes_its_mind_yields_no_pairs(always):
     tok = planted_tokenizer()
     cfg = PTSConfig(min_p=0.0, max_p=1.0, max_new_tokens=16)  # search even a question that is always right/wrong
-    result = search_problem(PlantedLM(tok), tok, PROBLEM, cfg, check=lambda text: always)
+    result = search_problem(HFSampler(PlantedLM(tok), tok), tok, PROBLEM, cfg, check=lambda text: always)
     assert result.status == "searched" and result.p_success == float(always)
     assert result.pivots == [] and result.pairs == []
 
@@ -57,7 +58,7 @@ def test_an_oracle_that_never_changes_its_mind_yields_no_pairs(always):
 def test_pivot_without_a_measured_margin_is_not_exported():
     tok = planted_tokenizer()
     cfg = PTSConfig(max_new_tokens=16).model_copy(update={"min_margin": 1.01})  # no pair can show this margin
-    result = search_problem(PlantedLM(tok), tok, PROBLEM, cfg)
+    result = search_problem(HFSampler(PlantedLM(tok), tok), tok, PROBLEM, cfg)
     assert len(result.pivots) == 2 and result.pairs == []
 
 
@@ -69,17 +70,18 @@ def test_end_pairs_off_leaves_out_pairs_with_an_end_of_reply_token():
     # 200 samples per prefix, as in the planted-pivot test: at 50, sampling noise makes a filler token look
     # pivotal in about one search in ten (the report's point-estimate rule), which is not what this test is about.
     cfg = PTSConfig(max_new_tokens=16, samples=200, round_size=25)
-    kept = search_problem(model, tok, PROBLEM, cfg, check=short)
+    kept = search_problem(HFSampler(model, tok), tok, PROBLEM, cfg, check=short)
     assert [pv["position"] for pv in kept.pivots] == [4, 4]
     assert {(p["chosen"], p["rejected"]) for p in kept.pairs} == {("<|im_end|>", "x")}
-    left_out = search_problem(model, tok, PROBLEM, cfg.model_copy(update={"end_pairs": False}), check=short)
+    left_out = search_problem(HFSampler(model, tok), tok, PROBLEM, cfg.model_copy(update={"end_pairs": False}),
+                              check=short)
     assert [pv["position"] for pv in left_out.pivots] == [4, 4] and left_out.pairs == []
     assert left_out.samples < kept.samples  # no completions spent measuring pairs it would drop
 
 
 def test_question_outside_the_success_band_is_skipped():
     tok = planted_tokenizer()
-    result = search_problem(PlantedLM(tok, p_right=0.97), tok, PROBLEM, PTSConfig(max_new_tokens=16))
+    result = search_problem(HFSampler(PlantedLM(tok, p_right=0.97), tok), tok, PROBLEM, PTSConfig(max_new_tokens=16))
     assert result.status == "skipped" and result.pivots == [] and result.samples == 50
 
 
@@ -153,11 +155,12 @@ def test_a_search_finds_the_same_alone_or_beside_others():
     model = PlantedLM(tok, pivot=3, length=10)
     problems = [(i, PROBLEM) for i in range(4)]
     cfg = PTSConfig(max_new_tokens=12, batch_size=64)
-    alone = {r.index: r for r in search_problems(model, tok, problems, cfg.model_copy(update={"concurrent": 1}))}
-    together = {r.index: r for r in search_problems(model, tok, problems, cfg.model_copy(update={"concurrent": 3}))}
+    sampler = HFSampler(model, tok)
+    alone = {r.index: r for r in search_problems(sampler, tok, problems, cfg.model_copy(update={"concurrent": 1}))}
+    together = {r.index: r for r in search_problems(sampler, tok, problems, cfg.model_copy(update={"concurrent": 3}))}
     assert alone == together and sorted(alone) == [0, 1, 2, 3]
     assert {r.samples for r in alone.values()} != {cfg.samples}  # seeds differ by problem: not all skipped
-    assert search_problem(model, tok, PROBLEM, cfg, index=2) == alone[2]
+    assert search_problem(sampler, tok, PROBLEM, cfg, index=2) == alone[2]
 
 
 def test_pts_cli_on_a_trained_model_resumes_and_plots(tmp_path):

@@ -7,6 +7,7 @@ started first, so its start overlaps the engine's."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -195,3 +196,31 @@ def test_a_server_killed_mid_run_and_restarted_loses_nothing(server, tmp_path):
     again = CachedBackend(OpenAIBackend(url, NAME), cache).chat(convs, hot)
     assert again == result[0] and server.served_requests() == 8 - before
 
+
+
+def test_pts_on_the_vllm_sampler_finds_the_planted_pivot_and_exports_verified_pairs(tmp_path):
+    """`phiforge pts --sampler vllm` on a real (tiny, trained) Phi-3 whose one pivot is known: vLLM loads it, its
+    samples and log-probs drive the search, and it finds what the hf sampler finds."""
+    from conftest import phiforge
+    from planted import train_planted_hf
+
+    train_planted_hf(tmp_path / "model", hidden_size=64)  # vLLM's CPU attention wants heads of 32 or more
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"prompt": "Q", "answer": "7", "verifier": "numeric", "id": i}) + "\n"
+                                for i in range(3)))
+    found = {}
+    for sampler in ("vllm", "hf"):
+        out = tmp_path / sampler / "pairs.jsonl"
+        proc = phiforge("pts", "--model", tmp_path / "model", "--problems", problems, "--out", out,
+                        "--max-new-tokens", "8", "--sampler", sampler)
+        pairs = [json.loads(line) for line in out.read_text().splitlines()]
+        summary = json.loads((out.parent / "pairs.summary.json").read_text())
+        found[sampler] = {(p["problem"], p["chosen"], p["rejected"]) for p in pairs}
+        # every pair's three probabilities were measured afresh and show the margin
+        assert pairs and all(p["p_chosen"] - p["p_rejected"] >= 0.2 for p in pairs), proc.stderr[-2000:]
+        assert summary["pivots"] >= len(pairs) and summary["searched"] >= 1
+    print(f"pts pairs: {found}")
+    assert {(c, r) for _, c, r in found["vllm"]} == {("7", "3")}
+    # the two samplers draw differently (their own seeds' streams), so a question may fall outside the success
+    # band under one and not the other; those searched by both find the same pair
+    assert len(found["vllm"] & found["hf"]) >= 1

