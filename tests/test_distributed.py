@@ -132,8 +132,9 @@ def test_post_training_stages_on_two_processes_take_the_steps_of_one(tmp_path):
         one, both = read("one", f"{stage}/metrics.jsonl"), read("two", f"{stage}/metrics.jsonl")
         assert len(both) == steps and one[-1]["loss"] < one[0]["loss"], stage  # it learned something
         keys = ("loss", "grad_norm") + (("reward_margin", "reward_accuracy") if stage != "hallucination/sft" else ())
-        for key in keys:
-            assert [r[key] for r in both] == pytest.approx([r[key] for r in one], abs=1e-4), (stage, key)
+        for key in keys:  # a norm near 19 of gradients FSDP reduced over ranks: measured 2e-4 apart on one CPU
+            rel = 1e-3 if key == "grad_norm" else 0
+            assert [r[key] for r in both] == pytest.approx([r[key] for r in one], rel=rel, abs=1e-4), (stage, key)
         assert (tmp_path / "two" / stage / "model" / "model.safetensors").is_file()
     assert read("two", "judge_dpo/pairs.jsonl") == read("one", "judge_dpo/pairs.jsonl")
     assert len(read("one", "judge_dpo/pairs.jsonl")) >= 1
