@@ -22,7 +22,7 @@ from phiforge.pipeline import run_all
 from phiforge.recipe import load_recipe
 from planted import train_planted_hf
 
-STEPS = 40
+STEPS = 25
 
 
 def pretrain_recipe(path, **settings):

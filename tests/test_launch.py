@@ -1,5 +1,5 @@
-"""`phiforge launch slurm`: the sbatch script runs the smoke recipe under torchrun on a real one-node Slurm
-(2 CPU ranks) to a complete run directory whose pretraining follows the one-process run."""
+"""`phiforge launch slurm`: the sbatch script runs the smoke recipe (a shorter sft) under torchrun on a real
+one-node Slurm (2 CPU ranks) to a complete run directory whose pretraining follows the one-process run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from conftest import phiforge
+from conftest import SMOKE, phiforge
 from test_distributed import losses
 
 
@@ -19,8 +20,13 @@ def test_a_slurm_job_runs_the_smoke_recipe_on_two_ranks(slurm, smoke_run, instal
     run_dir.mkdir()
     # stages that run on rank 0 alone come from the one-process run, to keep the test short; the job runs the rest
     copy_stages(smoke_run, run_dir, "corpus", "synth", "tokenizer")
-    proc = installed("launch", "slurm", "smoke", "--nodes", "1", "--gpus-per-node", "2", "--cpu",
-                     "--run-dir", run_dir, "--submit")
+    # pretrain as in the smoke run (its losses are compared below); a short sft and eval after it
+    recipe = yaml.safe_load(SMOKE.read_text())
+    recipe["sft"].update(steps=20, checkpoint_every=20, log_every=10)
+    recipe["eval"].update(max_problems=8, passkey_trials=2)
+    (run_dir.parent / "slurm.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))  # the mixture in its order
+    proc = installed("launch", "slurm", str(run_dir.parent / "slurm.yaml"), "--nodes", "1", "--gpus-per-node", "2",
+                     "--cpu", "--run-dir", run_dir, "--submit")
     job = re.search(r"submitted job (\d+)", proc.stdout).group(1)
     script = (run_dir / "slurm.sbatch").read_text()
     assert "--nnodes 1 --nproc_per_node 2" in script and "--rdzv_backend c10d" in script
