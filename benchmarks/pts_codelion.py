@@ -1,0 +1,276 @@
+"""`phiforge pts` against codelion/pts (the open PTS tool), head to head: same model, problems and oracle.
+
+Both sides search --problems `groups` word problems from phiforge's generator (data/synthetic_math.py), written
+once to OUT/problems/problems.jsonl ({prompt, answer, verifier: numeric}), on SmolLM2-135M-Instruct (the
+embedded GGUF's HF directory, loaded in fp32 by both), with the same oracle: phiforge's `numeric` verifier
+(the last number of the solution text equals the answer).
+- codelion: its own CLI, `pts run`, from its venv (--codelion-venv; pip install -e of its source), with its
+  defaults (50 samples per prefix, temperature 0.6, top-p 0.95, top-k 20, prob threshold 0.2, 10 traces per
+  problem, p(success | Q) in [0.2, 0.8]), but --max-new-tokens on both sides and SmolLM2's own system prompt
+  as --system-prompt, so both render the same chat prompt (without one it samples on the bare question text).
+  The dataset is the local folder (--query-key prompt --answer-key answer). A sitecustomize.py on its
+  PYTHONPATH (written to OUT/shim/) swaps its oracle (chosen by dataset name; it would read the prompt's
+  numbers too) for phiforge's verifier, and counts the sequences every `generate()` call returns: traces (one
+  per call) and estimate completions (num_return_sequences). It runs offline (HF_HUB_OFFLINE=1).
+- phiforge: `Search` on the hf sampler through the pts stage's driver, PTSConfig defaults (adaptive, at most
+  --num-samples per prefix, one correct and one incorrect trace, pairs built), completions counted by Search.
+
+Per side: completions sampled, wall time (model load included), traces, distinct pivots; with
+--verify-samples M, each pivot's p(before) and p(after) measured again from M fresh completions each
+(phiforge's sampler, new seeds): a pivot survives if the fresh jump has the same sign and is >= 0.2 (a
+precision estimate against those reference labels; recall would need every position labelled).
+
+    python benchmarks/pts_codelion.py [--problems 10] [--num-samples 50] [--max-new-tokens 256] \\
+        [--max-generations 10] [--verify-samples 50] [--threads 2] [--out runs/pts_codelion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from vllm_rollouts import cpu_capability, load
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIM = r'''"""Only for benchmarks/pts_codelion.py: phiforge's oracle in codelion/pts, and a count of its completions."""
+import atexit, json, os, re, sys
+if os.environ.get("PTS_BENCH_COUNTS"):
+    sys.path.insert(0, os.environ["PTS_BENCH_PHIFORGE_SRC"])  # phiforge.synth.verify needs only the stdlib
+    import torch
+    torch.set_num_threads(int(os.environ["PTS_BENCH_THREADS"]))
+    from transformers.generation.utils import GenerationMixin
+    from phiforge.synth.verify import verify
+    import pts.cli
+    from pts.oracle import Oracle
+
+    counts = {"generate_calls": 0, "traces": 0, "estimate_completions": 0}
+    original = GenerationMixin.generate
+
+    def generate(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        counts["generate_calls"] += 1
+        counts["estimate_completions" if "num_return_sequences" in kwargs else "traces"] += out.sequences.shape[0]
+        return out
+
+    class Numeric(Oracle):
+        def __init__(self, examples):
+            self.answers = {e["query"]: e["answer"] for e in examples}
+
+        def check_success(self, query, response):
+            # response = prompt (or prefix) text + completion: judge the assistant's part only, as phiforge does
+            solution = re.sub(r"<\|[a-z_]+\|>", "", response.rsplit("<|im_start|>assistant\n", 1)[-1])
+            return verify({"answer": self.answers[query], "verifier": "numeric"}, solution).ok
+
+    GenerationMixin.generate = generate
+    pts.cli.create_oracle_from_dataset = lambda examples, debug_mode=False: Numeric(examples)
+    atexit.register(lambda: open(os.environ["PTS_BENCH_COUNTS"], "w").write(json.dumps(counts)))
+'''
+
+
+def write_problems(out: Path, n: int, seed: int) -> list[dict]:
+    from phiforge.data.synthetic_math import BY_NAME, generate
+
+    rows = [{"prompt": p.question, "answer": p.answer, "verifier": "numeric"}
+            for p in generate(n, seed, heldout=True, families=(BY_NAME["groups"],))]
+    (out / "problems").mkdir(parents=True, exist_ok=True)
+    (out / "problems" / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def fp32_dir(model_dir: Path, out: Path) -> Path:
+    """The model's files linked, its config saying float32: codelion's from_pretrained would keep bf16."""
+    target = out / "model-fp32"
+    target.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name != "config.json" and not (target / f.name).exists():
+            (target / f.name).symlink_to(f)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["dtype"] = config["torch_dtype"] = "float32"
+    (target / "config.json").write_text(json.dumps(config, indent=1))
+    return target
+
+
+def run_codelion(args, model_dir: Path, system_prompt: str, n: int) -> dict:
+    work = (args.out / "codelion").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    shim = args.out.resolve() / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SHIM)
+    pivots_path, counts_path = work / "pivotal_tokens.jsonl", work / "counts.json"
+    for p in (pivots_path, counts_path, work / "pts.log"):
+        p.unlink(missing_ok=True)
+    cmd = [str(args.codelion_venv / "bin" / "pts"), "run", "--model", str(fp32_dir(model_dir, args.out.resolve())),
+           "--dataset", str((args.out / "problems").resolve()), "--query-key", "prompt", "--answer-key", "answer",
+           "--output-path", str(pivots_path), "--device", "cpu", "--system-prompt", system_prompt,
+           "--max-new-tokens", str(args.max_new_tokens), "--num-samples", str(args.num_samples),
+           "--max-generations", str(args.max_generations), "--min-prob", str(args.min_p),
+           "--max-prob", str(args.max_p), "--max-examples", str(n)]
+    env = os.environ | {"PYTHONPATH": str(shim), "PTS_BENCH_COUNTS": str(counts_path),
+                        "PTS_BENCH_PHIFORGE_SRC": str(ROOT / "src"), "PTS_BENCH_THREADS": str(args.threads),
+                        "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                        "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(work / "hf-home"), "TQDM_DISABLE": "1"}
+    print("codelion:", " ".join(cmd[:2]), "...", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    (work / "stderr.txt").write_text(proc.stderr)
+    if proc.returncode != 0 or not counts_path.is_file():
+        sys.exit(f"codelion's pts run failed (exit {proc.returncode}); see {work / 'stderr.txt'}:\n"
+                 + proc.stderr[-3000:])
+    counts = json.loads(counts_path.read_text())
+    records = [json.loads(line) for line in pivots_path.read_text().splitlines()] if pivots_path.is_file() else []
+    # traces may share a prefix: count a (problem, context, token) once
+    distinct = {(r["dataset_item_id"], r["pivot_context"], r["pivot_token_id"]): r for r in records}
+    logged = re.findall(r"(?:Initial success probability: |Query success probability \()([\d.]+)", proc.stderr)
+    return {"seconds": seconds, "completions": counts["traces"] + counts["estimate_completions"], **counts,
+            "pivots": list(distinct.values()), "records": len(records), "p_success": [float(p) for p in logged]}
+
+
+def run_phiforge(args, model_dir: Path, problems: list[dict]) -> dict:
+    from phiforge.model import load_model
+    from phiforge.posttrain.pts.config import PTSConfig
+    from phiforge.posttrain.pts.sampler import HFSampler
+    from phiforge.posttrain.pts.search import Search, drive
+    from phiforge.synth.verify import verify
+    from phiforge.tokenizer import load_tokenizer
+
+    class Recorded(Search):
+        """Search that keeps each searched trace's pivots and the completions its pairs cost."""
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.found, self.pair_samples = [], 0
+
+        def pivots(self, solution):
+            found = yield from super().pivots(solution)
+            self.found += [(solution, i) for i in found]
+            return found
+
+        def pair(self, solution, i):
+            before = self.samples
+            out = yield from super().pair(solution, i)
+            self.pair_samples += self.samples - before
+            return out
+
+    t0 = time.perf_counter()
+    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    sampler = HFSampler(model, tok)
+    cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, min_p=args.min_p, max_p=args.max_p)
+    searches = {i: Recorded(sampler, tok, p, cfg, lambda text, p=p: verify(p, text).ok, seed=cfg.seed * 1_000_003 + i)
+                for i, p in enumerate(problems)}
+    results = dict(drive(sampler, cfg, iter([(i, s.problem(i)) for i, s in searches.items()]), cfg.concurrent))
+    seconds = time.perf_counter() - t0
+    pivots = []
+    for i, s in searches.items():
+        for solution, k in s.found:
+            delta = s.cache[solution[: k + 1]].p - s.cache[solution[:k]].p
+            pivots.append({"problem": i, "prefix": solution[:k], "token": solution[k], "delta": delta})
+    return {"seconds": seconds, "completions": sum(s.samples for s in searches.values()),
+            "pair_completions": sum(s.pair_samples for s in searches.values()),
+            "traces": sum(len({sol for sol, _ in s.found}) for s in searches.values()),
+            "statuses": [r.status for _, r in sorted(results.items())],
+            "p_success": [round(r.p_success, 2) for _, r in sorted(results.items())],
+            "pairs": sum(len(r.pairs) for r in results.values()), "pivots": pivots,
+            "model": model, "tok": tok, "sampler": sampler}
+
+
+def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[int, int]:
+    """(pivots whose jump M fresh completions per prefix confirm, pivots checked)."""
+    from phiforge.posttrain.pts.search import Search
+    from phiforge.synth.verify import verify
+
+    fixed = cfg.model_copy(update={"mode": "fixed", "samples": m})
+    by_problem: dict[int, list[dict]] = {}
+    for p in side["pivots"]:
+        by_problem.setdefault(p["problem"], []).append(p)
+    kept = checked = 0
+    for i, pivots in by_problem.items():
+        s = Search(side["sampler"], side["tok"], problems[i], fixed, lambda t, p=problems[i]: verify(p, t).ok,
+                   seed=seed * 1_000_003 + i)
+        prefixes = [x for p in pivots for x in (tuple(p["prefix"]), tuple(p["prefix"]) + (p["token"],))]
+        s.complete(s.estimate(prefixes, m))
+        for p in pivots:
+            fresh = s.cache[tuple(p["prefix"]) + (p["token"],)].p - s.cache[tuple(p["prefix"])].p
+            checked += 1
+            kept += abs(fresh) >= cfg.p_gap and (fresh > 0) == (p["delta"] > 0)
+    return kept, checked
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=10)
+    ap.add_argument("--num-samples", type=int, default=50, help="codelion: per prefix; phiforge: at most")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--max-generations", type=int, default=10, help="codelion's traces per problem")
+    ap.add_argument("--min-p", type=float, default=0.2, help="search a problem only if p(success | Q) >= this")
+    ap.add_argument("--max-p", type=float, default=0.8)
+    ap.add_argument("--verify-samples", type=int, default=50, help="fresh completions per prefix; 0: no check")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=("codelion", "phiforge"), help="run one side (for a smoke test)")
+    ap.add_argument("--codelion-venv", type=Path, default=Path("/work/codelion-venv"))
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "pts_codelion")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from phiforge.generation.hf import smollm2_dir
+    from phiforge.tokenizer import chat_prompt_ids, load_tokenizer
+
+    print(cpu_capability(), "|", load(), flush=True)
+    model_dir = smollm2_dir()
+    problems = write_problems(args.out, args.problems, args.seed)
+    phi = run_phiforge(args, model_dir, problems) if args.only != "codelion" else None
+    tok = phi["tok"] if phi else load_tokenizer(model_dir)
+    # SmolLM2's template adds this system turn when there is none: give it to codelion so the prompts match
+    rendered = tok.decode(chat_prompt_ids(tok, "Q"))
+    system_prompt = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, re.S).group(1)
+    theirs = run_codelion(args, model_dir, system_prompt, len(problems)) if args.only != "phiforge" else None
+    print(f"\n{len(problems)} problems, {args.num_samples} samples per prefix, {args.max_new_tokens} new tokens, "
+          f"{args.threads} threads | {load()}")
+    if theirs:
+        unmatched = 0  # codelion's pivots as (problem, solution prefix ids, token) under the same chat prompt
+        for r in theirs["pivots"]:
+            i = int(r["dataset_item_id"])
+            prompt = chat_prompt_ids(tok, problems[i]["prompt"])
+            ids = tok.encode(r["pivot_context"], add_special_tokens=False)
+            if ids[: len(prompt)] != prompt:
+                unmatched += 1
+                continue
+            r.update(problem=i, prefix=ids[len(prompt):], token=r["pivot_token_id"], delta=r["prob_delta"])
+        theirs["pivots"] = [r for r in theirs["pivots"] if "prefix" in r]
+        print(f"codelion: {theirs['seconds']:7.1f} s, {theirs['completions']:,} completions ({theirs['traces']} traces"
+              f" + {theirs['estimate_completions']:,} for estimates, {theirs['generate_calls']:,} generate calls), "
+              f"{len(theirs['pivots'])} distinct pivots ({theirs['records']} records, {unmatched} not "
+              f"re-tokenizable), p(success | Q) {theirs['p_success']}")
+    if phi:
+        print(f"phiforge: {phi['seconds']:7.1f} s, {phi['completions']:,} completions ({phi['pair_completions']:,} of "
+              f"them for pairs), {phi['traces']} traces with pivots, {len(phi['pivots'])} pivots, {phi['pairs']} "
+              f"pairs, p(success | Q) {phi['p_success']} {phi['statuses']}")
+    if args.verify_samples:
+        from phiforge.posttrain.pts.config import PTSConfig
+
+        cfg = PTSConfig(max_new_tokens=args.max_new_tokens)
+        if not phi:
+            from phiforge.model import load_model
+            from phiforge.posttrain.pts.sampler import HFSampler
+
+            sampler = HFSampler(load_model(model_dir).eval(), tok)
+        for name, side in (("codelion", theirs), ("phiforge", phi)):
+            if not side:
+                continue
+            side.update(sampler=phi["sampler"] if phi else sampler, tok=tok)
+            t0 = time.perf_counter()
+            kept, checked = reverify(side, problems, args.verify_samples, cfg, args.seed + 7)
+            print(f"re-verified at {args.verify_samples} fresh samples per prefix: {name}: {kept}/{checked} pivots "
+                  f"survive ({time.perf_counter() - t0:.0f} s) | {load()}")
+
+
+if __name__ == "__main__":
+    main()
