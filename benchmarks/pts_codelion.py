@@ -50,13 +50,15 @@ if os.environ.get("PTS_BENCH_COUNTS"):
     import pts.cli
     from pts.oracle import Oracle
 
-    counts = {"generate_calls": 0, "traces": 0, "estimate_completions": 0}
+    counts = {"generate_calls": 0, "traces": 0, "estimate_completions": 0, "trace_ids": []}
     original = GenerationMixin.generate
 
     def generate(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         counts["generate_calls"] += 1
         counts["estimate_completions" if "num_return_sequences" in kwargs else "traces"] += out.sequences.shape[0]
+        if "num_return_sequences" not in kwargs:  # a trace it searches: prompt and sampled ids
+            counts["trace_ids"].append(out.sequences[0].tolist())
         return out
 
     class Numeric(Oracle):
@@ -146,9 +148,10 @@ def run_phiforge(args, model_dir: Path, problems: list[dict]) -> dict:
 
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            self.found, self.pair_samples = [], 0
+            self.found, self.searched, self.pair_samples = [], [], 0
 
         def pivots(self, solution):
+            self.searched.append(tuple(solution))
             found = yield from super().pivots(solution)
             self.found += [(solution, i) for i in found]
             return found
@@ -175,6 +178,7 @@ def run_phiforge(args, model_dir: Path, problems: list[dict]) -> dict:
     return {"seconds": seconds, "completions": sum(s.samples for s in searches.values()),
             "pair_completions": sum(s.pair_samples for s in searches.values()),
             "traces": sum(len({sol for sol, _ in s.found}) for s in searches.values()),
+            "searched": [(i, sol) for i, s in searches.items() for sol in s.searched],
             "statuses": [r.status for _, r in sorted(results.items())],
             "p_success": [round(r.p_success, 2) for _, r in sorted(results.items())],
             "pairs": sum(len(r.pairs) for r in results.values()), "pivots": pivots,
@@ -203,6 +207,29 @@ def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[
     return kept, checked
 
 
+def recall(side: dict, problems: list[dict], k: int, m: int, cfg, seed: int) -> tuple[int, int, int, int]:
+    """Reference labels on the side's first k searched traces: p(success) after every prefix of the trace from m
+    fresh completions each; a position is a reference pivot where it moves p by >= p_gap. Returns (reference
+    pivots the side found, reference pivots, side's pivots on those traces that are reference pivots, side's
+    pivots on those traces)."""
+    from phiforge.posttrain.pts.search import Search
+    from phiforge.synth.verify import verify
+
+    fixed = cfg.model_copy(update={"mode": "fixed", "samples": m})
+    hit = ref_n = right = found_n = 0
+    for i, trace in side["searched"][:k]:
+        s = Search(side["sampler"], side["tok"], problems[i], fixed, lambda t, p=problems[i]: verify(p, t).ok,
+                   seed=seed * 1_000_003 + i)
+        prefixes = [tuple(trace[:j]) for j in range(len(trace) + 1)]
+        s.complete(s.estimate(prefixes, m))
+        p = [s.cache[x].p for x in prefixes]
+        ref = {j for j in range(len(trace)) if abs(p[j + 1] - p[j]) >= cfg.p_gap}
+        found = {len(x["prefix"]) for x in side["pivots"]
+                 if x["problem"] == i and tuple(x["prefix"]) + (x["token"],) == tuple(trace[: len(x["prefix"]) + 1])}
+        hit, ref_n, right, found_n = hit + len(ref & found), ref_n + len(ref), right + len(found & ref), found_n + len(found)
+    return hit, ref_n, right, found_n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=int, default=10)
@@ -212,6 +239,8 @@ def main() -> None:
     ap.add_argument("--min-p", type=float, default=0.2, help="search a problem only if p(success | Q) >= this")
     ap.add_argument("--max-p", type=float, default=0.8)
     ap.add_argument("--verify-samples", type=int, default=50, help="fresh completions per prefix; 0: no check")
+    ap.add_argument("--recall-traces", type=int, default=1,
+                    help="searched traces per side labelled at every position (--verify-samples each) for recall")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=("codelion", "phiforge"), help="run one side (for a smoke test)")
@@ -245,6 +274,12 @@ def main() -> None:
                 continue
             r.update(problem=i, prefix=ids[len(prompt):], token=r["pivot_token_id"], delta=r["prob_delta"])
         theirs["pivots"] = [r for r in theirs["pivots"] if "prefix" in r]
+        theirs["searched"] = []  # (problem, sampled ids) of every trace it subdivided (it skips those under 5)
+        for ids in theirs["trace_ids"]:
+            for i, problem in enumerate(problems):
+                prompt = chat_prompt_ids(tok, problem["prompt"])
+                if ids[: len(prompt)] == prompt and len(ids) - len(prompt) >= 5:
+                    theirs["searched"].append((i, tuple(ids[len(prompt):])))
         print(f"codelion: {theirs['seconds']:7.1f} s, {theirs['completions']:,} completions ({theirs['traces']} traces"
               f" + {theirs['estimate_completions']:,} for estimates, {theirs['generate_calls']:,} generate calls), "
               f"{len(theirs['pivots'])} distinct pivots ({theirs['records']} records, {unmatched} not "
@@ -270,6 +305,13 @@ def main() -> None:
             kept, checked = reverify(side, problems, args.verify_samples, cfg, args.seed + 7)
             print(f"re-verified at {args.verify_samples} fresh samples per prefix: {name}: {kept}/{checked} pivots "
                   f"survive ({time.perf_counter() - t0:.0f} s) | {load()}")
+            if args.recall_traces:
+                t0 = time.perf_counter()
+                hit, ref_n, right, found_n = recall(side, problems, args.recall_traces, args.verify_samples, cfg,
+                                                    args.seed + 11)
+                print(f"reference labels on {min(args.recall_traces, len(side['searched']))} trace(s), every position "
+                      f"at {args.verify_samples} samples: {name}: recall {hit}/{ref_n}, precision {right}/{found_n} "
+                      f"({time.perf_counter() - t0:.0f} s) | {load()}")
 
 
 if __name__ == "__main__":
