@@ -18,7 +18,8 @@ embedded GGUF's HF directory, loaded in fp32 by both), with the same oracle: phi
 Per side: completions sampled, wall time (model load included), traces, distinct pivots; with
 --verify-samples M, each pivot's p(before) and p(after) measured again from M fresh completions each
 (phiforge's sampler, new seeds): a pivot survives if the fresh jump has the same sign and is >= 0.2 (a
-precision estimate against those reference labels; recall would need every position labelled).
+precision estimate); with --recall-traces K, every position of each side's first K searched traces labelled
+the same way, for recall and precision against those reference labels.
 
     python benchmarks/pts_codelion.py [--problems 10] [--num-samples 50] [--max-new-tokens 256] \\
         [--max-generations 10] [--verify-samples 50] [--threads 2] [--out runs/pts_codelion]
@@ -185,49 +186,48 @@ def run_phiforge(args, model_dir: Path, problems: list[dict]) -> dict:
             "model": model, "tok": tok, "sampler": sampler}
 
 
-def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[int, int]:
-    """(pivots whose jump M fresh completions per prefix confirm, pivots checked)."""
+def fresh_p(side: dict, problem: dict, i: int, prefixes: list[tuple], m: int, cfg, seed: int) -> dict:
+    """p(success) after each prefix of problem i's solution, from m fresh completions each (the side's sampler)."""
     from phiforge.posttrain.pts.search import Search
     from phiforge.synth.verify import verify
 
     fixed = cfg.model_copy(update={"mode": "fixed", "samples": m})
+    s = Search(side["sampler"], side["tok"], problem, fixed, lambda t: verify(problem, t).ok, seed=seed * 1_000_003 + i)
+    s.complete(s.estimate(prefixes, m))
+    return {x: s.cache[x].p for x in prefixes}
+
+
+def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[int, int]:
+    """(pivots whose jump M fresh completions per prefix confirm, pivots checked)."""
     by_problem: dict[int, list[dict]] = {}
     for p in side["pivots"]:
         by_problem.setdefault(p["problem"], []).append(p)
     kept = checked = 0
     for i, pivots in by_problem.items():
-        s = Search(side["sampler"], side["tok"], problems[i], fixed, lambda t, p=problems[i]: verify(p, t).ok,
-                   seed=seed * 1_000_003 + i)
         prefixes = [x for p in pivots for x in (tuple(p["prefix"]), tuple(p["prefix"]) + (p["token"],))]
-        s.complete(s.estimate(prefixes, m))
+        est = fresh_p(side, problems[i], i, prefixes, m, cfg, seed)
         for p in pivots:
-            fresh = s.cache[tuple(p["prefix"]) + (p["token"],)].p - s.cache[tuple(p["prefix"])].p
+            fresh = est[tuple(p["prefix"]) + (p["token"],)] - est[tuple(p["prefix"])]
             checked += 1
             kept += abs(fresh) >= cfg.p_gap and (fresh > 0) == (p["delta"] > 0)
     return kept, checked
 
 
-def recall(side: dict, problems: list[dict], k: int, m: int, cfg, seed: int) -> tuple[int, int, int, int]:
+def recall(side: dict, problems: list[dict], k: int, m: int, cfg, seed: int) -> tuple[int, int, int]:
     """Reference labels on the side's first k searched traces: p(success) after every prefix of the trace from m
     fresh completions each; a position is a reference pivot where it moves p by >= p_gap. Returns (reference
-    pivots the side found, reference pivots, side's pivots on those traces that are reference pivots, side's
-    pivots on those traces)."""
-    from phiforge.posttrain.pts.search import Search
-    from phiforge.synth.verify import verify
-
-    fixed = cfg.model_copy(update={"mode": "fixed", "samples": m})
-    hit = ref_n = right = found_n = 0
+    pivots the side found, reference pivots, side's pivots on those traces): recall is the first over the
+    second, precision the first over the third."""
+    hit = ref_n = found_n = 0
     for i, trace in side["searched"][:k]:
-        s = Search(side["sampler"], side["tok"], problems[i], fixed, lambda t, p=problems[i]: verify(p, t).ok,
-                   seed=seed * 1_000_003 + i)
         prefixes = [tuple(trace[:j]) for j in range(len(trace) + 1)]
-        s.complete(s.estimate(prefixes, m))
-        p = [s.cache[x].p for x in prefixes]
+        est = fresh_p(side, problems[i], i, prefixes, m, cfg, seed)
+        p = [est[x] for x in prefixes]
         ref = {j for j in range(len(trace)) if abs(p[j + 1] - p[j]) >= cfg.p_gap}
         found = {len(x["prefix"]) for x in side["pivots"]
                  if x["problem"] == i and tuple(x["prefix"]) + (x["token"],) == tuple(trace[: len(x["prefix"]) + 1])}
-        hit, ref_n, right, found_n = hit + len(ref & found), ref_n + len(ref), right + len(found & ref), found_n + len(found)
-    return hit, ref_n, right, found_n
+        hit, ref_n, found_n = hit + len(ref & found), ref_n + len(ref), found_n + len(found)
+    return hit, ref_n, found_n
 
 
 def main() -> None:
@@ -264,10 +264,11 @@ def main() -> None:
     print(f"\n{len(problems)} problems, {args.num_samples} samples per prefix, {args.max_new_tokens} new tokens, "
           f"{args.threads} threads | {load()}")
     if theirs:
+        prompts = [chat_prompt_ids(tok, problem["prompt"]) for problem in problems]
         unmatched = 0  # codelion's pivots as (problem, solution prefix ids, token) under the same chat prompt
         for r in theirs["pivots"]:
             i = int(r["dataset_item_id"])
-            prompt = chat_prompt_ids(tok, problems[i]["prompt"])
+            prompt = prompts[i]
             ids = tok.encode(r["pivot_context"], add_special_tokens=False)
             if ids[: len(prompt)] != prompt:
                 unmatched += 1
@@ -276,8 +277,7 @@ def main() -> None:
         theirs["pivots"] = [r for r in theirs["pivots"] if "prefix" in r]
         theirs["searched"] = []  # (problem, sampled ids) of every trace it subdivided (it skips those under 5)
         for ids in theirs["trace_ids"]:
-            for i, problem in enumerate(problems):
-                prompt = chat_prompt_ids(tok, problem["prompt"])
+            for i, prompt in enumerate(prompts):
                 if ids[: len(prompt)] == prompt and len(ids) - len(prompt) >= 5:
                     theirs["searched"].append((i, tuple(ids[len(prompt):])))
         print(f"codelion: {theirs['seconds']:7.1f} s, {theirs['completions']:,} completions ({theirs['traces']} traces"
@@ -307,10 +307,10 @@ def main() -> None:
                   f"survive ({time.perf_counter() - t0:.0f} s) | {load()}")
             if args.recall_traces:
                 t0 = time.perf_counter()
-                hit, ref_n, right, found_n = recall(side, problems, args.recall_traces, args.verify_samples, cfg,
+                hit, ref_n, found_n = recall(side, problems, args.recall_traces, args.verify_samples, cfg,
                                                     args.seed + 11)
                 print(f"reference labels on {min(args.recall_traces, len(side['searched']))} trace(s), every position "
-                      f"at {args.verify_samples} samples: {name}: recall {hit}/{ref_n}, precision {right}/{found_n} "
+                      f"at {args.verify_samples} samples: {name}: recall {hit}/{ref_n}, precision {hit}/{found_n} "
                       f"({time.perf_counter() - t0:.0f} s) | {load()}")
 
 
