@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import SMOKE, kill_9_when, phiforge
+from phiforge.train.checkpoint import Checkpointer
 
 
 def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp_path, copy_stages):
@@ -26,7 +27,8 @@ def test_kill_9_mid_pretraining_then_resume_matches_uninterrupted(smoke_run, tmp
         stderr=subprocess.DEVNULL,
     )
     checkpoints = run_dir / "pretrain" / "checkpoints"
-    kill_9_when(proc, lambda: checkpoints.is_dir() and any((p / ".metadata").is_file() for p in checkpoints.iterdir()),
+    # a finished checkpoint: a .step_*.tmp dir has .metadata too before its rename, and resume ignores it
+    kill_9_when(proc, lambda: Checkpointer(checkpoints, keep=0).steps() != [],
                 "pretraining ended before it could be killed; raise smoke pretrain steps")
     assert not (run_dir / "pretrain" / "manifest.json").exists()
 
