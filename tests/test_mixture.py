@@ -93,3 +93,13 @@ def test_builtin_recipes_load():
         recipe = load_recipe(path)
         if recipe.pretrain is not None:  # post-training-only recipes (smollm2-posttrain) have no mixture
             assert recipe.pretrain.shares and recipe.pretrain.token_budget > 0
+
+
+def test_the_order_a_recipe_lists_its_sources_in_changes_nothing_drawn():
+    """The config hash sorts the mixture's keys, so the draw must not depend on their order either."""
+    pools = {"a": DocRefs.whole(0, np.full(50, 7)), "b": DocRefs.whole(1, np.full(80, 5)),
+             "c": DocRefs.whole(2, np.arange(1, 30))}
+    one, draws_one = mix_documents(pools, {"a": 0.5, "b": 0.3, "c": 0.2}, 1500, seed=1)
+    two, draws_two = mix_documents(pools, {"c": 0.2, "a": 0.5, "b": 0.3}, 1500, seed=1)
+    assert all(np.array_equal(getattr(one, f), getattr(two, f)) for f in ("source", "doc", "length"))
+    assert draws_one == draws_two and list(draws_two) == ["c", "a", "b"]  # reported in the recipe's order

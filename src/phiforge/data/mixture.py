@@ -69,15 +69,16 @@ def mix_documents(
 
     A small pool repeats (more epochs), a large one is subsampled; the draw order within a pool
     is a seeded permutation per epoch, and the final document order is shuffled across pools.
-    A document counts its tokens plus the separator after it. Only lengths are read, never tokens.
+    A document counts its tokens plus the separator after it. Only lengths are read, never tokens. Sources are
+    drawn in name order: the order a recipe lists them in changes neither the draw nor its config hash.
     """
     rng = np.random.default_rng(seed)
     pools = {name: pools[name][pools[name].length > 0] for name in shares}
     plan = plan_mixture(shares, {n: int((p.length + 1).sum()) for n, p in pools.items()}, total_tokens)
     drawn: list[DocRefs] = []
     stats: dict[str, SourceDraw] = {}
-    for name, planned in plan.items():
-        pool, taken = pools[name], 0
+    for name in sorted(plan):
+        planned, pool, taken = plan[name], pools[name], 0
         while len(pool) and taken < planned.tokens:
             order = rng.permutation(len(pool))
             reached = taken + np.cumsum(pool.length[order] + 1)
@@ -86,7 +87,7 @@ def mix_documents(
             taken = int(reached[stop - 1])
         stats[name] = SourceDraw(planned.share, taken, planned.unique_tokens)
     mixed = DocRefs.concat(drawn) if drawn else DocRefs.whole(0, np.zeros(0, np.int64))
-    return mixed[rng.permutation(len(mixed))], stats
+    return mixed[rng.permutation(len(mixed))], {name: stats[name] for name in shares}
 
 
 # --- the pretraining mixture planned before training (`phiforge mixture plan`) ---

@@ -42,7 +42,7 @@ def run_pretrain(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.recipe.pretrain, ctx.recipe.seed
     tok = load_tokenizer(ctx.input("tokenizer", "tokenizer"))
     eos = document_separator_id(tok)
-    names = list(cfg.shares)
+    names = sorted(cfg.shares)  # source ids by name: the mixture's order in the recipe is not hashed
     rows_needed = cfg.steps * cfg.grad_accum * cfg.batch_size
 
     def build_train(directory: Path) -> None:
