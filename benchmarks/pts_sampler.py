@@ -67,7 +67,7 @@ def main() -> None:
         from phiforge.posttrain.pts.vllm_sampler import VLLMSampler
 
         t0 = time.perf_counter()
-        samplers["vllm"] = VLLMSampler(directory, tok, cfg)
+        samplers["vllm"] = VLLMSampler.load(directory, tok, cfg)
         print(f"vLLM engine ready in {time.perf_counter() - t0:.0f} s", flush=True)
 
     def drawing(sampler):

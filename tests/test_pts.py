@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from phiforge.generation.fake_server import FakeOpenAIServer
 from phiforge.model import build_model, phi3_config
 from phiforge.posttrain.pts.config import PTSConfig
 from phiforge.posttrain.pts.estimates import Estimate, gap_bounds, split_point
@@ -199,3 +200,11 @@ def test_pts_cli_rejects_bad_problems_and_other_settings(tmp_path):
     phiforge(*common)
     proc = phiforge(*common, "--p-gap", "0.3", check=False)
     assert proc.returncode == 2 and "other settings" in proc.stderr
+    proc = phiforge(*common, "--sampler", "server", check=False)
+    assert proc.returncode == 2 and "sampler 'server' needs base_url" in proc.stderr
+    # a server that is no vLLM server (this one answers chat completions only) is named, in one line
+    with FakeOpenAIServer() as server:
+        proc = phiforge("pts", "--model", tmp_path / "model", "--problems", good, "--out", tmp_path / "s.jsonl",
+                        "--sampler", "server", "--base-url", server.url, "--served-model", "teacher", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {server.url}/completions: the answer lacks vLLM's")

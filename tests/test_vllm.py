@@ -103,10 +103,17 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(server):  # the server starts first: its start overlaps the engine's
-    from phiforge.generation.vllm import VLLMBackend
+def suite_model(server):  # the server starts first: its start overlaps the engine's
+    """vLLM's offline engine as an eval suite opens it (`eval.engine: vllm`), on SmolLM2's HF directory."""
+    from phiforge.eval.suite import open_model
+    from phiforge.generation.hf import smollm2_dir
 
-    return VLLMBackend("smollm2")
+    return open_model(smollm2_dir(), engine="vllm")
+
+
+@pytest.fixture(scope="module")
+def engine(suite_model):  # the same engine as `backend: vllm` on smollm2 makes
+    return suite_model.backend
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +131,6 @@ def test_a_path_that_is_no_model_is_one_line_before_anything_starts(tmp_path):
             start(str(tmp_path))
 
 
-def test_greedy_text_equals_the_hf_backends(engine, hf):
-    ours, theirs = engine.chat(CONVERSATIONS, GREEDY), hf.chat(CONVERSATIONS, GREEDY)
-    differ = [(o, t) for (o,), (t,) in zip(ours, theirs) if o != t]
-    print(f"greedy: {len(differ)} of {len(PROMPTS)} differ: {differ}")
-    assert all(o for (o,) in ours)
-    # Measured: 0 of 14 differ (two runs, avx512 machine). Other kernels (AVX2) may flip a near-tie: at most one
-    # prompt may differ, and only after the texts agree on a start
-    assert len(differ) <= 1 and all(o[:16] == t[:16] for o, t in differ)
-
-
 def test_choice_probabilities_match_the_hf_backends(engine, hf):
     from phiforge.data.curation.classifier import SCORES, rating_conversation
 
@@ -145,6 +142,84 @@ def test_choice_probabilities_match_the_hf_backends(engine, hf):
     print(f"choice_probs: largest difference {gap:.2e}")
     assert all(sum(p.values()) > 0.5 for p in ours)
     assert gap < 0.01
+
+
+def test_an_eval_suite_on_the_vllm_engine_answers_and_scores_as_on_hf(suite_model, tmp_path):
+    from phiforge.eval.suite import load_suite, open_model, run_suite
+    from phiforge.generation.hf import smollm2_dir
+
+    (tmp_path / "suite.yaml").write_text("- task: math\n  n: 6\n  max_tokens: 64\n"
+                                         "- task: instructions\n  n: 4\n  max_tokens: 32\n")
+    tasks = load_suite(tmp_path / "suite.yaml")
+    results = {"vllm": run_suite(suite_model, tasks, tmp_path / "vllm"),
+               "hf": run_suite(open_model(smollm2_dir()), tasks, tmp_path / "hf")}
+    rows = {e: [json.loads(x) for x in (tmp_path / e / "results.jsonl").read_text().splitlines()] for e in results}
+    differ = [(o["reply"], t["reply"]) for o, t in zip(rows["vllm"], rows["hf"]) if o["reply"] != t["reply"]]
+    print(f"eval greedy: {len(differ)} of {len(rows['hf'])} answers differ: {differ}")
+    assert len(rows["vllm"]) == len(rows["hf"]) == 10 and all(r["reply"] for r in rows["vllm"])
+    # Measured: 0 of 10 differ, and 0 of 14 greedy chats (avx512 machines). Other kernels (AVX2) may flip a
+    # near-tie: at most one answer may differ, and only after the texts agree on a start
+    assert len(differ) <= 1 and all(o[:16] == t[:16] for o, t in differ)
+    for label, score in (("math", "greedy"), ("instructions", "followed")):
+        ours, theirs = (results[e]["tasks"][label]["scores"][score]["value"] for e in ("vllm", "hf"))
+        assert abs(ours - theirs) <= 1 / 4
+
+
+def test_sampled_first_tokens_follow_the_hf_models_distribution_within_sampling_noise(engine, hf):
+    """150 sampled first reply tokens (temperature 1, no cut) against the transformers model's exact next-token
+    distribution: their total variation distance is within twice what 150 exact draws show."""
+    import torch
+
+    conv, draws = CONVERSATIONS[3], 150
+    texts = engine.chat([conv], Sampling(temperature=1.0, top_p=1.0, max_tokens=1, seed=100), n=draws)[0]
+    prompt, _ = hf._prompts([conv])
+    ids = hf._tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        probs = torch.softmax(hf._lm(ids).logits[0, -1].float(), -1)
+    top, tokens = torch.topk(probs, 2000)  # the rest holds a negligible share
+    exact: dict[str, float] = {}
+    for t, p in zip(tokens.tolist(), top.tolist()):  # by text, as the backends answer: tokens that strip alike are one
+        key = hf._tok.decode([t], skip_special_tokens=True).strip()
+        exact[key] = exact.get(key, 0.0) + p
+
+    def tv(sampled: list[str]) -> float:
+        seen = {k: sampled.count(k) / len(sampled) for k in set(sampled)}
+        return 0.5 * sum(abs(seen.get(k, 0.0) - exact.get(k, 0.0)) for k in set(seen) | set(exact))
+
+    keys, weights = list(exact), torch.tensor(list(exact.values()))
+    gen = torch.Generator().manual_seed(0)
+    noise = sum(tv([keys[j] for j in torch.multinomial(weights, draws, True, generator=gen).tolist()])
+                for _ in range(20)) / 20
+    print(f"sampling: total variation {tv(texts):.3f} from the exact distribution; {noise:.3f} for exact draws")
+    assert tv(texts) < 2 * noise
+
+
+def test_synth_with_the_vllm_teacher_keeps_samples_with_their_provenance(engine, tmp_path):
+    from phiforge.synth.dataset import load_dataset_type
+    from phiforge.synth.engine import generate_dataset, read_records
+    from test_synth import SEEDS
+
+    stats = generate_dataset(load_dataset_type("textbook_explanation"), 2, tmp_path / "synth", engine,
+                             Sampling(seed=3, max_tokens=32), 1, SEEDS, 64)
+    records = list(read_records(tmp_path / "synth"))
+    assert stats.kept == len(records) == 2 and all(r["text"].strip() for r in records)
+    assert all(r["provenance"]["teacher"] == engine.model for r in records)
+
+
+def test_the_judge_on_vllm_grades_as_on_hf(engine, hf):
+    """judge_dpo's probs grades of the same responses by vLLM and by transformers, both SmolLM2."""
+    from phiforge.posttrain.judge import judge_prompts
+    from phiforge.posttrain.judge_config import JudgeConfig
+
+    cfg = JudgeConfig(method="probs", samples=2, max_tokens=16)
+    graded = {name: judge_prompts(engine, judge, CONVERSATIONS[1:2], cfg, seed=1)
+              for name, judge in (("vllm", engine), ("hf", hf))}
+    ours, theirs = ([g for rows in graded[n] for g in rows] for n in ("vllm", "hf"))
+    assert [g["response"] for g in ours] == [g["response"] for g in theirs]  # one policy: the same responses
+    assert all(g["score"] is not None and 0 <= g["score"] <= 10 for g in ours)
+    gap = max(abs(o["score"] - t["score"]) for o, t in zip(ours, theirs))
+    print(f"judge: largest grade difference {gap:.3f} (0-10 scale)")
+    assert gap < 0.2
 
 
 def test_seeded_samples_reproduce_one_by_one_and_are_cached_as_they_finish(engine, tmp_path):
@@ -169,6 +244,44 @@ def test_the_openai_backend_reads_the_real_servers_chat_completions(server, engi
     (probs,) = backend.choice_probs([[{"role": "user", "content": "Is Paris in France? Answer yes or no."}]], ["yes", "no"])
     (offline,) = engine.choice_probs([[{"role": "user", "content": "Is Paris in France? Answer yes or no."}]], ["yes", "no"])
     assert all(abs(probs[c] - offline[c]) < 0.01 for c in ("yes", "no"))
+
+
+def test_pts_on_the_server_draws_and_scores_as_the_offline_engine_and_a_rerun_asks_nothing(server, engine, tmp_path):
+    """`pts.sampler: server` on `phiforge serve`: the server runs the same engine as the in-process sampler, so
+    the same seeds draw the same tokens and the log-probs agree; `phiforge pts` searches on it, and its rerun
+    asks the server nothing."""
+    from conftest import phiforge
+    from phiforge.generation.hf import smollm2_dir
+    from phiforge.posttrain.pts.config import PTSConfig
+    from phiforge.posttrain.pts.vllm_sampler import VLLMSampler, VLLMServerSampler
+    from phiforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_dir())
+    url = server.ready()
+    cfg = PTSConfig(sampler="server", base_url=url, max_new_tokens=12)
+    remote, local = VLLMServerSampler(url, None, tok, cfg), VLLMSampler(engine.llm, tok, cfg)  # None: the one served
+    prompt = engine.prompt(CONVERSATIONS[1])["prompt_token_ids"]
+    finished = prompt + [tok.convert_tokens_to_ids("<|im_end|>")]
+    rows, seeds = [prompt] * 3 + [finished, prompt], [5, 6, 7, 0, 40]
+    drawn = remote.complete(rows, seeds, cfg)
+    assert drawn == local.complete(rows, seeds, cfg)
+    assert drawn[3] == [] and len({tuple(d) for d in drawn[:3]}) > 1 and all(drawn[:3])
+    assert remote.token_logprobs(prompt, drawn[0]) == pytest.approx(local.token_logprobs(prompt, drawn[0]), abs=1e-3)
+    assert dict(remote.next_tokens(prompt, cfg)) == pytest.approx(dict(local.next_tokens(prompt, cfg)), abs=1e-3)
+
+    problems = tmp_path / "problems.jsonl"
+    # an answer no sample gives: the problem is left unsearched after one round (the search itself is tested
+    # on the offline sampler, which draws what this one draws)
+    problems.write_text(json.dumps({"prompt": "What is 3 + 4?", "answer": "918273", "verifier": "numeric"}) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    args = ("pts", "--model", smollm2_dir(), "--problems", problems, "--out", out, "--sampler", "server",
+            "--base-url", url, "--max-new-tokens", "16", "--samples", "8", "--round-size", "8")
+    phiforge(*args)
+    summary = json.loads((tmp_path / "pairs.summary.json").read_text())
+    assert summary == {"problems": 1, "searched": 0, "pivots": 0, "pairs": 0, "samples": 8}
+    before = server.served_requests()
+    rerun = phiforge(*args)
+    assert "pts: problem" not in rerun.stderr and server.served_requests() == before
 
 
 def test_a_server_killed_mid_run_and_restarted_loses_nothing(server, tmp_path):

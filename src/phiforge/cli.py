@@ -22,6 +22,7 @@ from phiforge.posttrain.dpo_config import DPOConfig
 from phiforge.posttrain.hallucination_config import HallucinationConfig, HallucinationQuestions
 from phiforge.posttrain.judge_config import JudgeConfig
 from phiforge.posttrain.pts.config import PTSConfig
+from phiforge.recipe import EvalConfig
 
 class _WithStageCommands(TyperGroup):
     """The commands below, and `phiforge STAGE RECIPE` for every stage in phiforge/stages.py without a command of its
@@ -498,6 +499,7 @@ def decontaminate(
 
 
 @app.command("eval")
+@model_options(EvalConfig, exclude=set(EvalConfig.model_fields) - {"engine"})  # a suite's run: the engine only
 def eval_command(
     target: Annotated[Optional[Path], typer.Argument(metavar="MODEL_DIR|RECIPE", help="With --suite: an HF causal LM directory; without: a recipe, whose eval stage runs.")] = None,
     suite: Annotated[Optional[str], typer.Option("--suite", help="A suite YAML file, a built-in suite's name (--list-suites), or lm-eval:TASK[,TASK...] (the `eval` extra).")] = None,
@@ -507,6 +509,8 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per generation batch.")] = 16,
     list_suites: Annotated[bool, typer.Option("--list-suites", help="List the built-in suites and exit.")] = False,
     run_dir: RunDirOpt = None,
+    *,
+    given: dict,
 ) -> None:
     """Score MODEL_DIR on a suite (verified math, code in the sandbox, long context, instruction following,
     factuality), every score with n and a 95% interval; or, given a RECIPE and no --suite, run its eval stage."""
@@ -519,9 +523,9 @@ def eval_command(
     if target is None:
         raise UserError("eval needs a MODEL_DIR with --suite, or a RECIPE (--list-suites lists the suites)")
     if suite is None:
-        if out is not None or train_data or include_path is not None:
-            raise UserError("--out, --train-data and --include-path go with --suite; a RECIPE's eval stage writes to "
-                            "its run directory")
+        if out is not None or train_data or include_path is not None or given:
+            raise UserError("--out, --train-data, --include-path and --engine go with --suite; a RECIPE's eval stage "
+                            "writes to its run directory and reads eval.engine")
         run_stage_command("eval", target, run_dir)
         return
     if run_dir is not None:
@@ -532,7 +536,8 @@ def eval_command(
     tasks = load_suite(suite, include_path)  # a bad suite fails before the model loads
     training = training_texts(train_data) if train_data else None
     out = out or Path(f"eval-{target.resolve().name}")
-    results = run_suite(open_model(target, batch_size, out / "cache"), tasks, out, training)
+    engine = validated(EvalConfig, given).engine
+    results = run_suite(open_model(target, batch_size, out / "cache", engine), tasks, out, training)
     print("\n".join(score_table(results)))
     console.print(f"[green]done[/]: {out / 'results.json'}, {out / 'results.jsonl'} (one row per item), {out / 'results.md'}")
 

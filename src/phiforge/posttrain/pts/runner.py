@@ -9,12 +9,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import PreTrainedTokenizerBase
 
 from phiforge.errors import UserError
 from phiforge.files import read_jsonl, write_json, write_jsonl
 from phiforge.posttrain.pts.config import PTSConfig
 from phiforge.posttrain.pts.plot import plot_pivot_positions
-from phiforge.posttrain.pts.sampler import HFSampler
+from phiforge.posttrain.pts.sampler import HFSampler, Sampler
 from phiforge.posttrain.pts.search import ProblemResult, search_problems
 from phiforge.progress import bar_label
 from phiforge.synth.verify import verify
@@ -47,30 +48,37 @@ def problem_key(index: int, problem: dict) -> str:
     return f"{index:06d}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
+def make_sampler(model_dir: Path, tok: PreTrainedTokenizerBase, cfg: PTSConfig) -> Sampler:
+    """The sampler `cfg.sampler` names, on the model in model_dir (a server must serve that model)."""
+    if cfg.sampler == "hf":
+        from phiforge.model import load_model
+        from phiforge.train.loop import pick_device
+
+        return HFSampler(load_model(model_dir).to(pick_device()).eval(), tok)
+    from phiforge.posttrain.pts.vllm_sampler import VLLMSampler, VLLMServerSampler
+
+    if cfg.sampler == "vllm":
+        return VLLMSampler.load(model_dir, tok, cfg)
+    return VLLMServerSampler(cfg.base_url, cfg.served_model, tok, cfg)
+
+
 def run_pts(model_dir: Path, problems_path: Path, out: Path, cfg: PTSConfig) -> dict:
     """PTS over a problems file into a pairs file; finished problems are kept in OUT.parts/ and skipped on rerun."""
-    from phiforge.model import load_model
     from phiforge.tokenizer import load_tokenizer
-    from phiforge.train.loop import pick_device
 
     problems = read_problems(problems_path)
     parts = out.parent / f"{out.name}.parts"
-    # What decides the results; batch_size and concurrent only say how many rows and problems share a batch.
-    # (cfg may be the pts stage's section: only the search settings count)
-    decisive = cfg.model_dump(include=set(PTSConfig.model_fields) - {"batch_size", "concurrent"})
+    # What decides the results; batch_size and concurrent only say how many rows and problems share a batch,
+    # base_url and served_model where the model runs. (cfg may be the pts stage's section: only PTS's count)
+    decisive = cfg.model_dump(include=set(PTSConfig.model_fields) - {"batch_size", "concurrent", "base_url",
+                                                                      "served_model"})
     settings = {"model": str(model_dir.resolve()), "config": decisive}
     if (parts / "settings.json").is_file():
         if json.loads((parts / "settings.json").read_text()) != json.loads(json.dumps(settings)):
             raise UserError(f"{parts}: holds results of other settings or another model; "
                             f"delete it or choose another --out")
-    model = None if cfg.sampler == "vllm" else load_model(model_dir).to(pick_device()).eval()
     tok = load_tokenizer(model_dir)
-    if model is None:
-        from phiforge.posttrain.pts.vllm_sampler import VLLMSampler
-
-        sampler = VLLMSampler(model_dir, tok, cfg)
-    else:
-        sampler = HFSampler(model, tok)
+    sampler = make_sampler(model_dir, tok, cfg)
     write_json(parts / "settings.json", settings)  # only once the model loads: a bad --model leaves nothing
     columns = (TextColumn(f"[bold]{bar_label('pts')}[/]"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[pairs]} pairs, {task.fields[samples]:,} samples"), TimeRemainingColumn())
