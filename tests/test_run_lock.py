@@ -17,15 +17,17 @@ from phiforge.rundir import LOCK_FILE, run_dir_lock
 
 # Takes the lock, says so, then waits; with "fork", a forked child that outlives it keeps waiting. The child
 # says when it runs, so the test never races the child's start (its after-fork hook is what drops the lock).
+# Each line is one write: print() under PYTHONUNBUFFERED writes the text and its newline apart, and the two
+# processes' lines then interleave.
 HOLDER = """
 import os, sys, time
 from phiforge.rundir import run_dir_lock
 with run_dir_lock(sys.argv[1]):
     if sys.argv[2] == "fork" and os.fork() == 0:
-        print("child", flush=True)
+        os.write(1, b"child\\n")
         time.sleep(600)
         os._exit(0)
-    print("held", flush=True)
+    os.write(1, b"held\\n")
     time.sleep(600)
 """
 
