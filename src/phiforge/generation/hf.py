@@ -97,6 +97,16 @@ def plain_prompt(conversation: Messages) -> str:
     return "\n\n".join(m["content"] for m in conversation) + "\n"
 
 
+def prompt_text(tokenizer, conversation: Messages) -> str:
+    """What a model reads for a conversation: a one-message TEXT_ROLE conversation's text as it is, else the chat
+    template's rendering, or plain_prompt where the tokenizer has none."""
+    if len(conversation) == 1 and conversation[0]["role"] == TEXT_ROLE:
+        return conversation[0]["content"]
+    if getattr(tokenizer, "chat_template", None) is None:
+        return plain_prompt(conversation)
+    return tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+
+
 class HFBackend:
     """Batched `generate` over chat-templated prompts (plain text where the tokenizer has no chat template and
     plain_text_ok); the same requests and seed give the same completions."""
@@ -105,7 +115,6 @@ class HFBackend:
         self.model = Path(model).name if model != SMOLLM2 else "SmolLM2-135M-Instruct"
         self.batch_size = batch_size
         self._lm, self._tok = load_chat_model(model, plain_text_ok)
-        self.chat_template = self._tok.chat_template is not None
         if torch.cuda.is_available():
             self._lm.to("cuda")
         self._choice_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
@@ -129,9 +138,7 @@ class HFBackend:
     def _prompts(self, conversations: Sequence[Messages]) -> tuple[list[str], list[int]]:
         """Chat-templated prompts (plain text for a one-message TEXT_ROLE conversation or a tokenizer without a
         chat template), and their indices longest first (so each batch pads little)."""
-        prompts = [c[0]["content"] if len(c) == 1 and c[0]["role"] == TEXT_ROLE
-                   else self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                   if self.chat_template else plain_prompt(c) for c in conversations]
+        prompts = [prompt_text(self._tok, c) for c in conversations]
         return prompts, sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:

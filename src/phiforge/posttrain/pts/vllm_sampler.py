@@ -104,7 +104,6 @@ class VLLMSampler:
         return counters.get("vllm:prefix_cache_hits", 0) / queries if queries else None
 
 
-
 class VLLMServerSampler:
     """VLLMSampler's requests as POSTs to a vLLM server's /v1/completions, with token-id prompts and vLLM's
     extensions to the API (token ids back, prompt log-probs), retried as the openai teacher backend retries.
