@@ -19,10 +19,13 @@ Per side: completions sampled, wall time (model load included), traces, distinct
 --verify-samples M, each pivot's p(before) and p(after) measured again from M fresh completions each
 (phiforge's sampler, new seeds): a pivot survives if the fresh jump has the same sign and is >= 0.2 (a
 precision estimate); with --recall-traces K, every position of each side's first K searched traces labelled
-the same way, for recall and precision against those reference labels.
+from M fresh completions, the candidate jumps (>= 0.1) confirmed from --confirm-samples more (see recall()), for
+recall and precision against those reference labels. Each side's search is kept in OUT (codelion/,
+phiforge/result.json): --reuse takes it from there, to label more traces without searching again.
 
     python benchmarks/pts_codelion.py [--problems 10] [--num-samples 50] [--max-new-tokens 256] \\
-        [--max-generations 10] [--verify-samples 50] [--threads 2] [--out runs/pts_codelion]
+        [--max-generations 10] [--verify-samples 50] [--confirm-samples 64] [--recall-traces 1] [--reuse] \\
+        [--threads 2] [--out runs/pts_codelion]
 """
 
 from __future__ import annotations
@@ -102,12 +105,15 @@ def fp32_dir(model_dir: Path, out: Path) -> Path:
 
 def run_codelion(args, model_dir: Path, system_prompt: str, n: int) -> dict:
     work = (args.out / "codelion").resolve()
+    pivots_path, counts_path = work / "pivotal_tokens.jsonl", work / "counts.json"
+    if args.reuse and (work / "seconds.txt").is_file():
+        print(f"codelion: its run's files in {work} (--reuse)", flush=True)
+        return codelion_result(work, float((work / "seconds.txt").read_text()), (work / "stderr.txt").read_text())
     work.mkdir(parents=True, exist_ok=True)
     shim = args.out.resolve() / "shim"
     shim.mkdir(exist_ok=True)
     (shim / "sitecustomize.py").write_text(SHIM)
-    pivots_path, counts_path = work / "pivotal_tokens.jsonl", work / "counts.json"
-    for p in (pivots_path, counts_path, work / "pts.log"):
+    for p in (pivots_path, counts_path, work / "pts.log", work / "seconds.txt"):
         p.unlink(missing_ok=True)
     cmd = [str(args.codelion_venv / "bin" / "pts"), "run", "--model", str(fp32_dir(model_dir, args.out.resolve())),
            "--dataset", str((args.out / "problems").resolve()), "--query-key", "prompt", "--answer-key", "answer",
@@ -127,22 +133,30 @@ def run_codelion(args, model_dir: Path, system_prompt: str, n: int) -> dict:
     if proc.returncode != 0 or not counts_path.is_file():
         sys.exit(f"codelion's pts run failed (exit {proc.returncode}); see {work / 'stderr.txt'}:\n"
                  + proc.stderr[-3000:])
+    (work / "seconds.txt").write_text(f"{seconds:.1f}")
+    return codelion_result(work, seconds, proc.stderr)
+
+
+def codelion_result(work: Path, seconds: float, stderr: str) -> dict:
+    pivots_path, counts_path = work / "pivotal_tokens.jsonl", work / "counts.json"
     counts = json.loads(counts_path.read_text())
     records = [json.loads(line) for line in pivots_path.read_text().splitlines()] if pivots_path.is_file() else []
     # traces may share a prefix: count a (problem, context, token) once
     distinct = {(r["dataset_item_id"], r["pivot_context"], r["pivot_token_id"]): r for r in records}
-    logged = re.findall(r"(?:Initial success probability: |Query success probability \()([\d.]+)", proc.stderr)
+    logged = re.findall(r"(?:Initial success probability: |Query success probability \()([\d.]+)", stderr)
     return {"seconds": seconds, "completions": counts["traces"] + counts["estimate_completions"], **counts,
             "pivots": list(distinct.values()), "records": len(records), "p_success": [float(p) for p in logged]}
 
 
-def run_phiforge(args, model_dir: Path, problems: list[dict]) -> dict:
-    from phiforge.model import load_model
+def run_phiforge(args, problems: list[dict], sampler, tok, load_seconds: float) -> dict:
     from phiforge.posttrain.pts.config import PTSConfig
-    from phiforge.posttrain.pts.sampler import HFSampler
     from phiforge.posttrain.pts.search import Search, drive
     from phiforge.synth.verify import verify
-    from phiforge.tokenizer import load_tokenizer
+
+    saved = args.out / "phiforge" / "result.json"
+    if args.reuse and saved.is_file():
+        print(f"phiforge: its run's results in {saved} (--reuse)", flush=True)
+        return json.loads(saved.read_text())
 
     class Recorded(Search):
         """Search that keeps each searched trace's pivots and the completions its pairs cost."""
@@ -164,26 +178,27 @@ def run_phiforge(args, model_dir: Path, problems: list[dict]) -> dict:
             return out
 
     t0 = time.perf_counter()
-    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    sampler = HFSampler(model, tok)
     cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, min_p=args.min_p, max_p=args.max_p)
-    searches = {i: Recorded(sampler, tok, p, cfg, lambda text, p=p: verify(p, text).ok, seed=cfg.seed * 1_000_003 + i)
+    searches = {i: Recorded(sampler, tok, p, cfg, lambda text, p=p: verify(p, text).ok,
+                            seed=cfg.seed * 1_000_003 + i)
                 for i, p in enumerate(problems)}
     results = dict(drive(sampler, cfg, iter([(i, s.problem(i)) for i, s in searches.items()]), cfg.concurrent))
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + load_seconds
     pivots = []
     for i, s in searches.items():
         for solution, k in s.found:
             delta = s.cache[solution[: k + 1]].p - s.cache[solution[:k]].p
             pivots.append({"problem": i, "prefix": solution[:k], "token": solution[k], "delta": delta})
-    return {"seconds": seconds, "completions": sum(s.samples for s in searches.values()),
-            "pair_completions": sum(s.pair_samples for s in searches.values()),
-            "traces": sum(len({sol for sol, _ in s.found}) for s in searches.values()),
-            "searched": [(i, sol) for i, s in searches.items() for sol in s.searched],
-            "statuses": [r.status for _, r in sorted(results.items())],
-            "p_success": [round(r.p_success, 2) for _, r in sorted(results.items())],
-            "pairs": sum(len(r.pairs) for r in results.values()), "pivots": pivots,
-            "model": model, "tok": tok, "sampler": sampler}
+    result = {"seconds": seconds, "completions": sum(s.samples for s in searches.values()),
+              "pair_completions": sum(s.pair_samples for s in searches.values()),
+              "traces": sum(len({sol for sol, _ in s.found}) for s in searches.values()),
+              "searched": [(i, sol) for i, s in searches.items() for sol in s.searched],
+              "statuses": [r.status for _, r in sorted(results.items())],
+              "p_success": [round(r.p_success, 2) for _, r in sorted(results.items())],
+              "pairs": sum(len(r.pairs) for r in results.values()), "pivots": pivots}
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(result))
+    return result
 
 
 def fresh_p(side: dict, problem: dict, i: int, prefixes: list[tuple], m: int, cfg, seed: int) -> dict:
@@ -213,19 +228,30 @@ def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[
     return kept, checked
 
 
-def recall(side: dict, problems: list[dict], k: int, m: int, cfg, seed: int) -> tuple[int, int, int]:
-    """Reference labels on the side's first k searched traces: p(success) after every prefix of the trace from m
-    fresh completions each; a position is a reference pivot where it moves p by >= p_gap. Returns (reference
-    pivots the side found, reference pivots, side's pivots on those traces): recall is the first over the
-    second, precision the first over the third."""
+def recall(side: dict, problems: list[dict], k: int, m: int, confirm: int, cfg, seed: int) -> tuple[int, int, int]:
+    """Reference labels on the side's first k searched traces, in two stages because one estimate per position is
+    too noisy (at m=32 two independent estimates of the same p differ by >= 0.2 about one time in nine, so every
+    trace of 60 positions would hold several false pivots): p(success) after every prefix of the trace from m fresh
+    completions each; positions whose jump is >= p_gap / 2 are candidates, and both their prefixes get `confirm`
+    more completions; a reference pivot is a candidate whose jump over all m + confirm completions is >= p_gap.
+    Returns (reference pivots the side found, reference pivots, side's pivots on those traces): recall is the
+    first over the second, precision the first over the third."""
     hit = ref_n = found_n = 0
     for i, trace in side["searched"][:k]:
         prefixes = [tuple(trace[:j]) for j in range(len(trace) + 1)]
         est = fresh_p(side, problems[i], i, prefixes, m, cfg, seed)
         p = [est[x] for x in prefixes]
-        ref = {j for j in range(len(trace)) if abs(p[j + 1] - p[j]) >= cfg.p_gap}
+        candidates = [j for j in range(len(trace)) if abs(p[j + 1] - p[j]) >= cfg.p_gap / 2]
+        again = sorted({j for c in candidates for j in (c, c + 1)})
+        if again and confirm:
+            more = fresh_p(side, problems[i], i, [prefixes[j] for j in again], confirm, cfg, seed + 1)
+            for j in again:
+                p[j] = (p[j] * m + more[prefixes[j]] * confirm) / (m + confirm)
+        ref = {j for j in candidates if abs(p[j + 1] - p[j]) >= cfg.p_gap}
         found = {len(x["prefix"]) for x in side["pivots"]
                  if x["problem"] == i and tuple(x["prefix"]) + (x["token"],) == tuple(trace[: len(x["prefix"]) + 1])}
+        print(f"  problem {i}: {len(trace)} positions, {len(candidates)} candidates, reference pivots {sorted(ref)}, "
+              f"found {sorted(found)}", flush=True)
         hit, ref_n, found_n = hit + len(ref & found), ref_n + len(ref), found_n + len(found)
     return hit, ref_n, found_n
 
@@ -241,6 +267,10 @@ def main() -> None:
     ap.add_argument("--verify-samples", type=int, default=50, help="fresh completions per prefix; 0: no check")
     ap.add_argument("--recall-traces", type=int, default=1,
                     help="searched traces per side labelled at every position (--verify-samples each) for recall")
+    ap.add_argument("--confirm-samples", type=int, default=64,
+                    help="more completions per prefix around each candidate reference pivot (see recall())")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take a side's search from OUT's files of an earlier run when there (to label more traces)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=("codelion", "phiforge"), help="run one side (for a smoke test)")
@@ -250,13 +280,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from phiforge.generation.hf import smollm2_dir
+    from phiforge.model import load_model
+    from phiforge.posttrain.pts.sampler import HFSampler
     from phiforge.tokenizer import chat_prompt_ids, load_tokenizer
 
     print(cpu_capability(), "|", load(), flush=True)
     model_dir = smollm2_dir()
     problems = write_problems(args.out, args.problems, args.seed)
-    phi = run_phiforge(args, model_dir, problems) if args.only != "codelion" else None
-    tok = phi["tok"] if phi else load_tokenizer(model_dir)
+    t0 = time.perf_counter()  # the model load counts in phiforge's wall time, as it does in codelion's
+    tok = load_tokenizer(model_dir)
+    sampler = HFSampler(load_model(model_dir).eval(), tok)
+    load_seconds = time.perf_counter() - t0
+    phi = run_phiforge(args, problems, sampler, tok, load_seconds) if args.only != "codelion" else None
     # SmolLM2's template adds this system turn when there is none: give it to codelion so the prompts match
     rendered = tok.decode(chat_prompt_ids(tok, "Q"))
     system_prompt = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, re.S).group(1)
@@ -292,26 +327,21 @@ def main() -> None:
         from phiforge.posttrain.pts.config import PTSConfig
 
         cfg = PTSConfig(max_new_tokens=args.max_new_tokens)
-        if not phi:
-            from phiforge.model import load_model
-            from phiforge.posttrain.pts.sampler import HFSampler
-
-            sampler = HFSampler(load_model(model_dir).eval(), tok)
         for name, side in (("codelion", theirs), ("phiforge", phi)):
             if not side:
                 continue
-            side.update(sampler=phi["sampler"] if phi else sampler, tok=tok)
+            side.update(sampler=sampler, tok=tok)
             t0 = time.perf_counter()
             kept, checked = reverify(side, problems, args.verify_samples, cfg, args.seed + 7)
             print(f"re-verified at {args.verify_samples} fresh samples per prefix: {name}: {kept}/{checked} pivots "
                   f"survive ({time.perf_counter() - t0:.0f} s) | {load()}")
             if args.recall_traces:
                 t0 = time.perf_counter()
-                hit, ref_n, found_n = recall(side, problems, args.recall_traces, args.verify_samples, cfg,
-                                                    args.seed + 11)
+                hit, ref_n, found_n = recall(side, problems, args.recall_traces, args.verify_samples,
+                                             args.confirm_samples, cfg, args.seed + 11)
                 print(f"reference labels on {min(args.recall_traces, len(side['searched']))} trace(s), every position "
-                      f"at {args.verify_samples} samples: {name}: recall {hit}/{ref_n}, precision {hit}/{found_n} "
-                      f"({time.perf_counter() - t0:.0f} s) | {load()}")
+                      f"at {args.verify_samples} samples, candidates at {args.confirm_samples} more: {name}: recall "
+                      f"{hit}/{ref_n}, precision {hit}/{found_n} ({time.perf_counter() - t0:.0f} s) | {load()}")
 
 
 if __name__ == "__main__":

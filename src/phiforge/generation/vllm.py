@@ -79,10 +79,13 @@ class VLLMBackend:
 
     def __init__(self, model: str, plain_text_ok: bool = False, user: str = "teacher backend 'vllm'") -> None:
         path, self.model = model_path(model)
+        if not plain_text_ok:  # before the engine starts (a minute on CPU), not after
+            from transformers import AutoTokenizer
+
+            if AutoTokenizer.from_pretrained(path).chat_template is None:
+                raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
         self.llm = offline_engine(path, user)
         self.tokenizer = self.llm.get_tokenizer()
-        if getattr(self.tokenizer, "chat_template", None) is None and not plain_text_ok:
-            raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
         self.request_ids = itertools.count()
 
     def prompt(self, messages: Messages) -> dict:
