@@ -43,7 +43,8 @@ def test_not_a_model_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_a_tokenizer_without_chat_template_is_refused_as_teacher(tmp_path, monkeypatch, backend):
-    """Both backends say so in one line, vLLM's before its engine starts (a minute on CPU, to no end)."""
+    """Both backends say so in one line, as they do for a model without a tokenizer; vLLM's before its engine
+    starts (a minute on CPU, to no end)."""
     import json
 
     from phiforge.generation import vllm
@@ -62,6 +63,11 @@ def test_a_tokenizer_without_chat_template_is_refused_as_teacher(tmp_path, monke
     config_path.write_text(json.dumps(config))
     (model_dir / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(UserError, match="no chat template"):
+        (HFBackend if backend == "hf" else VLLMBackend)(str(model_dir))
+    # a model directory without a tokenizer: said so, also before any engine
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / f).unlink()
+    with pytest.raises(UserError, match="not a tokenizer directory"):
         (HFBackend if backend == "hf" else VLLMBackend)(str(model_dir))
 
 

@@ -68,10 +68,18 @@ def _load_gguf(directory: Path, filename: str):
     return model, tokenizer
 
 
+def require_chat_template(tokenizer, path) -> None:
+    """A chat teacher needs its tokenizer's chat template: a one-line error for the model at `path` without one."""
+    if tokenizer.chat_template is None:
+        raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
+
+
 def load_chat_model(name_or_path: str, plain_text_ok: bool = False):
     """(model, tokenizer) for `smollm2`, an HF model directory, or a .gguf file; one-line error otherwise. A
     tokenizer without a chat template is an error unless plain_text_ok (a base model prompted with plain text)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from phiforge.tokenizer import open_tokenizer
 
     path = smollm2_dir() if name_or_path == SMOLLM2 else Path(name_or_path)
     # fp32 on CPU: small-batch decoding measured 1.4x faster than bf16 there (docs/benchmarks.md).
@@ -80,12 +88,12 @@ def load_chat_model(name_or_path: str, plain_text_ok: bool = False):
         model, tokenizer = _load_gguf(path.parent, path.name)
         model = model.to(dtype)
     elif (path / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = open_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
         raise UserError(f"{path}: not a model (expected an HF model directory, a .gguf file, or '{SMOLLM2}')")
-    if tokenizer.chat_template is None and not plain_text_ok:
-        raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
+    if not plain_text_ok:
+        require_chat_template(tokenizer, path)
     tokenizer.padding_side = "left"  # generation continues every row from its last real token
     if tokenizer.pad_token is None:  # any token will do: padded positions are masked out
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)

@@ -80,10 +80,10 @@ class VLLMBackend:
     def __init__(self, model: str, plain_text_ok: bool = False, user: str = "teacher backend 'vllm'") -> None:
         path, self.model = model_path(model)
         if not plain_text_ok:  # before the engine starts (a minute on CPU), not after
-            from transformers import AutoTokenizer
+            from phiforge.generation.hf import require_chat_template
+            from phiforge.tokenizer import open_tokenizer
 
-            if AutoTokenizer.from_pretrained(path).chat_template is None:
-                raise UserError(f"{path}: the tokenizer has no chat template, so it cannot serve as a chat teacher")
+            require_chat_template(open_tokenizer(path), path)
         self.llm = offline_engine(path, user)
         self.tokenizer = self.llm.get_tokenizer()
         self.request_ids = itertools.count()

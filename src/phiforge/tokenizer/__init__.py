@@ -54,15 +54,20 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
-def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
-    """Any HF tokenizer; one without a chat template gets Phi-4's, one without a pad token pads with EOS."""
+def open_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    """The HF tokenizer saved at `path`, as saved; a one-line error where there is none or it does not load."""
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise UserError(f"{path}: not a tokenizer directory (no tokenizer.json); give a Hugging Face tokenizer path")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: the tokenizer does not load ({e})") from None
+
+
+def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    """Any HF tokenizer; one without a chat template gets Phi-4's, one without a pad token pads with EOS."""
+    tok = open_tokenizer(path)
     if not tok.chat_template:
         tok.chat_template = CHAT_TEMPLATE
     if tok.pad_token is None:
