@@ -18,10 +18,12 @@ embedded GGUF's HF directory, loaded in fp32 by both), with the same oracle: phi
 Per side: completions sampled, wall time (model load included), traces, distinct pivots; with
 --verify-samples M, each pivot's p(before) and p(after) measured again from M fresh completions each
 (phiforge's sampler, new seeds): a pivot survives if the fresh jump has the same sign and is >= 0.2 (a
-precision estimate); with --recall-traces K, every position of each side's first K searched traces labelled
-from M fresh completions, the candidate jumps (>= 0.1) confirmed from --confirm-samples more (see recall()), for
-recall and precision against those reference labels. Each side's search is kept in OUT (codelion/,
-phiforge/result.json): --reuse takes it from there, to label more traces without searching again.
+precision estimate); with --recall-traces K, phiforge's pivot search also runs on every trace codelion searched
+(its completions against codelion's on the same traces), and every position of codelion's first K searched traces
+is labelled from M fresh completions, the candidate jumps (>= 0.1) confirmed from --confirm-samples more (see
+reference_pivots()): both sides' recall and precision against the same reference labels. Each side's search is
+kept in OUT (codelion/, phiforge/result.json, phiforge/on_codelion_traces.json): --reuse takes it from there, to
+label more traces without searching again.
 
     python benchmarks/pts_codelion.py [--problems 10] [--num-samples 50] [--max-new-tokens 256] \\
         [--max-generations 10] [--verify-samples 50] [--confirm-samples 64] [--recall-traces 1] [--reuse] \\
@@ -201,18 +203,18 @@ def run_phiforge(args, problems: list[dict], sampler, tok, load_seconds: float) 
     return result
 
 
-def fresh_p(side: dict, problem: dict, i: int, prefixes: list[tuple], m: int, cfg, seed: int) -> dict:
-    """p(success) after each prefix of problem i's solution, from m fresh completions each (the side's sampler)."""
+def fresh_p(sampler, tok, problem: dict, i: int, prefixes: list[tuple], m: int, cfg, seed: int) -> dict:
+    """p(success) after each prefix of problem i's solution, from m fresh completions each (phiforge's sampler)."""
     from phiforge.posttrain.pts.search import Search
     from phiforge.synth.verify import verify
 
     fixed = cfg.model_copy(update={"mode": "fixed", "samples": m})
-    s = Search(side["sampler"], side["tok"], problem, fixed, lambda t: verify(problem, t).ok, seed=seed * 1_000_003 + i)
+    s = Search(sampler, tok, problem, fixed, lambda t: verify(problem, t).ok, seed=seed * 1_000_003 + i)
     s.complete(s.estimate(prefixes, m))
     return {x: s.cache[x].p for x in prefixes}
 
 
-def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[int, int]:
+def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int, sampler, tok) -> tuple[int, int]:
     """(pivots whose jump M fresh completions per prefix confirm, pivots checked)."""
     by_problem: dict[int, list[dict]] = {}
     for p in side["pivots"]:
@@ -220,7 +222,7 @@ def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[
     kept = checked = 0
     for i, pivots in by_problem.items():
         prefixes = [x for p in pivots for x in (tuple(p["prefix"]), tuple(p["prefix"]) + (p["token"],))]
-        est = fresh_p(side, problems[i], i, prefixes, m, cfg, seed)
+        est = fresh_p(sampler, tok, problems[i], i, prefixes, m, cfg, seed)
         for p in pivots:
             fresh = est[tuple(p["prefix"]) + (p["token"],)] - est[tuple(p["prefix"])]
             checked += 1
@@ -228,32 +230,56 @@ def reverify(side: dict, problems: list[dict], m: int, cfg, seed: int) -> tuple[
     return kept, checked
 
 
-def recall(side: dict, problems: list[dict], k: int, m: int, confirm: int, cfg, seed: int) -> tuple[int, int, int]:
-    """Reference labels on the side's first k searched traces, in two stages because one estimate per position is
-    too noisy (at m=32 two independent estimates of the same p differ by >= 0.2 about one time in nine, so every
-    trace of 60 positions would hold several false pivots): p(success) after every prefix of the trace from m fresh
-    completions each; positions whose jump is >= p_gap / 2 are candidates, and both their prefixes get `confirm`
-    more completions; a reference pivot is a candidate whose jump over all m + confirm completions is >= p_gap.
-    Returns (reference pivots the side found, reference pivots, side's pivots on those traces): recall is the
-    first over the second, precision the first over the third."""
-    hit = ref_n = found_n = 0
-    for i, trace in side["searched"][:k]:
-        prefixes = [tuple(trace[:j]) for j in range(len(trace) + 1)]
-        est = fresh_p(side, problems[i], i, prefixes, m, cfg, seed)
-        p = [est[x] for x in prefixes]
-        candidates = [j for j in range(len(trace)) if abs(p[j + 1] - p[j]) >= cfg.p_gap / 2]
-        again = sorted({j for c in candidates for j in (c, c + 1)})
-        if again and confirm:
-            more = fresh_p(side, problems[i], i, [prefixes[j] for j in again], confirm, cfg, seed + 1)
-            for j in again:
-                p[j] = (p[j] * m + more[prefixes[j]] * confirm) / (m + confirm)
-        ref = {j for j in candidates if abs(p[j + 1] - p[j]) >= cfg.p_gap}
-        found = {len(x["prefix"]) for x in side["pivots"]
-                 if x["problem"] == i and tuple(x["prefix"]) + (x["token"],) == tuple(trace[: len(x["prefix"]) + 1])}
-        print(f"  problem {i}: {len(trace)} positions, {len(candidates)} candidates, reference pivots {sorted(ref)}, "
-              f"found {sorted(found)}", flush=True)
-        hit, ref_n, found_n = hit + len(ref & found), ref_n + len(ref), found_n + len(found)
-    return hit, ref_n, found_n
+def search_traces(sampler, tok, problems: list[dict], traces: list[tuple[int, tuple]], cfg) -> dict:
+    """phiforge's pivot search (Search.pivots, the stage's settings) on given (problem, trace) pairs: one Search,
+    one cache, per problem, as codelion keeps one cache per query. Its pivots and the completions they cost."""
+    from phiforge.posttrain.pts.search import Search, drive
+    from phiforge.synth.verify import verify
+
+    by_problem: dict[int, list[tuple]] = {}
+    for i, trace in traces:
+        by_problem.setdefault(i, []).append(trace)
+    searches = {i: Search(sampler, tok, problems[i], cfg, lambda text, p=problems[i]: verify(p, text).ok,
+                          seed=cfg.seed * 1_000_003 + i) for i in by_problem}
+
+    def steps(i: int):
+        s, found = searches[i], []
+        for trace in by_problem[i]:
+            for k in (yield from s.pivots(trace)):
+                found.append({"problem": i, "prefix": trace[:k], "token": trace[k],
+                              "delta": s.cache[trace[: k + 1]].p - s.cache[trace[:k]].p})
+        return found
+
+    t0 = time.perf_counter()
+    found = [p for _, ps in drive(sampler, cfg, iter([(i, steps(i)) for i in by_problem]), cfg.concurrent) for p in ps]
+    return {"pivots": found, "completions": sum(s.samples for s in searches.values()),
+            "seconds": time.perf_counter() - t0}
+
+
+def reference_pivots(sampler, tok, problem: dict, i: int, trace: tuple, m: int, confirm: int, cfg,
+                     seed: int) -> tuple[set[int], int]:
+    """Reference labels on one trace, in two stages because one estimate per position is too noisy (at m=32 two
+    independent estimates of the same p differ by >= 0.2 about one time in nine, so every trace of 60 positions
+    would hold several false pivots): p(success) after every prefix of the trace from m fresh completions each;
+    positions whose jump is >= p_gap / 2 are candidates, and both their prefixes get `confirm` more completions;
+    a reference pivot is a candidate whose jump over all m + confirm completions is >= p_gap.
+    (reference pivot positions, candidates)."""
+    prefixes = [tuple(trace[:j]) for j in range(len(trace) + 1)]
+    est = fresh_p(sampler, tok, problem, i, prefixes, m, cfg, seed)
+    p = [est[x] for x in prefixes]
+    candidates = [j for j in range(len(trace)) if abs(p[j + 1] - p[j]) >= cfg.p_gap / 2]
+    again = sorted({j for c in candidates for j in (c, c + 1)})
+    if again and confirm:
+        more = fresh_p(sampler, tok, problem, i, [prefixes[j] for j in again], confirm, cfg, seed + 1)
+        for j in again:
+            p[j] = (p[j] * m + more[prefixes[j]] * confirm) / (m + confirm)
+    return {j for j in candidates if abs(p[j + 1] - p[j]) >= cfg.p_gap}, len(candidates)
+
+
+def found_on(pivots: list[dict], i: int, trace: tuple) -> set[int]:
+    """Positions in problem i's trace of the pivots that lie on it."""
+    return {len(x["prefix"]) for x in pivots
+            if x["problem"] == i and tuple(x["prefix"]) + (x["token"],) == tuple(trace[: len(x["prefix"]) + 1])}
 
 
 def main() -> None:
@@ -266,9 +292,9 @@ def main() -> None:
     ap.add_argument("--max-p", type=float, default=0.8)
     ap.add_argument("--verify-samples", type=int, default=50, help="fresh completions per prefix; 0: no check")
     ap.add_argument("--recall-traces", type=int, default=1,
-                    help="searched traces per side labelled at every position (--verify-samples each) for recall")
+                    help="codelion's searched traces, searched by phiforge too, labelled at every position for recall")
     ap.add_argument("--confirm-samples", type=int, default=64,
-                    help="more completions per prefix around each candidate reference pivot (see recall())")
+                    help="more completions per prefix around each candidate reference pivot (see reference_pivots())")
     ap.add_argument("--reuse", action="store_true",
                     help="take a side's search from OUT's files of an earlier run when there (to label more traces)")
     ap.add_argument("--threads", type=int, default=2)
@@ -323,26 +349,50 @@ def main() -> None:
         print(f"phiforge: {phi['seconds']:7.1f} s, {phi['completions']:,} completions ({phi['pair_completions']:,} of "
               f"them for pairs), {phi['traces']} traces with pivots, {len(phi['pivots'])} pivots, {phi['pairs']} "
               f"pairs, p(success | Q) {phi['p_success']} {phi['statuses']}")
-    if args.verify_samples:
-        from phiforge.posttrain.pts.config import PTSConfig
+    from phiforge.posttrain.pts.config import PTSConfig
 
-        cfg = PTSConfig(max_new_tokens=args.max_new_tokens)
-        for name, side in (("codelion", theirs), ("phiforge", phi)):
-            if not side:
-                continue
-            side.update(sampler=sampler, tok=tok)
+    cfg = PTSConfig(max_new_tokens=args.max_new_tokens)
+    for name, side in (("codelion", theirs), ("phiforge", phi)):
+        if side and args.verify_samples:
             t0 = time.perf_counter()
-            kept, checked = reverify(side, problems, args.verify_samples, cfg, args.seed + 7)
+            kept, checked = reverify(side, problems, args.verify_samples, cfg, args.seed + 7, sampler, tok)
             print(f"re-verified at {args.verify_samples} fresh samples per prefix: {name}: {kept}/{checked} pivots "
                   f"survive ({time.perf_counter() - t0:.0f} s) | {load()}")
-            if args.recall_traces:
-                t0 = time.perf_counter()
-                hit, ref_n, found_n = recall(side, problems, args.recall_traces, args.verify_samples,
-                                             args.confirm_samples, cfg, args.seed + 11)
-                print(f"reference labels on {min(args.recall_traces, len(side['searched']))} trace(s), every position "
-                      f"at {args.verify_samples} samples, candidates at {args.confirm_samples} more: {name}: recall "
-                      f"{hit}/{ref_n}, precision {hit}/{found_n} ({time.perf_counter() - t0:.0f} s) | {load()}")
-
+    if theirs and args.recall_traces:
+        # Recall on the same traces for both sides: phiforge searches every trace codelion searched
+        saved = args.out / "phiforge" / "on_codelion_traces.json"
+        if args.reuse and saved.is_file():
+            ours = json.loads(saved.read_text())
+        else:
+            search_cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, min_p=args.min_p,
+                                   max_p=args.max_p)
+            ours = search_traces(sampler, tok, problems, theirs["searched"], search_cfg)
+            saved.write_text(json.dumps(ours))
+        spent = theirs["estimate_completions"] - args.num_samples * len(theirs["p_success"])
+        print(f"codelion's {len(theirs['searched'])} searched traces, searched by phiforge too: codelion spent "
+              f"{spent:,} completions on them (its estimates less those of p(success | Q)), phiforge "
+              f"{ours['completions']:,} ({ours['seconds']:.0f} s): {spent / max(1, ours['completions']):.2f}x fewer; "
+              f"pivots {len(theirs['pivots'])} and {len(ours['pivots'])} | {load()}")
+        t0 = time.perf_counter()
+        hits = {"codelion": 0, "phiforge": 0}
+        found_n, ref_n = dict(hits), 0
+        for t, (i, trace) in enumerate(theirs["searched"][: args.recall_traces]):
+            ref, candidates = reference_pivots(sampler, tok, problems[i], i, trace, args.verify_samples,
+                                               args.confirm_samples, cfg, args.seed + 11 + 2 * t)
+            ref_n += len(ref)
+            line = []
+            for name, pivots in (("codelion", theirs["pivots"]), ("phiforge", ours["pivots"])):
+                found = found_on(pivots, i, trace)
+                hits[name] += len(ref & found)
+                found_n[name] += len(found)
+                line.append(f"{name} {sorted(found)}")
+            print(f"  trace {t} (problem {i}): {len(trace)} positions, {candidates} candidates, reference pivots "
+                  f"{sorted(ref)}; found: {', '.join(line)}", flush=True)
+        print(f"reference labels on {min(args.recall_traces, len(theirs['searched']))} trace(s), every position at "
+              f"{args.verify_samples} samples, candidates at {args.confirm_samples} more "
+              f"({time.perf_counter() - t0:.0f} s): "
+              + "; ".join(f"{name}: recall {hits[name]}/{ref_n}, precision {hits[name]}/{found_n[name]}"
+                          for name in hits) + f" | {load()}")
 
 if __name__ == "__main__":
     main()

@@ -131,6 +131,22 @@ def test_a_path_that_is_no_model_is_one_line_before_anything_starts(tmp_path):
             start(str(tmp_path))
 
 
+def test_serve_stopped_while_vllm_starts_exits_cleanly_and_leaves_no_process(tmp_path):
+    served = Served(tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 120
+        while "INFO" not in served.log.read_text() and time.monotonic() < deadline:  # vLLM is up and logging
+            assert served.process.poll() is None, served.log.read_text()[-3000:]
+            time.sleep(0.2)
+        served.process.terminate()
+        assert served.process.wait(60) == 0
+        with pytest.raises(ProcessLookupError):  # nothing of vLLM's is left in phiforge serve's process group
+            os.killpg(served.process.pid, 0)
+    finally:
+        served.stop()  # (kills what is left, had the test failed)
+    assert "stopped before the server was ready" in served.log.read_text()
+
+
 def test_choice_probabilities_match_the_hf_backends(engine, hf):
     from phiforge.data.curation.classifier import SCORES, rating_conversation
 

@@ -663,13 +663,17 @@ def serve(
         raise KeyboardInterrupt  # SIGTERM (a service manager, a test) stops the server as Ctrl-C does
 
     signal.signal(signal.SIGTERM, stop)
-    process, base_url, name = start_server(model, host, port, max_model_len)
-    print(f"serving {name} at {base_url}\nteacher: {{backend: openai, model: {name}, base_url: \"{base_url}\"}}",
-          flush=True)
-    try:
+    process = None
+    try:  # a stop while vLLM starts is as clean as one later: start_server stops what it started
+        process, base_url, name = start_server(model, host, port, max_model_len)
+        print(f"serving {name} at {base_url}\nteacher: {{backend: openai, model: {name}, base_url: \"{base_url}\"}}",
+              flush=True)
         process.wait()
     except KeyboardInterrupt:
-        stop_server(process)
+        if process is None:
+            print("phiforge serve: stopped before the server was ready", file=sys.stderr)
+        else:
+            stop_server(process)
         return
     raise UserError(f"the vLLM server exited with code {process.returncode} (its log is above)")
 
