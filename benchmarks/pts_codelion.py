@@ -22,8 +22,10 @@ precision estimate); with --recall-traces K, phiforge's pivot search also runs o
 (its completions against codelion's on the same traces), and every position of codelion's first K searched traces
 is labelled from M fresh completions, the candidate jumps (>= 0.1) confirmed from --confirm-samples more (see
 reference_pivots()): both sides' recall and precision against the same reference labels. Each side's search is
-kept in OUT (codelion/, phiforge/result.json, phiforge/on_codelion_traces.json): --reuse takes it from there, to
-label more traces without searching again.
+kept in OUT (codelion/, phiforge/result.json, phiforge/on_codelion_traces.json; -no-reuse.json with
+--pts-no-reuse, -seedN.json for the other seeds of --pts-seeds): --reuse takes it from there, to label more traces without searching again. The reference
+labels are kept too (labels.json, by trace and labelling settings) and taken from there whenever present: another
+phiforge setting is compared on the same traces without labelling them again.
 
     python benchmarks/pts_codelion.py [--problems 10] [--num-samples 50] [--max-new-tokens 256] \\
         [--max-generations 10] [--verify-samples 50] [--confirm-samples 64] [--recall-traces 1] [--reuse] \\
@@ -155,7 +157,7 @@ def run_phiforge(args, problems: list[dict], sampler, tok, load_seconds: float) 
     from phiforge.posttrain.pts.search import Search, drive
     from phiforge.synth.verify import verify
 
-    saved = args.out / "phiforge" / "result.json"
+    saved = args.out / "phiforge" / f"result{args.suffix}.json"
     if args.reuse and saved.is_file():
         print(f"phiforge: its run's results in {saved} (--reuse)", flush=True)
         return json.loads(saved.read_text())
@@ -180,7 +182,8 @@ def run_phiforge(args, problems: list[dict], sampler, tok, load_seconds: float) 
             return out
 
     t0 = time.perf_counter()
-    cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, min_p=args.min_p, max_p=args.max_p)
+    cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, min_p=args.min_p, max_p=args.max_p,
+                    reuse=not args.pts_no_reuse)
     searches = {i: Recorded(sampler, tok, p, cfg, lambda text, p=p: verify(p, text).ok,
                             seed=cfg.seed * 1_000_003 + i)
                 for i, p in enumerate(problems)}
@@ -208,7 +211,7 @@ def fresh_p(sampler, tok, problem: dict, i: int, prefixes: list[tuple], m: int, 
     from phiforge.posttrain.pts.search import Search
     from phiforge.synth.verify import verify
 
-    fixed = cfg.model_copy(update={"mode": "fixed", "samples": m})
+    fixed = cfg.model_copy(update={"mode": "fixed", "samples": m, "reuse": False})  # independent estimates
     s = Search(sampler, tok, problem, fixed, lambda t: verify(problem, t).ok, seed=seed * 1_000_003 + i)
     s.complete(s.estimate(prefixes, m))
     return {x: s.cache[x].p for x in prefixes}
@@ -244,6 +247,11 @@ def search_traces(sampler, tok, problems: list[dict], traces: list[tuple[int, tu
 
     def steps(i: int):
         s, found = searches[i], []
+        # p(success | Q) first, as the pts stage estimates it (with room to count for the traces' prefixes; these
+        # traces are codelion's, independent of these completions), not counted: codelion's count leaves its
+        # own estimate of it out (it caches it for the subdivision, as the pts stage does)
+        yield from s.rollouts([()] * cfg.samples, room=cfg.max_new_tokens if cfg.reuse else 0)
+        s.samples = 0
         for trace in by_problem[i]:
             for k in (yield from s.pivots(trace)):
                 found.append({"problem": i, "prefix": trace[:k], "token": trace[k],
@@ -297,12 +305,18 @@ def main() -> None:
                     help="more completions per prefix around each candidate reference pivot (see reference_pivots())")
     ap.add_argument("--reuse", action="store_true",
                     help="take a side's search from OUT's files of an earlier run when there (to label more traces)")
+    ap.add_argument("--pts-no-reuse", action="store_true",
+                    help="phiforge with pts.reuse off (a completion counts for its own prefix only)")
+    ap.add_argument("--pts-seeds", type=int, default=1,
+                    help="phiforge searches codelion's traces with seeds 0..N-1 (recall and completions: the mean)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=("codelion", "phiforge"), help="run one side (for a smoke test)")
+    ap.add_argument("--only", choices=("codelion", "phiforge", "traces"),
+                    help="run one side (for a smoke test); traces: only phiforge's search of codelion's traces")
     ap.add_argument("--codelion-venv", type=Path, default=Path("/work/codelion-venv"))
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "pts_codelion")
     args = ap.parse_args()
+    args.suffix = "-no-reuse" if args.pts_no_reuse else ""  # phiforge's saved searches, one per setting
     torch.set_num_threads(args.threads)
 
     from phiforge.generation.hf import smollm2_dir
@@ -317,7 +331,7 @@ def main() -> None:
     tok = load_tokenizer(model_dir)
     sampler = HFSampler(load_model(model_dir).eval(), tok)
     load_seconds = time.perf_counter() - t0
-    phi = run_phiforge(args, problems, sampler, tok, load_seconds) if args.only != "codelion" else None
+    phi = run_phiforge(args, problems, sampler, tok, load_seconds) if args.only in (None, "phiforge") else None
     # SmolLM2's template adds this system turn when there is none: give it to codelion so the prompts match
     rendered = tok.decode(chat_prompt_ids(tok, "Q"))
     system_prompt = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", rendered, re.S).group(1)
@@ -359,40 +373,71 @@ def main() -> None:
             print(f"re-verified at {args.verify_samples} fresh samples per prefix: {name}: {kept}/{checked} pivots "
                   f"survive ({time.perf_counter() - t0:.0f} s) | {load()}")
     if theirs and args.recall_traces:
-        # Recall on the same traces for both sides: phiforge searches every trace codelion searched
-        saved = args.out / "phiforge" / "on_codelion_traces.json"
-        if args.reuse and saved.is_file():
-            ours = json.loads(saved.read_text())
-        else:
-            search_cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, min_p=args.min_p,
-                                   max_p=args.max_p)
-            ours = search_traces(sampler, tok, problems, theirs["searched"], search_cfg)
-            saved.write_text(json.dumps(ours))
-        spent = theirs["estimate_completions"] - args.num_samples * len(theirs["p_success"])
-        print(f"codelion's {len(theirs['searched'])} searched traces, searched by phiforge too: codelion spent "
-              f"{spent:,} completions on them (its estimates less those of p(success | Q)), phiforge "
-              f"{ours['completions']:,} ({ours['seconds']:.0f} s): {spent / max(1, ours['completions']):.2f}x fewer; "
-              f"pivots {len(theirs['pivots'])} and {len(ours['pivots'])} | {load()}")
+        traces = theirs["searched"][: args.recall_traces]
         t0 = time.perf_counter()
-        hits = {"codelion": 0, "phiforge": 0}
-        found_n, ref_n = dict(hits), 0
-        for t, (i, trace) in enumerate(theirs["searched"][: args.recall_traces]):
-            ref, candidates = reference_pivots(sampler, tok, problems[i], i, trace, args.verify_samples,
-                                               args.confirm_samples, cfg, args.seed + 11 + 2 * t)
+        labels = reference_labels(args, traces, problems, sampler, tok, cfg)
+        print(f"reference labels on {len(traces)} trace(s), every position at {args.verify_samples} samples, "
+              f"candidates at {args.confirm_samples} more ({time.perf_counter() - t0:.0f} s) | {load()}", flush=True)
+        sides = {"codelion": [theirs["pivots"]]}  # name -> pivots found, one list per search seed
+        if args.only != "codelion":
+            # Recall on the same traces for both sides: phiforge searches every trace codelion searched, once per
+            # seed (its completions vary by about +-30% with the seed on a few traces: one run is no figure)
+            spent = theirs["estimate_completions"] - args.num_samples * len(theirs["p_success"])
+            searches = []
+            for seed in range(args.pts_seeds):
+                saved = args.out / "phiforge" / f"on_codelion_traces{args.suffix}{f'-seed{seed}' if seed else ''}.json"
+                if args.reuse and saved.is_file():
+                    ours = json.loads(saved.read_text())
+                else:
+                    search_cfg = PTSConfig(samples=args.num_samples, max_new_tokens=args.max_new_tokens, seed=seed,
+                                           min_p=args.min_p, max_p=args.max_p, reuse=not args.pts_no_reuse)
+                    ours = search_traces(sampler, tok, problems, theirs["searched"], search_cfg)
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    saved.write_text(json.dumps(ours))
+                searches.append(ours)
+                print(f"  phiforge, seed {seed}: {ours['completions']:,} completions ({ours['seconds']:.0f} s), "
+                      f"{len(ours['pivots'])} pivots | {load()}", flush=True)
+            sides["phiforge"] = [ours["pivots"] for ours in searches]
+            mean = sum(ours["completions"] for ours in searches) / len(searches)
+            print(f"codelion's {len(theirs['searched'])} searched traces, searched by phiforge too: codelion spent "
+                  f"{spent:,} completions on them (its estimates less those of p(success | Q)), phiforge "
+                  f"{mean:,.0f} on average over {len(searches)} seed(s) "
+                  f"({min(o['completions'] for o in searches):,} to {max(o['completions'] for o in searches):,}, "
+                  f"{sum(o['seconds'] for o in searches) / len(searches):.0f} s): {spent / max(1, mean):.2f}x fewer")
+        hits, found_n, ref_n = dict.fromkeys(sides, 0), dict.fromkeys(sides, 0), 0
+        for t, ((i, trace), (ref, candidates)) in enumerate(zip(traces, labels)):
             ref_n += len(ref)
             line = []
-            for name, pivots in (("codelion", theirs["pivots"]), ("phiforge", ours["pivots"])):
-                found = found_on(pivots, i, trace)
-                hits[name] += len(ref & found)
-                found_n[name] += len(found)
-                line.append(f"{name} {sorted(found)}")
+            for name, runs in sides.items():
+                found = [found_on(pivots, i, trace) for pivots in runs]
+                hits[name] += sum(len(set(ref) & f) for f in found) / len(runs)
+                found_n[name] += sum(len(f) for f in found) / len(runs)
+                line.append(f"{name} {' '.join(str(sorted(f)) for f in found)}")
             print(f"  trace {t} (problem {i}): {len(trace)} positions, {candidates} candidates, reference pivots "
-                  f"{sorted(ref)}; found: {', '.join(line)}", flush=True)
-        print(f"reference labels on {min(args.recall_traces, len(theirs['searched']))} trace(s), every position at "
-              f"{args.verify_samples} samples, candidates at {args.confirm_samples} more "
-              f"({time.perf_counter() - t0:.0f} s): "
-              + "; ".join(f"{name}: recall {hits[name]}/{ref_n}, precision {hits[name]}/{found_n[name]}"
-                          for name in hits) + f" | {load()}")
+                  f"{ref}; found: {', '.join(line)}", flush=True)
+        print("; ".join(f"{name}: recall {hits[name]:.3g}/{ref_n}, precision {hits[name]:.3g}/{found_n[name]:.3g}"
+                        for name in hits) + " (phiforge's: the mean over its seeds)")
+
+
+def reference_labels(args, traces: list[tuple[int, tuple]], problems: list[dict], sampler, tok,
+                     cfg) -> list[tuple[list[int], int]]:
+    """(reference pivot positions, candidates) of each trace (reference_pivots()), kept in OUT/labels.json by
+    trace and labelling settings: they cost most of a run, and a search compared again needs the same ones."""
+    path = args.out / "labels.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    labels = []
+    for t, (i, trace) in enumerate(traces):
+        seed = args.seed + 11 + 2 * t
+        key = json.dumps([i, list(trace), args.verify_samples, args.confirm_samples, seed])
+        if key not in saved:
+            ref, candidates = reference_pivots(sampler, tok, problems[i], i, trace, args.verify_samples,
+                                               args.confirm_samples, cfg, seed)
+            saved[key] = [sorted(ref), candidates]
+            path.with_suffix(".tmp").write_text(json.dumps(saved))
+            path.with_suffix(".tmp").replace(path)
+        labels.append(tuple(saved[key]))
+    return labels
+
 
 if __name__ == "__main__":
     main()

@@ -47,6 +47,46 @@ def test_adaptive_spends_fewer_samples_than_fixed_for_the_same_pivots():
     assert runs["adaptive"].samples < runs["fixed"].samples
 
 
+def test_reuse_finds_the_same_pivots_for_fewer_completions():
+    tok = planted_tokenizer()
+    model = PlantedLM(tok, pivot=3, length=24)
+    runs = {reuse: search_problem(HFSampler(model, tok), tok, PROBLEM, PTSConfig(reuse=reuse, max_new_tokens=32))
+            for reuse in (True, False)}
+    assert [[pv["position"] for pv in run.pivots] for run in runs.values()] == [[3, 3], [3, 3]]
+    assert [len(run.pairs) for run in runs.values()] == [2, 2]
+    assert runs[True].samples < runs[False].samples * 0.8
+
+
+def test_a_reused_completion_counts_as_a_completion_of_the_longer_prefix_would():
+    """A completion of p that passed through a longer prefix q is judged on its first max_new_tokens after q, as
+    one drawn from q would be. The oracle here counts words: a completion of q (6 new tokens at most) succeeds
+    exactly when q has 3 or more, so p(success | q) is 0 or 1, and any other cut of a reused completion shows."""
+    from phiforge.posttrain.pts.search import Search
+
+    tok = planted_tokenizer()
+    model = PlantedLM(tok, pivot=4, length=12)
+    cfg = PTSConfig(max_new_tokens=6)
+    trace = tuple(tok.convert_tokens_to_ids("x y x y 7 x y x y x y".split() + ["<|im_end|>"]))
+    search = Search(HFSampler(model, tok), tok, PROBLEM, cfg, lambda text: len(text.split()) >= 9, seed=0)
+    search.traces.append(trace)
+    search.complete(search.estimate([()], 400))
+    assert search.samples == 400 and search.cache[()].p == 0.0  # judged on its own 6 new tokens, not 12
+    for m, p in [(1, 0.0), (2, 0.0), (3, 1.0), (4, 1.0), (5, 1.0)]:
+        est = search.estimate_of(trace[:m])
+        assert 0 < est.n < 400 and est.p == p, (m, est)
+    credited = search.estimate_of(trace[:2]).n  # about 400 / 4: the completions that drew x y
+    search.complete(search.estimate([trace[:2]], 200))
+    assert search.samples == 400 + 200 - credited and search.estimate_of(trace[:2]).p == 0.0
+    # Completions drawn without room past 6 new tokens (no searched solution yet), or without reuse, count only
+    # for their own prefix.
+    for reuse, traces in [(True, []), (False, [trace])]:
+        other = Search(HFSampler(model, tok), tok, PROBLEM, cfg.model_copy(update={"reuse": reuse}),
+                       lambda text: True, seed=0)
+        other.traces += traces
+        other.complete(other.estimate([()], 20))
+        assert other.estimate_of(trace[:2]).n == 0
+
+
 @pytest.mark.parametrize("always", [True, False])
 def test_an_oracle_that_never_changes_its_mind_yields_no_pairs(always):
     tok = planted_tokenizer()
@@ -70,7 +110,8 @@ def test_end_pairs_off_leaves_out_pairs_with_an_end_of_reply_token():
     short = lambda text: len(text.split()) <= 4  # noqa: E731
     # 200 samples per prefix, as in the planted-pivot test: at 50, sampling noise makes a filler token look
     # pivotal in about one search in ten (the report's point-estimate rule), which is not what this test is about.
-    cfg = PTSConfig(max_new_tokens=16, samples=200, round_size=25)
+    # without reuse: with it, completions of the prefix measure both sides of this pair (the test below)
+    cfg = PTSConfig(max_new_tokens=16, samples=200, round_size=25, reuse=False)
     kept = search_problem(HFSampler(model, tok), tok, PROBLEM, cfg, check=short)
     assert [pv["position"] for pv in kept.pivots] == [4, 4]
     assert {(p["chosen"], p["rejected"]) for p in kept.pairs} == {("<|im_end|>", "x")}
@@ -148,6 +189,9 @@ def test_sampler_shares_prefixes_and_drops_finished_rows_without_changing_what_i
     got = sample(model, batch, PTSConfig(top_k=1, max_new_tokens=8, batch_size=8), {stop}, 0,
                  torch.rand(len(batch), 8))
     assert got == replies + replies[:2] * 3 + [[]]
+    budgets = [1, 8, 2, 0, 5]  # each row stops at its own budget, the others draw on
+    got = sample(model, prefixes, cfg, {stop}, 0, torch.rand(len(prefixes), 8), budgets)
+    assert got == [r[:b] for r, b in zip(replies, budgets)]
 
 
 def test_a_search_finds_the_same_alone_or_beside_others():

@@ -278,10 +278,10 @@ def test_pts_on_the_server_draws_and_scores_as_the_offline_engine_and_a_rerun_as
     remote, local = VLLMServerSampler(url, None, tok, cfg), VLLMSampler(engine.llm, tok, cfg)  # None: the one served
     prompt = engine.prompt(CONVERSATIONS[1])["prompt_token_ids"]
     finished = prompt + [tok.convert_tokens_to_ids("<|im_end|>")]
-    rows, seeds = [prompt] * 3 + [finished, prompt], [5, 6, 7, 0, 40]
-    drawn = remote.complete(rows, seeds, cfg)
-    assert drawn == local.complete(rows, seeds, cfg)
-    assert drawn[3] == [] and len({tuple(d) for d in drawn[:3]}) > 1 and all(drawn[:3])
+    rows, seeds, budgets = [prompt] * 3 + [finished, prompt], [5, 6, 7, 0, 40], [12, 12, 12, 12, 3]
+    drawn = remote.complete(rows, seeds, budgets, cfg)
+    assert drawn == local.complete(rows, seeds, budgets, cfg)
+    assert drawn[3] == [] and len({tuple(d) for d in drawn[:3]}) > 1 and all(drawn[:3]) and 0 < len(drawn[4]) <= 3
     assert remote.token_logprobs(prompt, drawn[0]) == pytest.approx(local.token_logprobs(prompt, drawn[0]), abs=1e-3)
     assert dict(remote.next_tokens(prompt, cfg)) == pytest.approx(dict(local.next_tokens(prompt, cfg)), abs=1e-3)
 

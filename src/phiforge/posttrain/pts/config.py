@@ -25,6 +25,9 @@ class PTSConfig(Section):
     mode: Literal["adaptive", "fixed"] = Field(
         "adaptive", description="adaptive: sample until a bound decides each comparison; fixed: always the full samples.")
     samples: PositiveInt = Field(50, description="Completions per prefix (fixed) or at most (adaptive).")
+    reuse: bool = Field(
+        True, description="Count a completion also for every longer prefix of a searched solution it passes through "
+                          "(an exact sample of that prefix too; completions get room for it).")
     round_size: PositiveInt = Field(10, description="adaptive: completions added per open prefix per round.")
     z: PositiveFloat = Field(
         2.5, description="adaptive: Wilson bound width; above 1.96 because every round looks again.")

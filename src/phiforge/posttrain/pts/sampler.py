@@ -16,9 +16,10 @@ from phiforge.tokenizer import pad_id, stop_ids
 
 
 class Sampler(Protocol):
-    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], cfg: PTSConfig) -> list[list[int]]:
-        """One sampled continuation (new token ids, EOS included) per row, none for a row that already ends in
-        EOS. Row i's draws depend on seeds[i] alone, not on the other rows beside it."""
+    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], budgets: Sequence[int],
+                 cfg: PTSConfig) -> list[list[int]]:
+        """One sampled continuation (new token ids, EOS included, at most budgets[i] of them) per row, none for a
+        row that already ends in EOS. Row i's draws depend on seeds[i] alone, not on the other rows beside it."""
 
     def token_logprobs(self, prompt: list[int], solution: Sequence[int]) -> list[float]:
         """log p(solution[k] | prompt + solution[:k]) for every k, under the model's unfiltered distribution."""
@@ -47,8 +48,11 @@ class HFSampler:
         self.eos, self.pad = eos_and_pad(tok)
         self.device = next(model.parameters()).device
 
-    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], cfg: PTSConfig) -> list[list[int]]:
-        return sample(self.model, rows, cfg, self.eos, self.pad, seeded_uniforms(seeds, cfg.max_new_tokens))
+    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], budgets: Sequence[int],
+                 cfg: PTSConfig) -> list[list[int]]:
+        # a generator's first k uniforms do not depend on how many it is asked for: a row's draws on its seed alone
+        return sample(self.model, rows, cfg, self.eos, self.pad, seeded_uniforms(seeds, max(budgets, default=0)),
+                      budgets)
 
     @torch.no_grad()
     def token_logprobs(self, prompt: list[int], solution: Sequence[int]) -> list[float]:
@@ -123,11 +127,12 @@ def _make_room(cache, room: int) -> None:
 
 @torch.no_grad()
 def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig, eos: set[int], pad: int,
-           uniforms: torch.Tensor) -> list[list[int]]:
-    """One sampled continuation (new tokens, EOS included) per prefix, in batches of cfg.batch_size.
+           uniforms: torch.Tensor, budgets: Sequence[int] | None = None) -> list[list[int]]:
+    """One sampled continuation (new tokens, EOS included) per prefix, in batches of cfg.batch_size; row i draws
+    at most budgets[i] tokens (default: as many as it has uniforms).
 
     Row i draws its token at step t by inverting the filtered distribution's CDF at uniforms[i, t]
-    ((prefixes, max_new_tokens), in [0, 1)): what a row draws depends on its own numbers only, not on which
+    ((prefixes, steps), in [0, 1)): what a row draws depends on its own numbers only, not on which
     other rows share its batch, so a search gives the same samples alone or beside other searches.
 
     PTS samples each prefix many times: a batch reads every distinct prefix once and shares its KV cache
@@ -137,13 +142,16 @@ def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig
     """
     out: list[list[int]] = []
     device = next(model.parameters()).device
+    budgets = torch.tensor(list(budgets) if budgets is not None else [uniforms.shape[1]] * len(prefixes),
+                           dtype=torch.long)
     eos_t = torch.tensor(sorted(eos), device=device)
     for start in range(0, len(prefixes), cfg.batch_size):
         chunk = [list(p) for p in prefixes[start : start + cfg.batch_size]]
         chunk_uniforms = uniforms[start : start + cfg.batch_size].to(device)
+        chunk_budgets = budgets[start : start + cfg.batch_size].to(device)
         drawn: list[list[int]] = [[] for _ in chunk]
-        # Rows whose prefix is already a finished solution draw nothing.
-        rows = [i for i, p in enumerate(chunk) if not (p and p[-1] in eos)]
+        # Rows whose prefix is already a finished solution, or with no budget, draw nothing.
+        rows = [i for i, p in enumerate(chunk) if not (p and p[-1] in eos) and chunk_budgets[i] > 0]
         distinct = list(dict.fromkeys(tuple(chunk[i]) for i in rows))
         if rows:
             width = max(len(p) for p in distinct)
@@ -155,12 +163,13 @@ def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig
             copy = torch.tensor([distinct.index(tuple(chunk[i])) for i in rows], device=device)
             ids, mask, logits = ids[copy], mask[copy], res.logits[copy, -1]
             name, cache = _kv_cache(res)
+            steps = int(chunk_budgets[rows].max())
             if cache is not None:
                 cache.batch_select_indices(copy)
-                _make_room(cache, cfg.max_new_tokens)
+                _make_room(cache, steps)
             new = torch.full((len(rows), 0), pad, device=device, dtype=torch.long)
             open_ = torch.tensor(rows, device=device)  # chunk index of each row still in the batch
-            for step in range(cfg.max_new_tokens):
+            for step in range(steps):
                 probs, ids_k = head(logits, cfg)
                 u = chunk_uniforms[open_, step, None].to(probs.dtype)
                 # The first token whose cumulative probability exceeds u; never one top-p zeroed out.
@@ -171,13 +180,13 @@ def sample(model: torch.nn.Module, prefixes: Sequence[list[int]], cfg: PTSConfig
                     drawn[i].append(t)
                 new = torch.cat([new, nxt[:, None]], dim=1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                going = ~torch.isin(nxt, eos_t)
+                going = ~torch.isin(nxt, eos_t) & (chunk_budgets[open_] > step + 1)
                 if not bool(going.all()):
                     keep = going.nonzero().squeeze(1)
                     open_, nxt, ids, new, mask = open_[keep], nxt[keep], ids[keep], new[keep], mask[keep]
                     if cache is not None:
                         cache.batch_select_indices(keep)
-                if not open_.numel() or step == cfg.max_new_tokens - 1:
+                if not open_.numel():
                     break
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
                 if cache is None:

@@ -34,10 +34,11 @@ class ProblemResult:
 
 @dataclass
 class Request:
-    """Rows a search needs one sampled completion each of, with the seed each is drawn by."""
+    """Rows a search needs one sampled completion each of, with the seed each is drawn by and its most new tokens."""
 
     rows: list[list[int]]
     seeds: list[int]
+    budgets: list[int]
 
 
 T = TypeVar("T")
@@ -49,7 +50,13 @@ class Search:
     """PTS for one problem: cached p(success) estimates over prefixes of the model's own solutions.
 
     The methods that sample are generators (Steps): a driver (`search_problems`, or `complete` for one search
-    alone) samples what they yield and sends the completions back."""
+    alone) samples what they yield and sends the completions back.
+
+    With cfg.reuse, a completion of prefix p that follows a searched solution up to a longer prefix q counts for
+    q too: given that it drew q's tokens, the rest is drawn from p(. | q) (the model is a Markov chain over
+    prefixes), so it is an exact sample of q's success, as long as it had room for max_new_tokens after q. So a
+    completion of p may draw max_new_tokens more tokens than the longest searched solution p begins has after p,
+    and each estimate is judged on the first max_new_tokens after its own prefix, as a completion of it would be."""
 
     def __init__(self, sampler: Sampler, tok: PreTrainedTokenizerBase, problem: dict, cfg: PTSConfig,
                  check: Callable[[str], bool], seed: int):
@@ -59,26 +66,69 @@ class Search:
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: dict[Prefix, Estimate] = {}
         self.samples = 0
+        self.traces: list[Prefix] = []  # the solutions searched (or being searched)
+        self.drawn: dict[Prefix, list[tuple[Prefix, int]]] = {}  # p -> (solution, budget) sampled from p, with room
+        self.verdicts: dict[Prefix, bool] = {}
 
     def complete(self, steps: Steps[T]) -> T:
         """Run `steps` alone, sampling each request as it comes; its return value."""
         return next(drive(self.sampler, self.cfg, iter([(0, steps)]), 1))[1]
 
-    def rollouts(self, prefixes: list[Prefix]) -> Steps[list[tuple[Prefix, bool]]]:
-        """One completion per entry (whole solution ids, oracle verdict); the estimates take them in."""
+    def rollouts(self, prefixes: list[Prefix], room: int | None = None) -> Steps[list[tuple[Prefix, bool]]]:
+        """One completion per entry (whole solution ids, oracle verdict); the estimates take them in. Each may
+        draw `room` (default: reach()) more tokens than max_new_tokens, to count for longer prefixes too."""
         # Consecutive seeds: the vLLM sampler sends a run of equal rows as one request of n samples
         base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        outs = yield Request([self.prompt + list(p) for p in prefixes], list(range(base, base + len(prefixes))))
+        reach = {p: self.reach(p) if room is None else room for p in dict.fromkeys(prefixes)}
+        longest = self.cfg.max_new_tokens
+        outs = yield Request([self.prompt + list(p) for p in prefixes], list(range(base, base + len(prefixes))),
+                             [longest + reach[p] for p in prefixes])
         self.samples += len(outs)
         done = []
         for p, new in zip(prefixes, outs):
             solution = p + tuple(new)
-            ok = self.check(self.text(solution))
-            est = self.cache.setdefault(p, Estimate())
+            mine = solution[: len(p) + longest]
+            ok = self.verdict(mine)
+            est = self.estimate_of(p)
             est.n += 1
             est.successes += ok
-            done.append((solution, ok))
+            done.append((mine, ok))
+            if reach[p]:
+                self.drawn.setdefault(p, []).append((solution, longest + reach[p]))
+                for m in range(len(p) + 1, min(len(solution), len(p) + reach[p]) + 1):
+                    if solution[:m] in self.cache:
+                        self.credit(solution[:m], solution, len(p) + reach[p])
         return done
+
+    def reach(self, p: Prefix) -> int:
+        """How many tokens past p a completion of p can count for: to the end of the longest searched solution
+        that p begins (0 without cfg.reuse)."""
+        if not self.cfg.reuse:
+            return 0
+        return max((len(t) - len(p) for t in self.traces if t[: len(p)] == p), default=0)
+
+    def estimate_of(self, q: Prefix) -> Estimate:
+        """q's estimate; at first sight it takes in the completions of shorter prefixes that passed through q."""
+        if q not in self.cache:
+            self.cache[q] = Estimate()
+            for j in range(len(q)):
+                for solution, budget in self.drawn.get(q[:j], ()):
+                    self.credit(q, solution, j + budget - self.cfg.max_new_tokens)
+        return self.cache[q]
+
+    def credit(self, q: Prefix, solution: Prefix, last: int) -> None:
+        """Count `solution`, sampled from a shorter prefix with room for max_new_tokens after any prefix up to
+        `last` tokens long, for q if it passed through q (an unfinished q only: a finished one is exact)."""
+        if len(q) <= last and solution[: len(q)] == q and not (q and q[-1] in self.eos):
+            est = self.cache[q]
+            est.n += 1
+            est.successes += self.verdict(solution[: len(q) + self.cfg.max_new_tokens])
+
+    def verdict(self, solution: Prefix) -> bool:
+        """The oracle on a solution, once per distinct solution: completions through many prefixes share one."""
+        if solution not in self.verdicts:
+            self.verdicts[solution] = self.check(self.text(solution))
+        return self.verdicts[solution]
 
     def text(self, solution: Prefix) -> str:
         return self.tok.decode(list(solution), skip_special_tokens=True)
@@ -87,10 +137,10 @@ class Search:
         """Top every prefix's estimate up to `target` completions, all in one batch."""
         todo: list[Prefix] = []
         for p in dict.fromkeys(prefixes):
-            est = self.cache.setdefault(p, Estimate())
+            est = self.estimate_of(p)
             if p and p[-1] in self.eos:  # a finished solution: its verdict is p(success), no sampling
                 if not est.exact:
-                    est.successes, est.n, est.exact = int(self.check(self.text(p))), 1, True
+                    est.successes, est.n, est.exact = int(self.verdict(p)), 1, True
             elif est.n < target:
                 todo += [p] * (target - est.n)
         if todo:
@@ -115,6 +165,7 @@ class Search:
 
     def pivots(self, solution: Prefix) -> Steps[list[int]]:
         """Positions of pivotal tokens in `solution`: the report's SUBDIVIDE, one tree level per batch."""
+        self.traces += [solution] if solution not in self.traces else []
         cum = [0.0, *itertools.accumulate(self.sampler.token_logprobs(self.prompt, solution))]
         found, level = [], [(0, len(solution))]
         while level:
@@ -172,16 +223,20 @@ class Search:
         """PTS on the problem: estimate p(success | Q) from cfg.samples solutions, keep the question when it is
         within [min_p, max_p], then search one correct and one incorrect finished solution of those."""
         cfg = self.cfg
-        solutions = yield from self.rollouts([()] * cfg.samples)
+        # room for a whole solution more: the completions count for the prefixes of the solutions searched
+        solutions = yield from self.rollouts([()] * cfg.samples, room=cfg.max_new_tokens if cfg.reuse else 0)
         p = self.cache[()].p
         if not cfg.min_p <= p <= cfg.max_p:
             return ProblemResult(index, "skipped", p, self.samples)
-        traces = {}
-        for solution, ok in solutions:
-            if solution and solution[-1] in self.eos:
-                traces.setdefault("correct" if ok else "incorrect", solution)
+        traces, last = {}, -1
+        for k, (solution, ok) in enumerate(solutions):
+            if solution and solution[-1] in self.eos and ("correct" if ok else "incorrect") not in traces:
+                traces["correct" if ok else "incorrect"], last = solution, k
         if not traces:
             return ProblemResult(index, "no_trace", p, self.samples)
+        # The choice of traces depends on the completions up to the last one chosen (those before it are all
+        # right or all wrong): only the later ones are unbiased samples for the traces' prefixes.
+        self.drawn[()] = self.drawn.get((), [])[last + 1 :]
         result = ProblemResult(index, "searched", p, 0)
         for kind, solution in traces.items():
             for i in (yield from self.pivots(solution)):
@@ -215,7 +270,8 @@ def drive(sampler: Sampler, cfg: PTSConfig, steps: Iterator[tuple[int, Steps[T]]
     while running:
         rows = [row for _, request in running.values() for row in request.rows]
         seeds = [seed for _, request in running.values() for seed in request.seeds]
-        outs = sampler.complete(rows, seeds, cfg)
+        budgets = [budget for _, request in running.values() for budget in request.budgets]
+        outs = sampler.complete(rows, seeds, budgets, cfg)
         at = 0
         for key, (gen, request) in list(running.items()):
             mine, at = outs[at : at + len(request.rows)], at + len(request.rows)

@@ -23,25 +23,30 @@ def top_logprobs(tok: PreTrainedTokenizerBase, cfg: PTSConfig) -> int:
     return min(cfg.top_k or TOP_LOGPROBS, len(tok))
 
 
-def seed_runs(rows: Sequence[list[int]], seeds: Sequence[int], eos: set[int]):
+def seed_runs(rows: Sequence[list[int]], seeds: Sequence[int], budgets: Sequence[int], eos: set[int]):
     """The requests for these rows: vLLM gives the k-th of n samples seed + k, so a run of equal rows with
-    consecutive seeds is one request. (runs as (row, first seed, n), those that sample: a finished solution
-    draws nothing)."""
-    runs: list[tuple[list[int], int, int]] = []
-    for row, seed in zip(rows, seeds):
-        if runs and runs[-1][0] == row and runs[-1][1] + runs[-1][2] == seed:
-            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+    equal budgets and consecutive seeds is one request. (runs as (row, first seed, n, budget), those that
+    sample: a finished solution, or a row without budget, draws nothing)."""
+    runs: list[tuple[list[int], int, int, int]] = []
+    for row, seed, budget in zip(rows, seeds, budgets):
+        if runs and runs[-1][0] == row and runs[-1][1] + runs[-1][2] == seed and runs[-1][3] == budget:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1, budget)
         else:
-            runs.append((list(row), seed, 1))
-    return runs, [r for r in runs if not (r[0] and r[0][-1] in eos)]
+            runs.append((list(row), seed, 1, budget))
+    return runs, [r for r in runs if not draws_nothing(r, eos)]
+
+
+def draws_nothing(run, eos: set[int]) -> bool:
+    row, _, _, budget = run
+    return bool(row and row[-1] in eos) or budget <= 0
 
 
 def spread(runs, eos: set[int], sampled) -> list[list[int]]:
     """One continuation per row again: each sampling run's n from `sampled` (in order), none for a finished row."""
     sampled = iter(sampled)
     out: list[list[int]] = []
-    for row, _, n in runs:
-        out += [[] for _ in range(n)] if row and row[-1] in eos else next(sampled)
+    for run in runs:
+        out += [[] for _ in range(run[2])] if draws_nothing(run, eos) else next(sampled)
     return out
 
 
@@ -78,12 +83,13 @@ class VLLMSampler:
     def generate(self, prompts: list[list[int]], params: list) -> list:
         return self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 
-    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], cfg: PTSConfig) -> list[list[int]]:
-        runs, todo = seed_runs(rows, seeds, self.eos)
+    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], budgets: Sequence[int],
+                 cfg: PTSConfig) -> list[list[int]]:
+        runs, todo = seed_runs(rows, seeds, budgets, self.eos)
         outputs = self.generate(
-            [row for row, _, _ in todo],
+            [row for row, _, _, _ in todo],
             [self.params(n=n, seed=seed, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or -1,
-                         max_tokens=cfg.max_new_tokens, stop_token_ids=sorted(self.eos)) for _, seed, n in todo])
+                         max_tokens=budget, stop_token_ids=sorted(self.eos)) for _, seed, n, budget in todo])
         return spread(runs, self.eos, ([list(c.token_ids) for c in sorted(o.outputs, key=lambda c: c.index)]
                                        for o in outputs))
 
@@ -149,11 +155,12 @@ class VLLMServerSampler:
             raise UserError(f"{self.url}: the answer lacks vLLM's token ids or log-probs; pts.sampler 'server' needs "
                             "a vLLM server (phiforge serve) for the model searched") from None
 
-    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], cfg: PTSConfig) -> list[list[int]]:
-        runs, todo = seed_runs(rows, seeds, self.eos)
+    def complete(self, rows: Sequence[list[int]], seeds: Sequence[int], budgets: Sequence[int],
+                 cfg: PTSConfig) -> list[list[int]]:
+        runs, todo = seed_runs(rows, seeds, budgets, self.eos)
         bodies = [{"prompt": row, "n": n, "seed": seed, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                   "top_k": cfg.top_k or -1, "max_tokens": cfg.max_new_tokens, "stop_token_ids": sorted(self.eos),
-                   "return_token_ids": True} for row, seed, n in todo]
+                   "top_k": cfg.top_k or -1, "max_tokens": budget, "stop_token_ids": sorted(self.eos),
+                   "return_token_ids": True} for row, seed, n, budget in todo]
 
         def token_ids(answer: dict) -> list[list[int]]:
             return [[int(t) for t in c["token_ids"]] for c in sorted(answer["choices"], key=lambda c: c["index"])]
