@@ -19,7 +19,7 @@ class PTSConfig(Section):
     served_model: str | None = Field(
         None, description="server: the name it serves the model by; default: the one model it lists.")
     # hf keeps the hashes of runs from before there was a choice
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"sampler", "base_url", "served_model"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"sampler", "base_url", "served_model", "reuse"})
     p_gap: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="A jump in p(success) at least this big makes a token pivotal.")
     mode: Literal["adaptive", "fixed"] = Field(
