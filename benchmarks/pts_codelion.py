@@ -23,8 +23,8 @@ precision estimate); with --recall-traces K, phiforge's pivot search also runs o
 is labelled from M fresh completions, the candidate jumps (>= 0.1) confirmed from --confirm-samples more (see
 reference_pivots()): both sides' recall and precision against the same reference labels. Each side's search is
 kept in OUT (codelion/, phiforge/result.json, phiforge/on_codelion_traces.json; -no-reuse.json with
---pts-no-reuse, -seedN.json for the other seeds of --pts-seeds): --reuse takes it from there, to label more traces without searching again. The reference
-labels are kept too (labels.json, by trace and labelling settings) and taken from there whenever present: another
+--pts-no-reuse, -seedN.json for the other seeds of --pts-seeds): --reuse takes it from there, to label more
+traces without searching again. The reference labels are kept too (labels.json, by trace and labelling settings) and taken from there whenever present: another
 phiforge setting is compared on the same traces without labelling them again.
 
     python benchmarks/pts_codelion.py [--problems 10] [--num-samples 50] [--max-new-tokens 256] \\
@@ -250,7 +250,7 @@ def search_traces(sampler, tok, problems: list[dict], traces: list[tuple[int, tu
         # p(success | Q) first, as the pts stage estimates it (with room to count for the traces' prefixes; these
         # traces are codelion's, independent of these completions), not counted: codelion's count leaves its
         # own estimate of it out (it caches it for the subdivision, as the pts stage does)
-        yield from s.rollouts([()] * cfg.samples, room=cfg.max_new_tokens if cfg.reuse else 0)
+        yield from s.rollouts([()] * cfg.samples, room=cfg.max_new_tokens)
         s.samples = 0
         for trace in by_problem[i]:
             for k in (yield from s.pivots(trace)):
@@ -381,7 +381,7 @@ def main() -> None:
         sides = {"codelion": [theirs["pivots"]]}  # name -> pivots found, one list per search seed
         if args.only != "codelion":
             # Recall on the same traces for both sides: phiforge searches every trace codelion searched, once per
-            # seed (its completions vary by about +-30% with the seed on a few traces: one run is no figure)
+            # seed (its completions vary by up to 2x with the seed on a few traces: one run is no figure)
             spent = theirs["estimate_completions"] - args.num_samples * len(theirs["p_success"])
             searches = []
             for seed in range(args.pts_seeds):

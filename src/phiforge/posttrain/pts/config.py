@@ -18,7 +18,8 @@ class PTSConfig(Section):
         None, description="server: the vLLM server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")
     served_model: str | None = Field(
         None, description="server: the name it serves the model by; default: the one model it lists.")
-    # hf keeps the hashes of runs from before there was a choice
+    # at their defaults these stay out of the hash: runs from before there was a choice keep theirs (a finished
+    # pts stage from before reuse is kept as it is, though the default now samples differently)
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"sampler", "base_url", "served_model", "reuse"})
     p_gap: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="A jump in p(success) at least this big makes a token pivotal.")

@@ -34,7 +34,8 @@ class ProblemResult:
 
 @dataclass
 class Request:
-    """Rows a search needs one sampled completion each of, with the seed each is drawn by and its most new tokens."""
+    """Rows a search needs one sampled completion each of, with the seed each is drawn by and the most new tokens
+    it may draw."""
 
     rows: list[list[int]]
     seeds: list[int]
@@ -75,11 +76,13 @@ class Search:
         return next(drive(self.sampler, self.cfg, iter([(0, steps)]), 1))[1]
 
     def rollouts(self, prefixes: list[Prefix], room: int | None = None) -> Steps[list[tuple[Prefix, bool]]]:
-        """One completion per entry (whole solution ids, oracle verdict); the estimates take them in. Each may
-        draw `room` (default: reach()) more tokens than max_new_tokens, to count for longer prefixes too."""
+        """One completion per entry (whole solution ids, oracle verdict); the estimates take them in. With
+        cfg.reuse each may draw `room` (default: reach()) more tokens than max_new_tokens, to count for longer
+        prefixes too."""
         # Consecutive seeds: the vLLM sampler sends a run of equal rows as one request of n samples
         base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        reach = {p: self.reach(p) if room is None else room for p in dict.fromkeys(prefixes)}
+        reach = {p: 0 if not self.cfg.reuse else self.reach(p) if room is None else room
+                 for p in dict.fromkeys(prefixes)}
         longest = self.cfg.max_new_tokens
         outs = yield Request([self.prompt + list(p) for p in prefixes], list(range(base, base + len(prefixes))),
                              [longest + reach[p] for p in prefixes])
@@ -102,9 +105,7 @@ class Search:
 
     def reach(self, p: Prefix) -> int:
         """How many tokens past p a completion of p can count for: to the end of the longest searched solution
-        that p begins (0 without cfg.reuse)."""
-        if not self.cfg.reuse:
-            return 0
+        that p begins."""
         return max((len(t) - len(p) for t in self.traces if t[: len(p)] == p), default=0)
 
     def estimate_of(self, q: Prefix) -> Estimate:
@@ -224,7 +225,7 @@ class Search:
         within [min_p, max_p], then search one correct and one incorrect finished solution of those."""
         cfg = self.cfg
         # room for a whole solution more: the completions count for the prefixes of the solutions searched
-        solutions = yield from self.rollouts([()] * cfg.samples, room=cfg.max_new_tokens if cfg.reuse else 0)
+        solutions = yield from self.rollouts([()] * cfg.samples, room=cfg.max_new_tokens)
         p = self.cache[()].p
         if not cfg.min_p <= p <= cfg.max_p:
             return ProblemResult(index, "skipped", p, self.samples)
